@@ -1,0 +1,3 @@
+from glaclip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""CLIP (open_clip) and the vision foundation model (timm): loading and the two feature maps.
+
+Nothing here patches open_clip or timm: ``ClipValueTower`` runs the CLIP image tower's own
+modules up to the last block and reads that block's weights to compute the values and the
+output projection (SPEC 4, 7); ``VFMKeyTower`` calls timm's ``forward_features`` (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEFAULT_CLIP = "ViT-B-16"
+DEFAULT_CLIP_PRETRAINED = "openai"
+DEFAULT_VFM = "vit_base_patch8_224.dino"
+
+
+class ModelLoadError(RuntimeError):
+    """A backbone could not be built or its weights could not be obtained."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a loaded backbone (recorded in result files and the text cache key)."""
+
+    name: str
+    pretrained: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP image tower
+
+
+class ClipValueTower(nn.Module):
+    """CLIP ViT image tower read as values (SPEC 4) and output projection (SPEC 7).
+
+    Wraps an open_clip ``VisionTransformer`` (``model.visual``) without changing it.
+    """
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
+        missing = [name for name in needed if not hasattr(visual, name)]
+        if missing or not hasattr(visual.transformer, "resblocks"):
+            raise ModelLoadError(
+                f"the CLIP image tower {type(visual).__name__} is not an open_clip ViT "
+                f"(missing {', '.join(missing) or 'transformer.resblocks'}); use a ViT CLIP "
+                "such as ViT-B-16, ViT-L-14 or ViT-H-14"
+            )
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ModelLoadError("CLIP towers with attention pooling (CoCa) are not supported")
+        last = visual.transformer.resblocks[-1]
+        if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
+            raise ModelLoadError(
+                "the last block of the CLIP image tower has no nn.MultiheadAttention; "
+                "custom attention blocks are not supported"
+            )
+        self.visual = visual
+        self.last = last
+        self.width = visual.conv1.out_channels
+        self.heads = last.attn.num_heads
+        self.head_dim = self.width // self.heads
+        self.patch_size = _pair(visual.conv1.kernel_size)
+        self.grid_size = _pair(getattr(visual, "grid_size", None) or self._pos_grid())
+
+    def _pos_grid(self) -> tuple[int, int]:
+        side = int(math.isqrt(self.visual.positional_embedding.shape[0] - 1))
+        return (side, side)
+
+    def _positional(self, gh: int, gw: int) -> torch.Tensor:
+        pos = self.visual.positional_embedding
+        if (gh, gw) == tuple(self.grid_size):
+            return pos
+        cls_pos, patch_pos = pos[:1], pos[1:]
+        ph, pw = self.grid_size
+        patch_pos = patch_pos.reshape(1, ph, pw, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos, size=(gh, gw), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
+        return torch.cat([cls_pos, patch_pos], dim=0)
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """Values of the last block.
+
+        Args:
+            x: ``B x 3 x h x w`` CLIP-normalised crops.
+
+        Returns:
+            ``B x D x gh x gw`` value maps (``D = heads * d_h``, heads in channel order).
+        """
+        v = self.visual
+        t = v.conv1(x)
+        b, d, gh, gw = t.shape
+        t = t.reshape(b, d, gh * gw).permute(0, 2, 1)
+        cls = v.class_embedding.to(t.dtype).expand(b, 1, d)
+        t = torch.cat([cls, t], dim=1) + self._positional(gh, gw).to(t.dtype)
+        t = v.patch_dropout(t)
+        t = v.ln_pre(t)
+        transformer = v.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        if not batch_first:
+            t = t.transpose(0, 1)
+        for block in transformer.resblocks[:-1]:
+            t = block(t)
+        if not batch_first:
+            t = t.transpose(0, 1)
+        y = self.last.ln_1(t[:, 1:])
+        attn = self.last.attn
+        w_v = attn.in_proj_weight[2 * d :]
+        b_v = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
+        val = F.linear(y, w_v, b_v)
+        return val.permute(0, 2, 1).reshape(b, d, gh, gw)
+
+    def project(self, o: torch.Tensor) -> torch.Tensor:
+        """``... x D`` attention output -> ``... x E`` embeddings: out_proj, ln_post, proj."""
+        o = self.last.attn.out_proj(o)
+        o = self.visual.ln_post(o)
+        proj = self.visual.proj
+        return o @ proj if proj is not None else o
+
+
+# ---------------------------------------------------------------------------------------------
+# VFM
+
+
+class VFMKeyTower(nn.Module):
+    """A timm ViT read as keys (SPEC 3): last block tokens after the final norm, patches only."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        fused_attention: bool = False,
+    ) -> None:
+        """Wrap ``model``; ``fused_attention=False`` makes its attention blocks compute
+        ``softmax(q k^T) v`` explicitly, the arithmetic of the reference implementation (the
+        fused kernel rounds differently and can flip the method's thresholds)."""
+        super().__init__()
+        if not hasattr(model, "forward_features") or not hasattr(model, "patch_embed"):
+            raise ModelLoadError(
+                f"the VFM {type(model).__name__} is not a timm ViT with a patch grid "
+                "(forward_features and patch_embed are needed)"
+            )
+        self.model = model
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused_attention
+        self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        self.patch_size = _pair(model.patch_embed.patch_size)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", mean)).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", std)).view(1, 3, 1, 1), False)
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        """The token grid for an ``h x w`` crop."""
+        return h // self.patch_size[0], w // self.patch_size[1]
+
+    def keys(
+        self, x: torch.Tensor, clip_mean: torch.Tensor, clip_std: torch.Tensor
+    ) -> torch.Tensor:
+        """Keys of CLIP-normalised crops.
+
+        Args:
+            x: ``B x 3 x h x w`` crops normalised with ``clip_mean`` / ``clip_std`` (``1x3x1x1``).
+
+        Returns:
+            ``B x gh x gw x C`` patch tokens (not yet L2-normalised).
+        """
+        x = ((x * clip_std + clip_mean) - self.mean) / self.std
+        tokens = self.model.forward_features(x)
+        if tokens.ndim == 4:  # NHWC output of some timm models
+            return tokens
+        gh, gw = self.grid(x.shape[-2], x.shape[-1])
+        patches = tokens[:, self.num_prefix :]
+        if patches.shape[1] != gh * gw:
+            raise ModelLoadError(
+                f"the VFM returned {patches.shape[1]} patch tokens for a {gh}x{gw} grid; "
+                "is num_prefix_tokens right for this model?"
+            )
+        return patches.reshape(x.shape[0], gh, gw, -1)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _offline_hint(kind: str, name: str, pretrained: str | None, err: Exception) -> ModelLoadError:
+    what = f"{name}" + (f" ({pretrained})" if pretrained else "")
+    if kind == "clip":
+        how = (
+            "point --clip-pretrained at a local checkpoint file (.pt/.bin/.safetensors), or use "
+            "--clip local-dir:DIR (a folder with open_clip_config.json and "
+            "open_clip_model.safetensors)"
+        )
+    else:
+        how = (
+            "pass --vfm local-dir:DIR (a folder with timm's config.json and model.safetensors) "
+            "or --vfm-file FILE with a local checkpoint of that architecture"
+        )
+    return ModelLoadError(
+        f"could not obtain the {kind.upper()} weights {what}: {err}. The weights download from "
+        f"the internet on first use and are cached (HF_HOME / ~/.cache); offline, {how}."
+    )
+
+
+def load_clip(
+    name: str = DEFAULT_CLIP,
+    pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+):
+    """Build an open_clip model and its tokenizer.
+
+    Args:
+        name: an open_clip model name (``ViT-B-16``), ``hf-hub:ORG/REPO`` or ``local-dir:DIR``.
+        pretrained: an open_clip tag (``openai``, ``laion2b_s32b_b79k``, ...), a local
+            checkpoint file, or None (required None for ``hf-hub:``/``local-dir:`` names).
+
+    Returns:
+        ``(model, tokenizer, mean, std)`` with the model in eval mode on ``device``.
+    """
+    import open_clip
+
+    is_path_name = name.startswith(("hf-hub:", "local-dir:"))
+    if is_path_name:
+        pretrained = None
+    elif name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower()[:6] in m.lower()][:8]
+        raise ModelLoadError(
+            f"unknown CLIP model {name!r}; open_clip knows e.g. {', '.join(close) or 'ViT-B-16'} "
+            "(open_clip.list_models() lists all), or use hf-hub:ORG/REPO or local-dir:DIR"
+        )
+    if pretrained and not os.path.exists(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ModelLoadError(
+                f"unknown pretrained tag {pretrained!r} for CLIP {name}; known tags: "
+                f"{', '.join(tags) or 'none'}; or pass a local checkpoint file"
+            )
+    quick_gelu = pretrained == "openai" or "quickgelu" in name.lower()
+    try:
+        model = open_clip.create_model(
+            name,
+            pretrained=pretrained,
+            device=device,
+            force_quick_gelu=quick_gelu and not is_path_name,
+            cache_dir=cache_dir,
+        )
+    except ModelLoadError:
+        raise
+    except Exception as err:  # download, cache and file errors come in many types
+        raise _offline_hint("clip", name, pretrained, err) from err
+    tokenizer = open_clip.get_tokenizer(name)
+    pp = getattr(model.visual, "preprocess_cfg", None) or {}
+    mean = tuple(pp.get("mean", getattr(model.visual, "image_mean", None) or OPENAI_CLIP_MEAN))
+    std = tuple(pp.get("std", getattr(model.visual, "image_std", None) or OPENAI_CLIP_STD))
+    return model.eval(), tokenizer, mean, std
+
+
+def load_vfm(
+    name: str = DEFAULT_VFM,
+    checkpoint: str | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build a timm ViT with pretrained weights for 224-pixel windows.
+
+    Args:
+        name: a timm model name with tag (``vit_base_patch8_224.dino``,
+            ``vit_base_patch14_reg4_dinov2.lvd142m``) or ``local-dir:DIR`` / ``hf-hub:...``.
+        checkpoint: a local weight file for the architecture ``name`` (instead of the hub).
+    """
+    import timm
+
+    is_path_name = name.startswith(("hf-hub:", "local-dir:"))
+    if not is_path_name:
+        arch = name.split(".")[0]
+        if not timm.is_model(arch):
+            close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+            raise ModelLoadError(
+                f"unknown VFM {name!r}; timm knows e.g. {', '.join(close)} "
+                "(timm.list_models() lists all), or use local-dir:DIR"
+            )
+    kwargs: dict = {"num_classes": 0, "dynamic_img_size": True}
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise ModelLoadError(f"VFM checkpoint file {checkpoint} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(checkpoint)}
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except TypeError:
+        kwargs.pop("dynamic_img_size")  # a model family without dynamic sizes
+        try:
+            model = timm.create_model(name, pretrained=True, img_size=224, **kwargs)
+        except Exception as err:
+            raise _offline_hint("vfm", name, checkpoint, err) from err
+    except Exception as err:
+        raise _offline_hint("vfm", name, checkpoint, err) from err
+    return model.to(device).eval()

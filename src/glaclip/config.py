@@ -1,0 +1,133 @@
+"""Settings of the method, as frozen dataclasses with the paper's defaults.
+
+Every switch and number of SPEC.md is a field here. ``settings_from_kwargs`` routes flat
+keyword settings (``kv_extension=False, prob_threshold=0.1, ...``) to the right dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Sliding windows (SPEC 1-2)."""
+
+    crop: int = 224  # window side in pixels of the resized image
+    stride: int = 112  # step between windows
+    short_side: int = 336  # protocol resize: target short side
+    max_long_side: int = 2048  # protocol resize: cap on the long side
+
+    def __post_init__(self) -> None:
+        for name in ("crop", "stride", "short_side", "max_long_side"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of pixels")
+
+
+@dataclass(frozen=True)
+class GLAConfig:
+    """The global-local attention (SPEC 5-7, 10)."""
+
+    kv_extension: bool = True  # attend across all windows (off: per-window ProxyCLIP)
+    proxy_anchor: bool = True  # proxy anchors (SPEC 5)
+    dynamic_norm: bool = True  # dynamic beta and gamma (SPEC 6)
+    token_norm: bool = True  # per-row mean (off: one mean over the whole matrix)
+    proxy_iters: int = 2  # T
+    proxy_threshold: float = 0.6  # tau (the reference's eval script uses 0.55)
+    beta_alpha: float = 0.3  # lambda1
+    gamma_alpha: float = 30.0  # lambda2
+    fixed_beta: float = 1.2  # beta when dynamic normalisation is off
+    fixed_gamma: float = 3.0  # gamma when dynamic normalisation is off
+    block_size: int | None = None  # query rows per attention block (None: from memory)
+
+    def __post_init__(self) -> None:
+        if self.proxy_iters < 0:
+            raise ValueError(f"proxy_iters must be >= 0, got {self.proxy_iters}")
+        if self.block_size is not None and self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+
+
+@dataclass(frozen=True)
+class PostConfig:
+    """Logits to labels (SPEC 9.4)."""
+
+    logit_scale: float = 40.0  # softmax temperature applied to cosine logits
+    prob_threshold: float = 0.0  # below this winning probability a pixel gets background_index
+    background_index: int = 0  # label for low-confidence pixels (0: the first class)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prob_threshold <= 1.0:
+            raise ValueError(f"prob_threshold must be in [0, 1], got {self.prob_threshold}")
+        if self.background_index < 0:
+            raise ValueError(f"background_index must be >= 0, got {self.background_index}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the computation runs; never changes what is computed in float32."""
+
+    window_batch: int = 16  # windows per backbone batch
+    precision: str = "fp32"  # backbone autocast: fp32 | bf16 | fp16
+    fused_attention: bool = False  # fused SDPA in the VFM (faster on GPUs, other round-off)
+
+    def __post_init__(self) -> None:
+        if self.window_batch <= 0:
+            raise ValueError(f"window_batch must be positive, got {self.window_batch}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of a Segmenter."""
+
+    window: WindowConfig = field(default_factory=WindowConfig)
+    gla: GLAConfig = field(default_factory=GLAConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat ``{name: value}`` of every setting (for result files)."""
+        out: dict[str, Any] = {}
+        for part in (self.window, self.gla, self.post, self.runtime):
+            out.update(dataclasses.asdict(part))
+        return out
+
+    def replace(self, **kwargs: Any) -> Settings:
+        """A copy with some flat settings changed."""
+        return settings_from_kwargs(self, **kwargs)
+
+
+_PARTS = {"window": WindowConfig, "gla": GLAConfig, "post": PostConfig, "runtime": RuntimeConfig}
+
+
+def setting_names() -> list[str]:
+    """Every flat setting name accepted by ``settings_from_kwargs``."""
+    return [f.name for cls in _PARTS.values() for f in dataclasses.fields(cls)]
+
+
+def settings_from_kwargs(base: Settings | None = None, **kwargs: Any) -> Settings:
+    """Build ``Settings`` from flat keyword settings, starting from ``base`` (or the defaults).
+
+    Raises:
+        TypeError: for a name that is not a setting (the message lists the valid ones).
+    """
+    base = base or Settings()
+    updates: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
+    for name, value in kwargs.items():
+        for part, cls in _PARTS.items():
+            if name in {f.name for f in dataclasses.fields(cls)}:
+                updates[part][name] = value
+                break
+        else:
+            raise TypeError(
+                f"unknown setting {name!r}; valid settings: {', '.join(setting_names())}"
+            )
+    return Settings(
+        **{
+            part: dataclasses.replace(getattr(base, part), **changes)
+            for part, changes in updates.items()
+        }
+    )

@@ -1,0 +1,92 @@
+"""Sliding-window tiling and stitching (SPEC section 2 and 9.2). Pure functions."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Window(NamedTuple):
+    """One crop of the resized image: rows ``y1:y2`` and columns ``x1:x2`` (end exclusive)."""
+
+    y1: int
+    y2: int
+    x1: int
+    x2: int
+
+
+def _starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for i in range(count):
+        start = i * stride
+        end = min(start + crop, size)
+        start = max(end - crop, 0)
+        spans.append((start, end))
+    return spans
+
+
+def window_grid(height: int, width: int, crop: int = 224, stride: int = 112) -> list[Window]:
+    """Windows of an ``height x width`` image, row-major (rows outer), as the reference tiles.
+
+    ``nh = max(H - crop + stride - 1, 0) // stride + 1`` rows and likewise ``nw`` columns; the
+    last window of a row or column is shifted back so that it ends at the image border. A side
+    shorter than ``crop`` gives windows as long as that side.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if crop <= 0 or stride <= 0:
+        raise ValueError(f"crop and stride must be positive, got crop={crop}, stride={stride}")
+    rows = _starts(height, crop, stride)
+    cols = _starts(width, crop, stride)
+    return [Window(y1, y2, x1, x2) for (y1, y2) in rows for (x1, x2) in cols]
+
+
+def grid_shape(height: int, width: int, crop: int = 224, stride: int = 112) -> tuple[int, int]:
+    """``(nh, nw)``: the number of window rows and columns."""
+    return len(_starts(height, crop, stride)), len(_starts(width, crop, stride))
+
+
+def coverage(windows: list[Window], height: int, width: int) -> torch.Tensor:
+    """``height x width`` float32 tensor: how many windows cover each pixel."""
+    count = torch.zeros(height, width)
+    for w in windows:
+        count[w.y1 : w.y2, w.x1 : w.x2] += 1
+    return count
+
+
+def stitch(
+    window_logits: torch.Tensor, windows: list[Window], height: int, width: int
+) -> torch.Tensor:
+    """Average overlapping window logits into one canvas (SPEC 9.2).
+
+    Args:
+        window_logits: ``L x Q x c_h x c_w`` logits, one map per window, already at crop size.
+        windows: the ``L`` windows, in the same order.
+        height, width: the canvas size ``H x W``.
+
+    Returns:
+        ``Q x H x W`` tensor: per pixel, the sum of the covering windows' logits divided by
+        their count.
+    """
+    if window_logits.shape[0] != len(windows):
+        raise ValueError(f"{window_logits.shape[0]} window maps for {len(windows)} windows")
+    q = window_logits.shape[1]
+    canvas = window_logits.new_zeros(q, height, width)
+    count = window_logits.new_zeros(1, height, width)
+    for logit, w in zip(window_logits, windows):
+        canvas[:, w.y1 : w.y2, w.x1 : w.x2] += logit
+        count[:, w.y1 : w.y2, w.x1 : w.x2] += 1
+    return canvas / count
+
+
+def inner_edges(windows: list[Window], height: int, width: int) -> tuple[list[int], list[int]]:
+    """Window edges strictly inside the image: ``(x_edges, y_edges)``, sorted, unique.
+
+    A window's start counts if it is > 0, its end if it is < the image size. These are the
+    seams across which the boundary error rate compares neighbouring pixels.
+    """
+    xs = {w.x1 for w in windows if w.x1 > 0} | {w.x2 for w in windows if w.x2 < width}
+    ys = {w.y1 for w in windows if w.y1 > 0} | {w.y2 for w in windows if w.y2 < height}
+    return sorted(xs), sorted(ys)
