@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from glaclip import backbones
 from glaclip.attention import attend
 from glaclip.config import Settings, settings_from_kwargs
-from glaclip.device import autocast, resolve_device
+from glaclip.device import StageTimer, autocast, resolve_device
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines
-from glaclip.windows import stitch, window_grid
+from glaclip.windows import Window, stitch, window_grid
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SegmentationOutput:
     class_names: list[list[str]]
     query_names: list[str]
     query_class: list[int]
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 class Segmenter:
@@ -147,9 +147,10 @@ class Segmenter:
         names, owner = expand_queries(classes)
         return self.text.encode(names).to(self.device), classes, names, owner
 
-    def _features(self, x: torch.Tensor, windows) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys ``L x S x Ck`` and values ``heads x L x S x d_h`` of every window."""
-        crop = self.settings.window.crop
+    def _features(
+        self, x: torch.Tensor, windows: Sequence[Window], timer: StageTimer
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Keys ``L x S x Ck``, values ``heads x L x S x d_h`` and the VFM grid ``(h, w)``."""
         batch = self.settings.runtime.window_batch
         mean = self.clip_mean.to(x.device)
         std = self.clip_std.to(x.device)
@@ -159,15 +160,15 @@ class Segmenter:
                 crops = torch.cat(
                     [x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows[start : start + batch]]
                 )
-                k = self.keys_tower.keys(crops, mean, std)  # b x h x w x Ck
+                with timer("vfm"):
+                    k = self.keys_tower.keys(crops, mean, std).float()  # b x h x w x Ck
                 gh, gw = k.shape[1], k.shape[2]
-                v = self.values_tower.values(crops)  # b x D x gh' x gw'
-                if v.shape[-2:] != (gh, gw):
-                    v = F.interpolate(
-                        v.float(), size=(gh, gw), mode="bilinear", align_corners=False
-                    )
-                keys.append(k.float().reshape(k.shape[0], gh * gw, -1))
-                values.append(v.float().reshape(v.shape[0], v.shape[1], gh * gw))
+                with timer("clip"):
+                    v = self.values_tower.values(crops).float()  # b x D x gh' x gw'
+                    if v.shape[-2:] != (gh, gw):
+                        v = F.interpolate(v, size=(gh, gw), mode="bilinear", align_corners=False)
+                keys.append(k.reshape(k.shape[0], gh * gw, -1))
+                values.append(v.reshape(v.shape[0], v.shape[1], gh * gw))
         keys_t = torch.cat(keys)  # L x S x Ck
         vals = torch.cat(values)  # L x D x S
         heads = self.values_tower.heads
@@ -197,7 +198,9 @@ class Segmenter:
         """
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(x.shape)}")
-        text, classes, names, owner = self.query_embeddings(class_lines)
+        timer = StageTimer(self.device)
+        with timer("text"):
+            text, classes, names, owner = self.query_embeddings(class_lines)
         x = x.to(self.device, torch.float32)
         height, width = x.shape[-2:]
         crop = self.settings.window.crop
@@ -206,26 +209,29 @@ class Segmenter:
             scale = crop / min(height, width)
             size = (max(crop, round(height * scale)), max(crop, round(width * scale)))
             work = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        logits = self._stitched_logits(work, text)
-        if logits.shape[-2:] != (height, width):
-            logits = _resize(logits, (height, width))
-        labels, scores = self.labels_from_logits(logits, owner, len(classes), output_size)
-        return SegmentationOutput(logits, labels, scores, classes, names, owner)
+        logits = self._stitched_logits(work, text, timer)
+        with timer("labels"):
+            if logits.shape[-2:] != (height, width):
+                logits = _resize(logits, (height, width))
+            labels, scores = self.labels_from_logits(logits, owner, len(classes), output_size)
+        return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
 
-    def _stitched_logits(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _stitched_logits(
+        self, x: torch.Tensor, text: torch.Tensor, timer: StageTimer
+    ) -> torch.Tensor:
         cfg = self.settings
         h, w = x.shape[-2:]
         windows = window_grid(h, w, cfg.window.crop, cfg.window.stride)
-        keys, values, (gh, gw) = self._features(x, windows)
-        out = attend(keys, values, cfg.gla)  # L x S x D
-        feats = self.values_tower.project(out)  # L x S x E
-        feats = F.normalize(feats, dim=-1)
-        logits = feats @ text.T  # L x S x Q
-        logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
-        logits = F.interpolate(
-            logits, size=(cfg.window.crop,) * 2, mode="bilinear", align_corners=False
-        )
-        return stitch(logits, windows, h, w)
+        keys, values, (gh, gw) = self._features(x, windows, timer)
+        with timer("attention"):
+            out = attend(keys, values, cfg.gla)  # L x S x D
+        with timer("stitch"):
+            feats = F.normalize(self.values_tower.project(out), dim=-1)  # L x S x E
+            logits = feats @ text.T  # L x S x Q
+            logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
+            crop = (cfg.window.crop, cfg.window.crop)
+            logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
+            return stitch(logits, windows, h, w)
 
     def labels_from_logits(
         self,

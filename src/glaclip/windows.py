@@ -75,7 +75,7 @@ def stitch(
     q = window_logits.shape[1]
     canvas = window_logits.new_zeros(q, height, width)
     count = window_logits.new_zeros(1, height, width)
-    for logit, w in zip(window_logits, windows):
+    for logit, w in zip(window_logits, windows, strict=True):
         canvas[:, w.y1 : w.y2, w.x1 : w.x2] += logit
         count[:, w.y1 : w.y2, w.x1 : w.x2] += 1
     return canvas / count
