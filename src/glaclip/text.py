@@ -58,11 +58,32 @@ def parse_classes_arg(text: str) -> list[str]:
 
 
 def read_class_file(path: str | os.PathLike) -> list[str]:
-    """The non-blank lines of a class file (UTF-8)."""
+    """The class lines of a class file: stripped, blank lines skipped.
+
+    Each line is one class; its query names are separated by ``;``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file has no class, or a line has an empty synonym (names file and
+            line number).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"class file {p} does not exist")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = []
+    for number, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if any(not part.strip() for part in line.split(";")):
+            raise ValueError(
+                f"{p}, line {number} ({line!r}) has an empty synonym: separate query names "
+                "with '; ' and leave none blank"
+            )
+        lines.append(line)
+    if not lines:
+        raise ValueError(f"class file {p} lists no class: write one class name per line")
+    return lines
 
 
 def expand_queries(classes: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:

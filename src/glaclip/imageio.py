@@ -1,0 +1,319 @@
+"""Image input/output: reading to RGB uint8, the protocol resize, CLIP tensors, atomic writers.
+
+Reading rules (SPEC 1.1), applied to files, PIL images and numpy arrays alike:
+
+- EXIF orientation is applied (files and PIL images; a corrupt EXIF block is ignored).
+- Alpha is dropped, never composited: RGBA -> RGB, LA -> L, PA -> RGB.
+- Greyscale becomes 3 equal channels.
+- 16-bit values (modes ``I;16*`` and ``I``, numpy ``uint16``) become 8-bit as ``v >> 8``
+  (so 65535 -> 255, 256 -> 1, 255 -> 0); mode ``I`` is first clipped to [0, 65535].
+- Floats (mode ``F``, numpy float arrays) must lie in [0, 1] and become ``round(v * 255)``;
+  anything else (NaN, values above 1) is rejected with :class:`ImageReadError`.
+- Palette, CMYK, YCbCr and other modes Pillow can convert are converted to RGB.
+- Multi-frame files (GIF, TIFF) use their first frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from glaclip.viz import make_palette
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "atomic_write",
+    "is_image_file",
+    "protocol_size",
+    "read_image",
+    "resize_image",
+    "save_json",
+    "save_label_png",
+    "save_rgb",
+    "to_tensor",
+]
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+#: Lower-case file extensions that :func:`read_image` is expected to handle.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga"
+)  # fmt: skip
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageReadError(ValueError):
+    """An image could not be read or converted to HxWx3 uint8 RGB."""
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive); no I/O."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.ndarray:
+    """Read an image as RGB.
+
+    Args:
+        source: a file path, a ``PIL.Image.Image`` (not closed or modified), or a numpy array
+            of shape HxW, HxWx1, HxWx3 or HxWx4 with dtype uint8, uint16 or float in [0, 1].
+
+    Returns:
+        HxWx3 uint8 array in [0, 255], C-contiguous (a new array, never a view of the input).
+
+    Raises:
+        ImageReadError: missing file, a directory, a file that is not a decodable image, or an
+            array/mode that cannot be interpreted; the message names the path or the problem.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, "array")
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source, "PIL image")
+    if isinstance(source, (str, os.PathLike)):
+        return _read_file(Path(source))
+    raise TypeError(
+        f"read_image expects a path, a PIL image or a numpy array, got {type(source).__name__}"
+    )
+
+
+def _read_file(path: Path) -> np.ndarray:
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _pil_to_rgb(im, str(path))
+    except UnidentifiedImageError as e:
+        raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)") from e
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: image too large to decode safely ({e})") from e
+    except PermissionError as e:
+        raise ImageReadError(f"{path}: permission denied") from e
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot decode image, truncated or corrupt ({e})") from e
+
+
+def _pil_to_rgb(im: Image.Image, where: str) -> np.ndarray:
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
+        pass
+    mode = im.mode
+    if mode == "RGB":
+        return np.array(im, dtype=np.uint8)
+    if mode in ("L", "RGBA") or mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return _array_to_rgb(np.array(im), where, pil_mode=mode)
+    if mode == "LA":
+        return _array_to_rgb(np.array(im)[..., 0], where)
+    if mode in ("PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        return _array_to_rgb(np.array(im.convert("RGBA"))[..., :3], where)
+    try:
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as e:
+        raise ImageReadError(f"{where}: cannot convert image mode {mode!r} to RGB ({e})") from e
+
+
+def _array_to_rgb(arr: np.ndarray, where: str, pil_mode: str | None = None) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[2] >= 3 else arr[..., 0]
+    elif arr.ndim != 2:
+        raise ImageReadError(
+            f"{where}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {arr.shape}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"{where}: image is empty (shape {arr.shape})")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
+        out = (arr >> 8).astype(np.uint8)
+    elif pil_mode == "I" and np.issubdtype(arr.dtype, np.integer):
+        out = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+            raise ImageReadError(
+                f"{where}: float images must hold values in [0, 1], got range "
+                f"[{np.nanmin(arr):g}, {np.nanmax(arr):g}]; pass uint8 or scale to [0, 1]"
+            )
+        out = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise ImageReadError(
+            f"{where}: unsupported dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]"
+        )
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    return np.array(out, dtype=np.uint8, order="C", copy=True)
+
+
+def protocol_size(
+    h0: int, w0: int, short_side: int = 336, max_long_side: int = 2048
+) -> tuple[int, int]:
+    """The benchmark resize target (SPEC 1.2), keeping the aspect ratio.
+
+    ``s = min(max_long_side / max(h0, w0), short_side / min(h0, w0))``; returns
+    ``(int(h0*s + 0.5), int(w0*s + 0.5))`` as ``(h, w)``, each at least 1.
+    """
+    if h0 <= 0 or w0 <= 0:
+        raise ValueError(f"image size must be positive, got {h0}x{w0}")
+    if short_side <= 0 or max_long_side <= 0:
+        raise ValueError(
+            f"short_side and max_long_side must be positive, got {short_side}, {max_long_side}"
+        )
+    s = min(max_long_side / max(h0, w0), short_side / min(h0, w0))
+    return max(1, int(h0 * s + 0.5)), max(1, int(w0 * s + 0.5))
+
+
+def resize_image(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize without antialiasing, as mmcv does (``cv2.INTER_LINEAR``).
+
+    Args:
+        rgb: HxWxC (or HxW) uint8 array.
+        size_hw: target ``(h, w)``, both >= 1.
+
+    Returns:
+        h x w x C uint8 array; ``rgb`` itself (no copy) when the size is already ``(h, w)``.
+    """
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"target size must be at least 1x1, got {h}x{w}")
+    if rgb.shape[:2] == (h, w):
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def to_tensor(
+    rgb: np.ndarray,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """Normalise an image for the network: ``(rgb / 255 - mean) / std`` in float32.
+
+    Args:
+        rgb: HxWx3 uint8 array in [0, 255].
+        mean, std: per-channel (R, G, B) statistics in [0, 1] units.
+
+    Returns:
+        1x3xHxW float32 CPU tensor.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 array, got shape {rgb.shape} {rgb.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+    x = x.to(torch.float32)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x / 255.0 - m) / s).contiguous()
+
+
+def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) -> Path:
+    """Write a file atomically: ``write_fn(tmp)`` writes a temporary file, then it is renamed.
+
+    The temporary file lives in the same directory (``.<name>.<random>.tmp``) so that
+    ``os.replace`` is atomic; ``write_fn`` must not rely on its extension to pick a format.
+    Missing parent directories are created. On any exception (including KeyboardInterrupt)
+    the temporary file is removed, ``path`` is left as it was, and the exception propagates.
+    No fsync is done: this protects against partial files, not against power loss.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_label_png(
+    path: str | os.PathLike[str], labels: np.ndarray, palette: np.ndarray | None = None
+) -> Path:
+    """Save a label map as PNG, atomically.
+
+    Args:
+        labels: HxW integer array with values in [0, 65535].
+        palette: Kx3 uint8 colours (K <= 256) for an indexed PNG; None uses
+            ``make_palette(256)``; indices beyond K get ``make_palette(256)`` colours.
+
+    Labels with max <= 255 are written as an indexed (mode P) PNG carrying the palette;
+    larger labels as a 16-bit greyscale (mode I;16) PNG without a palette.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"labels must be an HxW integer array, got {labels.shape} {labels.dtype}")
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"labels must lie in [0, 65535] for PNG, got [{lo}, {hi}]")
+    h, w = labels.shape
+    if hi <= 255:
+        full = make_palette(256)
+        if palette is not None:
+            pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+            if len(pal) > 256:
+                raise ValueError(f"an indexed PNG holds at most 256 colours, got {len(pal)}")
+            full[: len(pal)] = pal
+        im = Image.frombytes("P", (w, h), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+        im.putpalette(full.reshape(-1).tolist())
+    else:
+        im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint16))
+    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def save_rgb(path: str | os.PathLike[str], rgb: np.ndarray, jpeg_quality: int = 95) -> Path:
+    """Save an HxWx3 uint8 RGB image atomically; the format follows the extension.
+
+    ``.png`` -> PNG, ``.jpg``/``.jpeg`` -> JPEG at ``jpeg_quality``; any other extension
+    Pillow can write is accepted too.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 array, got shape {rgb.shape} {rgb.dtype}")
+    ext = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(
+            f"{path}: cannot tell the image format from extension {ext!r}; use .png or .jpg"
+        )
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    kwargs: dict[str, Any] = {"quality": jpeg_quality} if fmt == "JPEG" else {}
+    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **kwargs))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Save ``obj`` as JSON atomically: UTF-8 (non-ASCII kept), indent 2, trailing newline.
+
+    numpy scalars/arrays and paths are converted; NaN is written as ``NaN`` (Python's json
+    default). The text is serialised before anything is written.
+    """
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

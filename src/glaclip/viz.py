@@ -1,0 +1,203 @@
+"""Visualisation: a deterministic palette, pixel shares, and a label overlay with a legend.
+
+Pure numpy + Pillow (``ImageDraw`` with Pillow's default font); no matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["LegendEntry", "legend_entries", "make_palette", "overlay", "pixel_shares"]
+
+UNLABELLED_NAME = "unlabelled"
+
+
+def make_palette(n: int) -> np.ndarray:
+    """Return ``n`` distinct RGB colours as an nx3 uint8 array, deterministically.
+
+    Entries 0..255 are the PASCAL VOC bit-interleaving palette (0 is black, 1 is (128, 0, 0),
+    2 is (0, 128, 0), ...), so ``make_palette(21)`` matches VOC's label colours. Entries
+    from 256 on (only for n > 256) come from a fixed-seed random generator.
+    """
+    if n < 0:
+        raise ValueError(f"palette size must be >= 0, got {n}")
+    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    if n > 256:
+        pal[256:] = np.random.default_rng(0).integers(0, 256, size=(n - 256, 3), dtype=np.uint8)
+    return pal[:n].copy()
+
+
+def pixel_shares(labels: np.ndarray, num_classes: int) -> list[float]:
+    """Fraction of all pixels of ``labels`` (any integer array) that carry each class.
+
+    Returns ``num_classes`` floats in [0, 1]; labels outside [0, num_classes) count in the
+    denominator only, so the shares sum to at most 1.
+    """
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0 or num_classes <= 0:
+        return [0.0] * max(num_classes, 0)
+    valid = labels[(labels >= 0) & (labels < num_classes)].astype(np.int64)
+    counts = np.bincount(valid, minlength=num_classes)
+    return (counts / labels.size).tolist()
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One legend line: ``label`` is the class index, or None for unlabelled pixels."""
+
+    label: int | None
+    name: str
+    share: float  # fraction of all pixels, in [0, 1]
+
+
+def _valid_mask(labels: np.ndarray, num_classes: int, unlabeled_index: int | None) -> np.ndarray:
+    valid = (labels >= 0) & (labels < num_classes)
+    if unlabeled_index is not None:
+        valid &= labels != unlabeled_index
+    return valid
+
+
+def legend_entries(
+    labels: np.ndarray, class_names: Sequence[str], unlabeled_index: int | None = None
+) -> list[LegendEntry]:
+    """Legend lines for the classes present in ``labels`` (HxW int), largest share first.
+
+    Pixels equal to ``unlabeled_index`` or outside [0, len(class_names)) are gathered in one
+    final ``"unlabelled"`` entry (only when there are any).
+    """
+    labels = np.asarray(labels)
+    shares = pixel_shares(labels, len(class_names))
+    valid = _valid_mask(labels, len(class_names), unlabeled_index)
+    present = [i for i, s in enumerate(shares) if s > 0 and i != unlabeled_index]
+    present.sort(key=lambda i: (-shares[i], i))
+    entries = [LegendEntry(i, str(class_names[i]), shares[i]) for i in present]
+    n_unlabelled = int(labels.size - valid.sum())
+    if n_unlabelled:
+        entries.append(LegendEntry(None, UNLABELLED_NAME, n_unlabelled / labels.size))
+    return entries
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError, AttributeError):  # old Pillow or no FreeType
+        return ImageFont.load_default()
+
+
+def _boundaries(effective: np.ndarray, valid: np.ndarray, thickness: int) -> np.ndarray:
+    """Mask of labelled pixels that touch a pixel of another (effective) label."""
+    edge = np.zeros(effective.shape, dtype=bool)
+    dy = effective[1:, :] != effective[:-1, :]
+    dx = effective[:, 1:] != effective[:, :-1]
+    edge[1:, :] |= dy
+    edge[:-1, :] |= dy
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    if thickness > 1:
+        kernel = np.ones((thickness, thickness), dtype=np.uint8)
+        edge = cv2.dilate(edge.astype(np.uint8), kernel).astype(bool)
+    return edge & valid
+
+
+def overlay(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    palette: np.ndarray | None = None,
+    alpha: float = 0.5,
+    unlabeled_index: int | None = None,
+    draw_boundaries: bool = True,
+) -> np.ndarray:
+    """Blend a colour-coded label map over an image and add a legend panel on the right.
+
+    Args:
+        rgb: HxWx3 uint8 image in [0, 255].
+        labels: HxW integer label map (indices into ``class_names``).
+        class_names: one name per class index.
+        palette: Kx3 uint8 colours, K >= len(class_names); default ``make_palette``.
+        alpha: colour weight in [0, 1]; 0 leaves the image unchanged except boundaries.
+        unlabeled_index: a label to leave uncoloured; labels outside [0, len(class_names))
+            are always uncoloured. Uncoloured pixels keep their exact original values.
+        draw_boundaries: draw thin white lines on labelled pixels at class borders
+            (1 px up to ~1000 px images, thicker for larger ones).
+
+    Returns:
+        H' x (W + panel) x 3 uint8, with ``H' = max(H, legend height)``. The legend lists
+        only the classes present (swatch, name, percentage of all pixels), largest first,
+        then "unlabelled" if any; its font size scales with the image.
+    """
+    rgb = np.asarray(rgb)
+    labels = np.asarray(labels)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be HxWx3 uint8, got shape {rgb.shape} {rgb.dtype}")
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"labels shape {labels.shape} does not match image {rgb.shape[:2]}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    n = len(class_names)
+    pal = make_palette(max(n, 1)) if palette is None else np.asarray(palette, dtype=np.uint8)
+    if pal.ndim != 2 or pal.shape[1] != 3 or len(pal) < n:
+        raise ValueError(f"palette must be Kx3 with K >= {n} classes, got shape {pal.shape}")
+
+    h, w = labels.shape
+    valid = _valid_mask(labels, n, unlabeled_index)
+    out = rgb.copy()
+    if valid.any():
+        colours = pal[labels[valid].astype(np.int64)].astype(np.float32)
+        mixed = (1.0 - alpha) * rgb[valid].astype(np.float32) + alpha * colours
+        out[valid] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        if draw_boundaries:
+            effective = np.where(valid, labels.astype(np.int64), -1)
+            edge = _boundaries(effective, valid, thickness=max(1, round(max(h, w) / 1000)))
+            out[edge] = 255
+
+    return _add_legend(out, legend_entries(labels, class_names, unlabeled_index), pal)
+
+
+def _add_legend(image: np.ndarray, entries: list[LegendEntry], pal: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = int(min(64, max(11, round(math.sqrt(h * w) / 45))))
+    font = _font(size)
+    pad, gap = max(4, size // 2), max(3, size // 3)
+    row = size + gap
+    texts = [f"{e.name[:40]}  {100.0 * e.share:.1f}%" for e in entries]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((int(math.ceil(probe.textlength(t, font=font))) for t in texts), default=0)
+    panel_w = pad + size + gap + text_w + pad
+    canvas_h = max(h, pad + row * len(entries) + pad)
+    canvas = Image.new("RGB", (w + panel_w, canvas_h), (255, 255, 255))
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = w + pad
+    for k, (entry, text) in enumerate(zip(entries, texts, strict=True)):
+        y0 = pad + k * row
+        box = (x0, y0, x0 + size - 1, y0 + size - 1)
+        if entry.label is None:  # no colour: an outlined box with a cross
+            draw.rectangle(box, fill=(255, 255, 255), outline=(0, 0, 0))
+            draw.line(box, fill=(128, 128, 128))
+        else:
+            colour = tuple(int(c) for c in pal[entry.label])
+            draw.rectangle(box, fill=colour, outline=(0, 0, 0))
+        if isinstance(font, ImageFont.FreeTypeFont):
+            draw.text(
+                (x0 + size + gap, y0 + size // 2), text, fill=(0, 0, 0), font=font, anchor="lm"
+            )
+        else:  # the bitmap fallback font supports no anchors
+            draw.text((x0 + size + gap, y0), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, dtype=np.uint8).copy()

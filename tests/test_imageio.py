@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glaclip.imageio import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    atomic_write,
+    is_image_file,
+    protocol_size,
+    read_image,
+    resize_image,
+    save_json,
+    save_label_png,
+    save_rgb,
+    to_tensor,
+)
+
+
+def _rng_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _only_file(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_read_greyscale_png(tmp_path: Path) -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    out = read_image(tmp_path / "g.png")
+    assert out.shape == (3, 4, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], grey)
+
+
+def test_read_rgba_drops_alpha_without_compositing(tmp_path: Path) -> None:
+    rgba = np.concatenate([_rng_rgb(5, 6), np.zeros((5, 6, 1), np.uint8)], axis=2)
+    rgba[0, 0, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = read_image(str(tmp_path / "a.png"))
+    np.testing.assert_array_equal(out, rgba[..., :3])
+
+
+def test_read_palette_resolves_colours(tmp_path: Path) -> None:
+    idx = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    im = Image.frombytes("P", (2, 2), idx.tobytes())
+    im.putpalette([10, 20, 30, 200, 100, 50, 0, 255, 0] + [0] * (253 * 3))
+    im.save(tmp_path / "p.png")
+    out = read_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
+    np.testing.assert_array_equal(out[0, 1], [200, 100, 50])
+    np.testing.assert_array_equal(out[1, 0], [0, 255, 0])
+
+
+def test_read_16bit_png_shifts_to_8bit(tmp_path: Path) -> None:
+    vals = np.array([[0, 255, 256, 65535]], dtype=np.uint16)
+    im = Image.fromarray(vals)
+    assert im.mode == "I;16"
+    im.save(tmp_path / "d.png")
+    out = read_image(tmp_path / "d.png")
+    np.testing.assert_array_equal(out[0, :, 0], [0, 0, 1, 255])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_read_applies_exif_orientation(tmp_path: Path, orientation: int) -> None:
+    rgb = np.full((20, 40, 3), 255, np.uint8)  # 20 rows x 40 columns
+    rgb[:8, :8] = (255, 0, 0)  # red block at the top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = read_image(tmp_path / "r.jpg")
+    assert out.shape == (40, 20, 3)
+    # 6 = rotate 90 clockwise to display: top-left goes top-right; 8: it goes bottom-left.
+    corner = out[2, -3] if orientation == 6 else out[-3, 2]
+    assert corner[0] > 200 and corner[1] < 60 and corner[2] < 60
+
+
+def test_read_numpy_inputs() -> None:
+    rgb = _rng_rgb(4, 5)
+    out = read_image(rgb)
+    np.testing.assert_array_equal(out, rgb)
+    assert out is not rgb  # never a view of the caller's array
+    grey = read_image(rgb[..., 0])
+    np.testing.assert_array_equal(grey[..., 1], rgb[..., 0])
+    rgba = np.concatenate([rgb, np.full((4, 5, 1), 7, np.uint8)], axis=2)
+    np.testing.assert_array_equal(read_image(rgba), rgb)
+    np.testing.assert_array_equal(read_image(np.full((2, 2, 3), 512, np.uint16)), 2)
+    np.testing.assert_array_equal(read_image(np.full((2, 2, 3), 0.5)), 128)
+
+
+def test_read_numpy_rejects_bad_arrays() -> None:
+    with pytest.raises(ImageReadError, match=r"\[0, 1\]"):
+        read_image(np.full((2, 2, 3), 3.0))
+    with pytest.raises(ImageReadError, match="shape"):
+        read_image(np.zeros((2, 2, 5), np.uint8))
+    with pytest.raises(ImageReadError, match="dtype"):
+        read_image(np.zeros((2, 2, 3), np.int64))
+
+
+def test_read_pil_image_is_not_closed() -> None:
+    rgb = _rng_rgb(3, 7)
+    im = Image.fromarray(rgb)
+    np.testing.assert_array_equal(read_image(im), rgb)
+    np.testing.assert_array_equal(np.array(im), rgb)  # still usable
+    np.testing.assert_array_equal(read_image(im.convert("CMYK")).shape, (3, 7, 3))
+
+
+def test_read_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "nope.jpg"
+    with pytest.raises(ImageReadError, match="no such file") as err:
+        read_image(p)
+    assert str(p) in str(err.value)
+
+
+def test_read_directory(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="directory") as err:
+        read_image(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_read_text_file_named_jpg(tmp_path: Path) -> None:
+    p = tmp_path / "fake.jpg"
+    p.write_text("hello, I am not a picture\n")
+    with pytest.raises(ImageReadError, match="not an image file") as err:
+        read_image(p)
+    assert str(p) in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_image_extensions() -> None:
+    for ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"):
+        assert ext in IMAGE_EXTENSIONS
+    assert is_image_file("a/B.JPG") and not is_image_file("notes.txt")
+
+
+# ---------------------------------------------------------------- resize and tensors
+
+
+@pytest.mark.parametrize(
+    ("hw0", "kwargs", "expected"),
+    [
+        ((375, 500), {}, (336, 448)),  # 500x375 landscape: s = 336/375
+        ((300, 6000), {}, (102, 2048)),  # long side limited: s = 2048/6000
+        ((1024, 2048), {"short_side": 560}, (560, 1120)),
+        ((336, 336), {}, (336, 336)),
+        ((1, 100000), {}, (1, 2048)),  # clamps to at least one pixel
+    ],
+)
+def test_protocol_size(hw0: tuple[int, int], kwargs: dict, expected: tuple[int, int]) -> None:
+    assert protocol_size(*hw0, **kwargs) == expected
+
+
+def test_protocol_size_rejects_empty() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        protocol_size(0, 10)
+
+
+def test_resize_image_matches_cv2_and_skips_no_op() -> None:
+    rgb = _rng_rgb(37, 53)
+    out = resize_image(rgb, (20, 31))
+    assert out.shape == (20, 31, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, cv2.resize(rgb, (31, 20), interpolation=cv2.INTER_LINEAR))
+    assert resize_image(rgb, (37, 53)) is rgb
+
+
+def test_to_tensor_known_pixel() -> None:
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[1, 2] = (255, 128, 0)
+    x = to_tensor(rgb)
+    assert x.shape == (1, 3, 2, 3) and x.dtype == torch.float32
+    expected = [
+        (v / 255.0 - m) / s for v, m, s in zip((255, 128, 0), CLIP_MEAN, CLIP_STD, strict=True)
+    ]
+    torch.testing.assert_close(x[0, :, 1, 2], torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(x[0, 0, 0, 0], torch.tensor(-CLIP_MEAN[0] / CLIP_STD[0]))
+    ones = to_tensor(rgb, mean=(0, 0, 0), std=(1, 1, 1))
+    assert float(ones[0, 0, 1, 2]) == 1.0
+
+
+# ---------------------------------------------------------------- writers
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+
+    def boom(tmp: Path) -> None:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".tmp"
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_write(target, boom)
+    assert _only_file(tmp_path) == []
+
+
+def test_atomic_write_failure_keeps_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    save_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        save_json(target, {"a": object()})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert _only_file(tmp_path) == ["r.json"]
+
+
+def test_save_label_png_indexed_round_trip(tmp_path: Path) -> None:
+    labels = np.random.default_rng(1).integers(0, 21, size=(9, 11))
+    palette = np.array([[1, 2, 3], [250, 0, 7], [9, 9, 200]], dtype=np.uint8)
+    save_label_png(tmp_path / "sub" / "l.png", labels, palette)
+    with Image.open(tmp_path / "sub" / "l.png") as im:
+        assert im.mode == "P"
+        np.testing.assert_array_equal(np.array(im), labels)
+        pal = np.array(im.getpalette()[: 3 * 3], dtype=np.uint8).reshape(3, 3)
+    np.testing.assert_array_equal(pal, palette)
+    assert _only_file(tmp_path / "sub") == ["l.png"]
+
+
+def test_save_label_png_16bit_round_trip(tmp_path: Path) -> None:
+    labels = np.array([[0, 255, 256], [1000, 65535, 3]], dtype=np.int64)
+    save_label_png(tmp_path / "big.png", labels)
+    with Image.open(tmp_path / "big.png") as im:
+        assert im.mode.startswith("I")
+        assert im.palette is None
+        np.testing.assert_array_equal(np.array(im), labels)
+
+
+def test_save_label_png_rejects_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="65535"):
+        save_label_png(tmp_path / "x.png", np.array([[-1, 0]]))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_save_rgb_png_and_jpeg(tmp_path: Path) -> None:
+    rgb = _rng_rgb(8, 8)
+    save_rgb(tmp_path / "a.png", rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
+    flat = np.full((8, 8, 3), 120, np.uint8)
+    save_rgb(tmp_path / "b.JPG", flat)
+    with Image.open(tmp_path / "b.JPG") as im:
+        assert im.format == "JPEG"
+    assert np.abs(read_image(tmp_path / "b.JPG").astype(int) - 120).max() <= 2
+    with pytest.raises(ValueError, match="extension"):
+        save_rgb(tmp_path / "c.unknownext", rgb)
+
+
+def test_save_json_format(tmp_path: Path) -> None:
+    p = tmp_path / "m.json"
+    save_json(p, {"miou": np.float32(0.5), "name": "café", "ids": np.arange(2)})
+    text = p.read_bytes().decode("utf-8")
+    assert text.endswith("}\n") and '\n  "miou": 0.5' in text and "café" in text
+    assert json.loads(text) == {"miou": 0.5, "name": "café", "ids": [0, 1]}

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from glaclip.viz import LegendEntry, legend_entries, make_palette, overlay, pixel_shares
+
+
+def _scene(h: int = 60, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    rgb = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    labels = np.zeros((h, w), dtype=np.int64)
+    labels[:, w // 2 :] = 2
+    labels[: h // 4, : w // 4] = 255  # unlabelled block
+    return rgb, labels
+
+
+def test_palette_first_entries_distinct() -> None:
+    pal = make_palette(21)
+    assert pal.shape == (21, 3) and pal.dtype == np.uint8
+    np.testing.assert_array_equal(pal[:3], [[0, 0, 0], [128, 0, 0], [0, 128, 0]])
+    dists = [
+        np.linalg.norm(a.astype(float) - b.astype(float)) for a, b in itertools.combinations(pal, 2)
+    ]
+    assert min(dists) >= 64
+
+
+def test_palette_sizes_and_determinism() -> None:
+    pal = make_palette(256)
+    assert pal.shape == (256, 3) and len({tuple(c) for c in pal}) == 256
+    np.testing.assert_array_equal(make_palette(21), pal[:21])
+    big = make_palette(300)
+    np.testing.assert_array_equal(big[:256], pal)
+    np.testing.assert_array_equal(big, make_palette(300))
+
+
+def test_pixel_shares() -> None:
+    labels = np.array([[0, 0, 1, 7], [1, 1, -1, 0]])
+    assert pixel_shares(labels, 3) == pytest.approx([3 / 8, 3 / 8, 0.0])
+
+
+def test_legend_lists_only_present_classes() -> None:
+    _, labels = _scene()
+    names = ["sky", "tree", "road", "car"]
+    entries = legend_entries(labels, names)
+    assert [e.name for e in entries] == ["road", "sky", "unlabelled"]
+    assert entries[0] == LegendEntry(2, "road", 0.5)
+    assert entries[-1].label is None
+    assert sum(e.share for e in entries) == pytest.approx(1.0)
+
+
+def test_legend_unlabeled_index_is_merged() -> None:
+    labels = np.array([[0, 1], [1, 1]])
+    entries = legend_entries(labels, ["bg", "cat"], unlabeled_index=0)
+    assert [(e.label, e.name) for e in entries] == [(1, "cat"), (None, "unlabelled")]
+    assert entries[1].share == pytest.approx(0.25)
+    assert [e.name for e in legend_entries(labels, ["bg", "cat"])] == ["cat", "bg"]
+
+
+def test_overlay_shape_colours_and_unlabelled() -> None:
+    rgb, labels = _scene()
+    names = ["sky", "tree", "road", "car"]
+    out = overlay(rgb, labels, names, alpha=0.5)
+    h, w = labels.shape
+    assert out.dtype == np.uint8 and out.shape[0] >= h and out.shape[1] > w
+    img = out[:h, :w]
+    unl = labels == 255
+    np.testing.assert_array_equal(img[unl], rgb[unl])
+    lab = ~unl
+    # every labelled pixel differs from the original
+    assert (np.abs(img[lab].astype(int) - rgb[lab].astype(int)).sum(axis=1) > 0).all()
+    pal = make_palette(4)
+    inner = (slice(h // 2, h - 2), slice(w // 2 + 3, w - 2))  # road, away from borders
+    expected = np.rint(0.5 * rgb[inner].astype(float) + 0.5 * pal[2]).astype(np.uint8)
+    np.testing.assert_array_equal(img[inner], expected)
+    # a class border is drawn in white on the labelled side
+    assert (img[h // 2, w // 2] == 255).all()
+    # the legend panel is not blank
+    assert (out[:, w:] != 255).any()
+
+
+def test_overlay_alpha_zero_without_boundaries_is_identity() -> None:
+    rgb, labels = _scene()
+    out = overlay(rgb, labels, ["a", "b", "c"], alpha=0.0, draw_boundaries=False)
+    np.testing.assert_array_equal(out[: rgb.shape[0], : rgb.shape[1]], rgb)
+
+
+def test_overlay_legend_scales_with_image() -> None:
+    small_rgb, small_lab = _scene(200, 200)
+    big_rgb, big_lab = _scene(1000, 1000)
+    names = ["sky", "tree", "road"]
+    small = overlay(small_rgb, small_lab, names)
+    big = overlay(big_rgb, big_lab, names)
+    assert big.shape[1] - 1000 > small.shape[1] - 200 > 0
+
+
+def test_overlay_tall_legend_extends_canvas() -> None:
+    labels = np.arange(40).reshape(4, 10)
+    rgb = np.zeros((4, 10, 3), np.uint8)
+    out = overlay(rgb, labels, [f"class {i}" for i in range(40)])
+    assert out.shape[0] > 4 * 40  # forty legend rows do not fit in four pixels
+
+
+def test_overlay_validates_inputs() -> None:
+    rgb, labels = _scene()
+    with pytest.raises(ValueError, match="shape"):
+        overlay(rgb, labels[:-1], ["a"])
+    with pytest.raises(ValueError, match="palette"):
+        overlay(rgb, labels, ["a", "b", "c"], palette=make_palette(2))
