@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -15,8 +15,15 @@ from glaclip import backbones
 from glaclip.attention import attend
 from glaclip.config import Settings, settings_from_kwargs
 from glaclip.device import StageTimer, autocast, resolve_device
-from glaclip.text import TextEncoder, expand_queries, parse_class_lines
+from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
+from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
 from glaclip.windows import Window, stitch, window_grid
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+
+ImageSource = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]
 
 
 @dataclass
@@ -40,6 +47,32 @@ class SegmentationOutput:
     query_names: list[str]
     query_class: list[int]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class Segmentation:
+    """What ``Segmenter.segment`` returns for one image.
+
+    Attributes:
+        labels: ``H0 x W0`` int32 numpy array at the original size; the class index (position in
+            the class list), or ``background_index`` where the winning probability is below
+            ``prob_threshold``.
+        class_names: the classes, each as its list of query names (synonyms).
+        scores: ``C x H0 x W0`` float32 tensor of class probabilities in [0, 1].
+        image_size: ``(H0, W0)``; ``resized_size``: ``(H, W)`` the network saw.
+    """
+
+    labels: np.ndarray
+    class_names: list[list[str]]
+    scores: torch.Tensor
+    image_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def pixel_shares(self) -> list[float]:
+        """Fraction of the image's pixels given to each class."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        return (counts[: len(self.class_names)] / self.labels.size).tolist()
 
 
 class Segmenter:
@@ -177,6 +210,49 @@ class Segmenter:
         return keys_t, vals, (gh, gw)
 
     # ------------------------------------------------------------------------------ segment
+    def prepare(self, image: ImageSource) -> tuple[torch.Tensor, tuple[int, int]]:
+        """SPEC 1: read, resize (OpenCV bilinear on uint8) and CLIP-normalise an image.
+
+        Args:
+            image: a path, a PIL image or an ``H x W x 3`` uint8 array (RGB).
+
+        Returns:
+            ``(1 x 3 x H x W float32 tensor, (H0, W0) original size)``.
+        """
+        rgb = read_image(image)
+        h0, w0 = rgb.shape[:2]
+        win = self.settings.window
+        size = protocol_size(h0, w0, win.short_side, win.max_long_side)
+        x = to_tensor(
+            resize_image(rgb, size),
+            self.clip_mean.flatten().tolist(),
+            self.clip_std.flatten().tolist(),
+        )
+        return x, (h0, w0)
+
+    def segment(self, image: ImageSource, classes: Sequence[str] | str) -> Segmentation:
+        """Segment one image into the given classes.
+
+        Args:
+            image: a path, a PIL image or an ``H x W x 3`` uint8 RGB array.
+            classes: class lines (``["sky", "person; man"]``: synonyms separated by ``;``) or
+                one string with commas between classes (``"sky, person; man"``).
+
+        Returns:
+            A ``Segmentation`` at the image's original size.
+        """
+        lines = parse_classes_arg(classes) if isinstance(classes, str) else list(classes)
+        x, size = self.prepare(image)
+        out = self.segment_tensor(x, lines, output_size=size)
+        return Segmentation(
+            labels=to_numpy_labels(out.labels),
+            class_names=out.class_names,
+            scores=out.scores.cpu(),
+            image_size=size,
+            resized_size=(x.shape[-2], x.shape[-1]),
+            timings=out.timings,
+        )
+
     @torch.inference_mode()
     def segment_tensor(
         self,

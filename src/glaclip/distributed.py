@@ -1,0 +1,98 @@
+"""Splitting work across processes started by ``torchrun`` (one node or many)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place: ``rank`` of ``world_size``; ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info_from_env() -> DistInfo:
+    """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as set by torchrun (defaults: 0, 1, 0)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device: str | None) -> tuple[DistInfo, str | None]:
+    """Join the torchrun process group if there is one.
+
+    The backend is nccl when the processes use CUDA, gloo otherwise. Under torchrun with
+    CUDA, each process takes the GPU of its local rank unless ``device`` names one.
+
+    Returns:
+        ``(DistInfo, device)``: the device this process should use.
+    """
+    info = dist_info_from_env()
+    if not info.enabled:
+        return info, device
+    import torch.distributed as dist
+
+    use_cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    if use_cuda and (device in (None, "cuda")):
+        device = f"cuda:{info.local_rank}"
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info, device
+
+
+def shard(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This rank's items: every ``world_size``-th item starting at ``rank``.
+
+    Every item goes to exactly one rank; none is repeated and none is padded in.
+    """
+    return list(items[info.rank :: info.world_size])
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over all ranks (a no-op in a single process). Returns the summed tensor."""
+    if not info.enabled:
+        return t
+    import torch.distributed as dist
+
+    backend = dist.get_backend()
+    work = t.cuda() if backend == "nccl" else t.cpu()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(t.device)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def finalize(info: DistInfo) -> None:
+    """Leave the process group."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

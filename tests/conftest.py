@@ -1,0 +1,115 @@
+"""Shared fixtures: the golden fixtures and the tiny golden models as real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(os.environ.get("GLACLIP_GOLDEN", REPO.parent / "shared" / "golden"))
+GOLDEN_CASES = [
+    "gla_default",
+    "gla_wide",
+    "kv_only",
+    "proxyclip_baseline",
+    "proxy_anchor_no_kv",
+    "gla_iters0",
+]
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN / "models.pt").is_file():
+        raise FileNotFoundError(
+            f"golden fixtures not found at {GOLDEN}: check out ../shared beside the repository "
+            "or set GLACLIP_GOLDEN"
+        )
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def golden_models_state(golden_dir: Path) -> dict:
+    return torch.load(golden_dir / "models.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_modules(golden_models_state: dict):
+    """``(clip_model, vfm_model, tokenizer)`` built exactly as the golden README says."""
+    import open_clip
+    import timm
+
+    m = golden_models_state
+    clip = open_clip.model.CLIP(
+        embed_dim=m["clip_embed_dim"],
+        vision_cfg=m["clip_vision_cfg"],
+        text_cfg=m["clip_text_cfg"],
+        quick_gelu=m["quick_gelu"],
+    )
+    clip.load_state_dict(m["clip_state_dict"])
+    vfm = timm.create_model(m["vfm_timm_name"], pretrained=False, num_classes=0, **m["vfm_kwargs"])
+    vfm.load_state_dict(m["vfm_state_dict"])
+    return clip.eval(), vfm.eval(), open_clip.get_tokenizer("ViT-B-16")
+
+
+def write_tiny_checkpoints(state: dict, root: Path) -> dict[str, str]:
+    """Write the tiny golden models as open_clip and timm ``local-dir:`` checkpoints."""
+    from safetensors.torch import save_file
+
+    clip_dir, vfm_dir = root / "clip", root / "vfm"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    vfm_dir.mkdir(parents=True, exist_ok=True)
+    clip_cfg = {
+        "model_cfg": {
+            "embed_dim": state["clip_embed_dim"],
+            "vision_cfg": state["clip_vision_cfg"],
+            "text_cfg": state["clip_text_cfg"],
+            "quick_gelu": state["quick_gelu"],
+        },
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (clip_dir / "open_clip_config.json").write_text(json.dumps(clip_cfg))
+    save_file(
+        {k: v.contiguous() for k, v in state["clip_state_dict"].items()},
+        str(clip_dir / "open_clip_model.safetensors"),
+    )
+    vfm_cfg = {
+        "architecture": state["vfm_timm_name"].split(".")[0],
+        "num_classes": 0,
+        "model_args": state["vfm_kwargs"],
+        "pretrained_cfg": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
+    (vfm_dir / "config.json").write_text(json.dumps(vfm_cfg))
+    save_file(
+        {k: v.contiguous() for k, v in state["vfm_state_dict"].items()},
+        str(vfm_dir / "model.safetensors"),
+    )
+    return {"clip": f"local-dir:{clip_dir}", "vfm": f"local-dir:{vfm_dir}"}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(golden_models_state: dict, tmp_path_factory) -> dict[str, str]:
+    """``{"clip": "local-dir:...", "vfm": "local-dir:..."}`` of the tiny golden models."""
+    return write_tiny_checkpoints(golden_models_state, tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_args(tiny_checkpoints: dict[str, str], tmp_path_factory) -> list[str]:
+    """CLI flags that select the tiny models on the CPU with a private text cache."""
+    cache = tmp_path_factory.mktemp("text_cache")
+    return [
+        "--clip",
+        tiny_checkpoints["clip"],
+        "--vfm",
+        tiny_checkpoints["vfm"],
+        "--device",
+        "cpu",
+        "--text-cache",
+        str(cache),
+    ]
