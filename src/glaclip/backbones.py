@@ -211,11 +211,12 @@ def _offline_hint(kind: str, name: str, pretrained: str | None, err: Exception) 
     else:
         how = (
             "pass --vfm local-dir:DIR (a folder with timm's config.json and model.safetensors) "
-            "or --vfm-file FILE with a local checkpoint of that architecture"
+            "or --vfm-checkpoint FILE (a local weight file of that architecture)"
         )
+    reason = str(err).strip().rstrip(".")
     return ModelLoadError(
-        f"could not obtain the {kind.upper()} weights {what}: {err}. The weights download from "
-        f"the internet on first use and are cached (HF_HOME / ~/.cache); offline, {how}."
+        f"could not obtain the {kind.upper()} weights {what}: {reason}. The weights download "
+        f"from the internet on first use and are cached (HF_HOME, ~/.cache); offline, {how}"
     )
 
 

@@ -1,0 +1,153 @@
+"""Loading backbones from local checkpoints, model variants, and clear load errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import open_clip
+import pytest
+import timm
+import torch
+
+from glaclip import Segmenter, backbones
+
+
+def test_local_dir_checkpoints_load_the_same_weights(tiny_checkpoints, golden_models_state) -> None:
+    clip, tok, mean, std = backbones.load_clip(tiny_checkpoints["clip"])
+    for k, v in golden_models_state["clip_state_dict"].items():
+        assert torch.equal(clip.state_dict()[k], v), k
+    assert mean == backbones.OPENAI_CLIP_MEAN and std == backbones.OPENAI_CLIP_STD
+    assert tok(["a photo"]).shape[-1] == 77
+    vfm = backbones.load_vfm(tiny_checkpoints["vfm"])
+    for k, v in golden_models_state["vfm_state_dict"].items():
+        assert torch.equal(vfm.state_dict()[k], v), k
+
+
+def test_from_pretrained_matches_from_modules(tiny_checkpoints, golden_modules, golden_dir) -> None:
+    g = torch.load(golden_dir / "kv_only.pt", weights_only=True)
+    settings = {"proxy_anchor": False, "dynamic_norm": False, "prob_threshold": 0.1}
+    a = Segmenter.from_pretrained(
+        clip=tiny_checkpoints["clip"],
+        vfm=tiny_checkpoints["vfm"],
+        device="cpu",
+        text_cache_dir=None,
+        **settings,
+    )
+    out = a.segment_tensor(g["image"], g["class_lines"])
+    assert (out.query_logits - g["logits"]).abs().max().item() < 1e-4
+    assert a.clip_info.pretrained is None and a.clip_info.name.startswith("local-dir:")
+
+
+def test_vfm_checkpoint_file(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    path = tmp_path / "vit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    model = backbones.load_vfm("vit_tiny_patch16_224", checkpoint=str(path))
+    assert torch.equal(model.state_dict()["pos_embed"], ref.state_dict()["pos_embed"])
+    with pytest.raises(backbones.ModelLoadError, match="does not exist"):
+        backbones.load_vfm("vit_tiny_patch16_224", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_clip_checkpoint_file(tmp_path) -> None:
+    ref = open_clip.create_model("ViT-S-32")
+    path = tmp_path / "vit_s_32.pt"
+    torch.save(ref.state_dict(), path)
+    model, _, _, _ = backbones.load_clip("ViT-S-32", str(path))
+    assert torch.equal(model.visual.proj, ref.visual.proj)
+
+
+def test_unknown_names_are_clear() -> None:
+    with pytest.raises(backbones.ModelLoadError, match="unknown CLIP model 'ViT-Q-99'"):
+        backbones.load_clip("ViT-Q-99", "openai")
+    with pytest.raises(backbones.ModelLoadError, match="unknown pretrained tag 'nope'"):
+        backbones.load_clip("ViT-B-16", "nope")
+    with pytest.raises(backbones.ModelLoadError, match="unknown VFM 'vit_nonsense_patch8'"):
+        backbones.load_vfm("vit_nonsense_patch8")
+
+
+def test_offline_error_names_model_and_local_options(tmp_path) -> None:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path),
+    }
+    code = (
+        "from glaclip import backbones\n"
+        "for f in (lambda: backbones.load_clip('ViT-B-16', 'openai'),"
+        " lambda: backbones.load_vfm('vit_base_patch8_224.dino')):\n"
+        "    try:\n        f()\n    except backbones.ModelLoadError as e:\n        print('ERR', e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    lines = [line for line in res.stdout.splitlines() if line.startswith("ERR")]
+    assert len(lines) == 2, res.stdout + res.stderr
+    assert "ViT-B-16 (openai)" in lines[0] and "--clip-pretrained" in lines[0]
+    assert "vit_base_patch8_224.dino" in lines[1] and "local-dir:" in lines[1]
+
+
+def _tiny_clip(patch: int) -> torch.nn.Module:
+    return open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg={
+            "image_size": 224,
+            "layers": 2,
+            "width": 64,
+            "patch_size": patch,
+            "head_width": 16,
+        },
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        quick_gelu=True,
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("vfm_name", "grid", "prefix"),
+    [
+        ("vit_small_patch8_224", 28, 1),  # DINO S/8
+        ("vit_base_patch16_224", 14, 1),  # DINO B/16
+        ("vit_small_patch14_dinov2", 16, 1),  # DINOv2
+        ("vit_small_patch14_reg4_dinov2", 16, 5),  # DINOv2 with registers (dropped)
+    ],
+)
+def test_vfm_variants(vfm_name: str, grid: int, prefix: int) -> None:
+    vfm = timm.create_model(
+        vfm_name,
+        pretrained=False,
+        num_classes=0,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        dynamic_img_size=True,
+    ).eval()
+    tower = backbones.VFMKeyTower(vfm)
+    assert tower.num_prefix == prefix
+    keys = tower.keys(
+        torch.zeros(2, 3, 224, 224),
+        torch.zeros(1, 3, 1, 1),
+        torch.ones(1, 3, 1, 1),
+    )
+    assert keys.shape == (2, grid, grid, 32)
+    seg = Segmenter.from_modules(_tiny_clip(16), vfm, open_clip.get_tokenizer("ViT-B-16"))
+    out = seg.segment_tensor(torch.randn(1, 3, 224, 336), ["a", "b; c"])
+    assert out.query_logits.shape == (3, 224, 336)
+    assert out.labels.shape == (224, 336) and int(out.labels.max()) <= 1
+
+
+def test_clip_patch14_values_resized_to_vfm_grid(golden_modules) -> None:
+    """A /14 CLIP (ViT-L-14 structure) gives 16x16 values, resized to the 28x28 keys."""
+    _, vfm, tok = golden_modules
+    clip = _tiny_clip(14)
+    tower = backbones.ClipValueTower(clip.visual)
+    assert tower.values(torch.zeros(1, 3, 224, 224)).shape == (1, 64, 16, 16)
+    seg = Segmenter.from_modules(clip, vfm, tok)
+    out = seg.segment_tensor(torch.randn(1, 3, 224, 224), ["a", "b"])
+    assert out.query_logits.shape == (2, 224, 224)
+
+
+def test_clip_value_tower_rejects_non_vit() -> None:
+    with pytest.raises(backbones.ModelLoadError, match="not an open_clip ViT"):
+        backbones.ClipValueTower(torch.nn.Linear(2, 2))

@@ -1,0 +1,240 @@
+"""`glaclip segment` end to end with the tiny models as local-dir checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glaclip import Segmenter
+from glaclip.cli import main
+from glaclip.imageio import to_tensor
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    files: dict[str, Path] = {}
+    files["rgb"] = d / "rgb.jpg"
+    Image.fromarray(_rgb(240, 320, 0)).save(files["rgb"])
+    files["grey"] = d / "grey.png"
+    Image.fromarray(_rgb(200, 260, 1)[..., 0]).save(files["grey"])
+    files["rgba"] = d / "rgba.png"
+    Image.fromarray(np.dstack([_rgb(230, 230, 2), np.full((230, 230), 7, np.uint8)])).save(
+        files["rgba"]
+    )
+    files["palette"] = d / "palette.png"
+    Image.fromarray(_rgb(250, 240, 3)).convert("P", palette=Image.ADAPTIVE).save(files["palette"])
+    files["deep"] = d / "deep.png"
+    Image.fromarray((_rgb(224, 300, 4)[..., 1].astype(np.uint16) * 257)).save(files["deep"])
+    files["exif"] = d / "exif.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    Image.fromarray(_rgb(240, 360, 5)).save(files["exif"], exif=exif)
+    files["broken"] = d / "broken.jpg"
+    files["broken"].write_text("this is not a picture")
+    return files
+
+
+def test_batch_with_broken_and_missing_files(inputs, tiny_model_args, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    images = [str(p) for p in inputs.values()] + [str(tmp_path / "missing.png")]
+    code = main(
+        ["segment", *images, "--classes", "sky, tree, person; man", "--out", str(out)]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.jpg" in err and "not an image" in err
+    assert "missing.png" in err and "no such file" in err
+    good = [k for k in inputs if k != "broken"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{k}{ext}" for k in good for ext in (".png", ".json", "_overlay.jpg"))
+    expected_sizes = {
+        "rgb": (240, 320),
+        "grey": (200, 260),
+        "rgba": (230, 230),
+        "palette": (250, 240),
+        "deep": (224, 300),
+        "exif": (360, 240),
+    }
+    for key in good:
+        labels = Image.open(out / f"{key}.png")
+        assert labels.mode == "P" and labels.getpalette() is not None
+        arr = np.asarray(labels)
+        assert arr.shape == expected_sizes[key]
+        assert arr.max() <= 2
+        info = json.loads((out / f"{key}.json").read_text())
+        assert (info["image_size"]["height"], info["image_size"]["width"]) == expected_sizes[key]
+        assert [c["name"] for c in info["classes"]] == ["sky", "tree", "person"]
+        assert info["classes"][2]["queries"] == ["person", "man"]
+        shares = [c["pixel_share"] for c in info["classes"]]
+        for i, share in enumerate(shares):
+            assert share == pytest.approx((arr == i).mean())
+        assert info["settings"]["kv_extension"] is True and info["settings"]["proxy_iters"] == 2
+        assert info["models"]["vfm"].startswith("local-dir:")
+        overlay = Image.open(out / f"{key}_overlay.jpg")
+        assert overlay.size[1] >= arr.shape[0] and overlay.size[0] > arr.shape[1]
+
+
+def test_cli_uses_the_segment_tensor_path(tiny_model_args, tmp_path, golden_modules) -> None:
+    """An image whose protocol resize is the identity gives segment_tensor's labels."""
+    rgb = _rgb(336, 448, 9)
+    path = tmp_path / "id.png"
+    Image.fromarray(rgb).save(path)
+    classes = ["cat", "dog; puppy", "floor"]
+    cf = tmp_path / "classes.txt"
+    cf.write_text("\n".join(classes) + "\n")
+    code = main(
+        [
+            "segment",
+            str(path),
+            "--class-file",
+            str(cf),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-overlay",
+        ]
+        + tiny_model_args
+    )
+    assert code == 0
+    got = np.asarray(Image.open(tmp_path / "o" / "id.png"))
+    clip, vfm, tok = golden_modules
+    ref = Segmenter.from_modules(clip, vfm, tok).segment_tensor(to_tensor(rgb), classes)
+    assert np.array_equal(got, ref.labels.numpy())
+    assert not (tmp_path / "o" / "id_overlay.jpg").exists()
+
+
+def test_prob_threshold_leaves_pixels_unlabelled(inputs, tiny_model_args, tmp_path) -> None:
+    out = tmp_path / "o"
+    code = main(
+        [
+            "segment",
+            str(inputs["rgb"]),
+            "--classes",
+            "a, b",
+            "--out",
+            str(out),
+            "--prob-threshold",
+            "1.0",
+        ]
+        + tiny_model_args
+    )
+    assert code == 0
+    assert set(np.unique(np.asarray(Image.open(out / "rgb.png")))) == {255}
+    info = json.loads((out / "rgb.json").read_text())
+    assert info["unlabelled_share"] == pytest.approx(1.0)
+    assert info["settings"]["background_index"] == 255
+    code = main(
+        [
+            "segment",
+            str(inputs["rgb"]),
+            "--classes",
+            "a, b",
+            "--out",
+            str(out),
+            "--prob-threshold",
+            "1.0",
+            "--background-index",
+            "1",
+        ]
+        + tiny_model_args
+    )
+    assert set(np.unique(np.asarray(Image.open(out / "rgb.png")))) == {1}
+
+
+def test_method_switches_reach_the_settings(inputs, tiny_model_args, tmp_path) -> None:
+    out = tmp_path / "o"
+    code = main(
+        [
+            "segment",
+            str(inputs["rgb"]),
+            "--classes",
+            "a, b",
+            "--out",
+            str(out),
+            "--no-kv-extension",
+            "--proxy-iters",
+            "1",
+            "--proxy-threshold",
+            "0.55",
+            "--no-overlay",
+        ]
+        + tiny_model_args
+    )
+    assert code == 0
+    s = json.loads((out / "rgb.json").read_text())["settings"]
+    assert s["kv_extension"] is False and s["proxy_iters"] == 1 and s["proxy_threshold"] == 0.55
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--classes", " , "], "--classes is empty"),
+        (["--classes", "a, b; "], "empty synonym"),
+        (["--class-file", "/nonexistent/classes.txt"], "classes.txt"),
+        (["--classes", "a", "--clip", "ViT-Nope"], "unknown CLIP model"),
+        (["--classes", "a", "--vfm", "vit_nope_patch8"], "unknown VFM"),
+        (["--classes", "a", "--device", "tpu"], "device"),
+    ],
+)
+def test_clear_errors(extra, message, inputs, tiny_model_args, tmp_path, capsys) -> None:
+    args = ["segment", str(inputs["rgb"]), "--out", str(tmp_path / "o")] + tiny_model_args + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "rgb.png").exists()
+
+
+def test_empty_class_file(inputs, tiny_model_args, tmp_path, capsys) -> None:
+    cf = tmp_path / "empty.txt"
+    cf.write_text("\n\n")
+    assert (
+        main(
+            ["segment", str(inputs["rgb"]), "--class-file", str(cf), "--out", str(tmp_path / "o")]
+            + tiny_model_args
+        )
+        == 2
+    )
+    assert "no class" in capsys.readouterr().err
+
+
+def test_folder_input_and_colliding_stems(tiny_model_args, tmp_path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(_rgb(224, 224, 3)).save(tmp_path / sub / "same.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    out = tmp_path / "o"
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "a"),
+            str(tmp_path / "b" / "same.png"),
+            "--classes",
+            "x, y",
+            "--out",
+            str(out),
+            "--no-overlay",
+        ]
+        + tiny_model_args
+    )
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_same.png", "b_same.png"]
+
+
+def test_prepare_coco_object(tmp_path, capsys) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    Image.fromarray(np.array([[0, 79], [80, 255]], np.uint8)).save(src / "1_labelTrainIds.png")
+    assert main(["prepare", "coco-object", str(src), str(dst)]) == 0
+    out = np.asarray(Image.open(dst / "1_instanceTrainIds.png"))
+    assert out.tolist() == [[1, 80], [0, 0]]

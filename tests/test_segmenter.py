@@ -1,0 +1,111 @@
+"""The Python API: images in every form, sizes, thresholds, text reuse, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glaclip import Segmenter
+from glaclip.imageio import to_tensor
+
+
+@pytest.fixture(scope="module")
+def seg(golden_modules) -> Segmenter:
+    clip, vfm, tok = golden_modules
+    return Segmenter.from_modules(clip, vfm, tok)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w])
+
+
+def test_path_pil_array_agree_at_original_size(seg: Segmenter, tmp_path) -> None:
+    rgb = _image(300, 400)
+    path = tmp_path / "x.png"
+    Image.fromarray(rgb).save(path)
+    classes = ["sky", "tree", "person; man"]
+    a = seg.segment(rgb, classes)
+    b = seg.segment(Image.fromarray(rgb), classes)
+    c = seg.segment(str(path), "sky, tree, person; man")
+    assert a.labels.shape == (300, 400) and a.image_size == (300, 400)
+    assert a.resized_size == (336, 448)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.labels, c.labels)
+    assert a.class_names == [["sky"], ["tree"], ["person", "man"]]
+    assert a.scores.shape == (3, 300, 400)
+    # the label is the class with the highest score
+    assert np.array_equal(a.scores.argmax(0).numpy(), a.labels)
+    assert abs(sum(a.pixel_shares()) - 1.0) < 1e-9
+
+
+def test_identity_resize_equals_segment_tensor(seg: Segmenter) -> None:
+    rgb = _image(336, 448, seed=1)
+    classes = ["cat", "dog; puppy", "floor"]
+    via_image = seg.segment(rgb, classes)
+    via_tensor = seg.segment_tensor(to_tensor(rgb), classes)
+    assert np.array_equal(via_image.labels, via_tensor.labels.numpy())
+
+
+def test_text_embeddings_reused(seg: Segmenter) -> None:
+    x = torch.randn(1, 3, 224, 224)
+    seg.segment_tensor(x, ["alpha", "beta"])
+    count = seg.text.encoded_count
+    seg.segment_tensor(x, ["beta", "alpha"])
+    assert seg.text.encoded_count == count
+    seg.segment_tensor(x, ["alpha", "gamma"])
+    assert seg.text.encoded_count == count + 1
+
+
+def test_synonyms_take_the_max(seg: Segmenter) -> None:
+    x = torch.randn(1, 3, 224, 224)
+    out = seg.segment_tensor(x, ["a", "b; c"])
+    probs = torch.softmax(out.query_logits * 40.0, dim=0)
+    assert torch.allclose(out.scores[1], torch.maximum(probs[1], probs[2]))
+    assert torch.allclose(out.scores[0], probs[0])
+
+
+def test_small_image_is_upscaled_to_the_window(golden_modules) -> None:
+    clip, vfm, tok = golden_modules
+    small = Segmenter.from_modules(clip, vfm, tok, short_side=160)
+    res = small.segment(_image(100, 150), ["a", "b"])
+    assert res.resized_size == (160, 240)
+    assert res.labels.shape == (100, 150)
+    out = small.segment_tensor(torch.randn(1, 3, 100, 130), ["a", "b"])
+    assert out.query_logits.shape == (2, 100, 130)
+
+
+def test_panorama(seg: Segmenter) -> None:
+    res = seg.segment(_image(200, 4000), ["a", "b"])
+    assert res.resized_size == (102, 2048)  # the 2048 cap on the long side
+    assert res.labels.shape == (200, 4000)
+
+
+def test_prob_threshold_background(golden_modules) -> None:
+    clip, vfm, tok = golden_modules
+    x = torch.randn(1, 3, 224, 224)
+    base = Segmenter.from_modules(clip, vfm, tok).segment_tensor(x, ["a", "b", "c"])
+    best = base.scores.max(dim=0).values
+    thd = float(best.median())
+    strict = Segmenter.from_modules(clip, vfm, tok, prob_threshold=thd, background_index=255)
+    out = strict.segment_tensor(x, ["a", "b", "c"])
+    low = best < thd
+    assert low.any() and (~low).any()
+    assert bool((out.labels[low] == 255).all())
+    assert torch.equal(out.labels[~low], base.labels[~low])
+
+
+def test_bad_inputs(seg: Segmenter, golden_modules) -> None:
+    with pytest.raises(ValueError, match="1x3xHxW"):
+        seg.segment_tensor(torch.zeros(3, 224, 224), ["a"])
+    with pytest.raises(ValueError, match="empty"):
+        seg.segment_tensor(torch.zeros(1, 3, 224, 224), [])
+    with pytest.raises(ValueError, match="empty synonym"):
+        seg.segment(_image(50, 50), ["a; "])
+    clip, vfm, tok = golden_modules
+    with pytest.raises(TypeError, match="unknown setting 'kv_extention'"):
+        Segmenter.from_modules(clip, vfm, tok, kv_extention=False)
+    with pytest.raises(ValueError, match="prob_threshold"):
+        Segmenter.from_modules(clip, vfm, tok, prob_threshold=2.0)
