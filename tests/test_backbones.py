@@ -80,7 +80,8 @@ def test_offline_error_names_model_and_local_options(tmp_path) -> None:
         "from glaclip import backbones\n"
         "for f in (lambda: backbones.load_clip('ViT-B-16', 'openai'),"
         " lambda: backbones.load_vfm('vit_base_patch8_224.dino')):\n"
-        "    try:\n        f()\n    except backbones.ModelLoadError as e:\n        print('ERR', e)\n"
+        "    try:\n        f()\n"
+        "    except backbones.ModelLoadError as e:\n        print('ERR', e)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     lines = [line for line in res.stdout.splitlines() if line.startswith("ERR")]

@@ -35,7 +35,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     files["palette"] = d / "palette.png"
     Image.fromarray(_rgb(250, 240, 3)).convert("P", palette=Image.ADAPTIVE).save(files["palette"])
     files["deep"] = d / "deep.png"
-    Image.fromarray((_rgb(224, 300, 4)[..., 1].astype(np.uint16) * 257)).save(files["deep"])
+    Image.fromarray(_rgb(224, 300, 4)[..., 1].astype(np.uint16) * 257).save(files["deep"])
     files["exif"] = d / "exif.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
