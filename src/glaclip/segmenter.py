@@ -108,7 +108,7 @@ class Segmenter:
         self.vfm_info = vfm_info or backbones.ModelInfo(type(vfm_model).__name__, None)
         self.clip_mean = torch.tensor(clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(clip_std, dtype=torch.float32).view(1, 3, 1, 1)
-        model_id = f"{self.clip_info.name}|{self.clip_info.pretrained}"
+        model_id = _weights_identity(self.clip_info)
         self.text = TextEncoder(self.clip_model, tokenizer, model_id, cache_dir=text_cache_dir)
 
     # ------------------------------------------------------------------------------ builders
@@ -339,6 +339,23 @@ class Segmenter:
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _weights_identity(info: backbones.ModelInfo) -> str:
+    """The CLIP identity that keys the text cache: name, tag, and for local files their
+    size and modification time (so that a replaced checkpoint is not served stale text)."""
+    parts = [info.name, str(info.pretrained)]
+    for candidate in (info.pretrained, info.name.removeprefix("local-dir:")):
+        if candidate and os.path.exists(candidate):
+            st = os.stat(candidate)
+            if os.path.isdir(candidate):
+                st = max(
+                    (os.stat(e.path) for e in os.scandir(candidate)),
+                    key=lambda x: x.st_mtime,
+                    default=st,
+                )
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
 
 
 def default_cache_dir() -> str:
