@@ -1,13 +1,540 @@
-"""Benchmark evaluation (placeholder until the evaluation loop lands)."""
+"""Benchmark evaluation: ``glaclip eval`` in one process or under ``torchrun``, resumable.
+
+Per image (SPEC 1, 9, 11): read and resize with the preset's short side
+(``Segmenter.prepare``), ``segment_tensor(x, class_lines, output_size=(H0, W0))``, labels at
+the original size; the ground truth comes from ``load_label`` (with reduce_zero_label where
+the preset says so) and feeds mmseg's IoU counters and the boundary error rate (BER).
+
+BER windows. The seams are those of the windows the network actually saw. When both sides of
+the resized image are at least the crop, that is the protocol-resized size ``H x W``. When a
+side is shorter, ``Segmenter.segment_tensor`` first upscales the input so that its short side
+equals the crop (``network_size``); the windows then live on that upscaled canvas, and their
+edges are mapped from it straight to the original size (``metrics.boundary_counts``).
+
+Resume. Every finished image appends one JSON line ``{"id", "counts"}`` (its own metric
+counters, ``SegMetric.to_tensor``) to ``OUT/eval_state/rank<r>.jsonl``, flushed and fsynced
+after its prediction file is in place. Each state file starts with a header holding a
+fingerprint of the evaluation (dataset, data root, class lines, label conventions, every
+setting except ``window_batch`` and ``block_size`` — which only partition the work — and the
+model identities). A later run with the same fingerprint reads every state file, skips the
+ids listed there and adds their counters: integer sums, so the result is the one a fresh run
+gives. A torn last line (a crash mid-write) is ignored and cut off; a different fingerprint is
+refused unless ``--restart`` discards the state. Resume works with any world size; with
+several nodes, ``OUT`` must be a folder every node sees (checked: the ranks must agree).
+
+Distributed. The images still to do are split with ``distributed.shard`` (no padding, no
+duplicates); each rank writes its own predictions and state file; the per-rank counters are
+summed with ``distributed.all_reduce_sum`` and only rank 0 writes ``results.json`` and
+``results.md``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from glaclip.data import PRESETS, Sample, get_preset, list_samples, load_label, preset_classes
+from glaclip.distributed import DistInfo, all_reduce_sum, barrier, shard
+from glaclip.imageio import atomic_write, save_json, save_label_png
+from glaclip.metrics import SegMetric
+
+if TYPE_CHECKING:
+    from glaclip.segmenter import Segmenter
+
+STATE_DIR = "eval_state"
+STATE_VERSION = 1
+# settings that only decide how the work is partitioned, not what is computed
+_RUNTIME_ONLY = ("window_batch", "block_size")
 
 
+# ---------------------------------------------------------------------------------- task
+@dataclass(frozen=True)
+class EvalTask:
+    """What is evaluated: a dataset's samples, the vocabulary and the label conventions.
+
+    Attributes:
+        dataset: preset name (``voc21`` ...).
+        data_root: the dataset's root folder.
+        samples: the images to evaluate, in the dataset's order (``--limit`` applied).
+        class_lines: one class per line, synonyms separated by ``;`` (label order).
+        reduce_zero_label: apply mmseg's reduce_zero_label to the ground truth.
+        ignore_index: ground-truth value left out of the metrics.
+        class_file: the custom class file, or None for the preset's bundled one.
+        total_samples: the number of samples in the dataset before ``--limit``.
+    """
+
+    dataset: str
+    data_root: Path
+    samples: list[Sample]
+    class_lines: list[str]
+    reduce_zero_label: bool
+    ignore_index: int = 255
+    class_file: str | None = None
+    total_samples: int = 0
+
+    @property
+    def class_names(self) -> list[str]:
+        """The display name of each class: the first query name of its line."""
+        return [line.split(";")[0].strip() for line in self.class_lines]
+
+    def identity(self) -> dict[str, Any]:
+        """The task without its sample list (which ``--limit`` may change), for fingerprints."""
+        return {
+            "dataset": self.dataset,
+            "data_root": str(self.data_root.resolve()),
+            "class_lines": list(self.class_lines),
+            "reduce_zero_label": self.reduce_zero_label,
+            "ignore_index": self.ignore_index,
+        }
+
+
+def task_from_args(args: argparse.Namespace) -> tuple[EvalTask, dict[str, Any]]:
+    """The task and the segmenter's flat settings (preset values, then the flags given).
+
+    Raises:
+        ValueError: unknown preset, bad ``--limit``, an empty or malformed class file.
+        FileNotFoundError: missing data root, folder, split file, image, label or class file.
+    """
+    from glaclip.cli import settings_from_args
+    from glaclip.text import parse_class_lines, read_class_file
+
+    preset = get_preset(args.dataset)
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    if args.class_file:
+        lines = read_class_file(args.class_file)
+        parse_class_lines(lines, source=f"class file {args.class_file}")
+    else:
+        lines = preset_classes(preset)
+    samples = list_samples(preset.layout, args.data_root)
+    total = len(samples)
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    reduce = preset.reduce_zero_label if args.reduce_zero_label is None else args.reduce_zero_label
+    task = EvalTask(
+        dataset=preset.name,
+        data_root=Path(args.data_root),
+        samples=samples,
+        class_lines=lines,
+        reduce_zero_label=reduce,
+        ignore_index=preset.ignore_index,
+        class_file=args.class_file,
+        total_samples=total,
+    )
+    settings: dict[str, Any] = {
+        "short_side": preset.short_side,
+        "prob_threshold": preset.prob_threshold,
+        "background_index": preset.background_index,
+    }
+    settings.update(settings_from_args(args))
+    return task, settings
+
+
+# ---------------------------------------------------------------------------------- one image
+def network_size(height: int, width: int, crop: int) -> tuple[int, int]:
+    """The canvas the windows tile: ``(H, W)``, or the upscaled size when a side is < crop.
+
+    Mirrors ``Segmenter.segment_tensor``: a short side below ``crop`` is scaled to ``crop``
+    (aspect kept, ``round``, each side at least ``crop``).
+    """
+    if min(height, width) >= crop:
+        return height, width
+    scale = crop / min(height, width)
+    return max(crop, round(height * scale)), max(crop, round(width * scale))
+
+
+def evaluate_image(
+    segmenter: Segmenter, sample: Sample, task: EvalTask
+) -> tuple[np.ndarray, SegMetric]:
+    """Segment one sample and score it.
+
+    Returns:
+        ``(prediction, metric)``: the ``H0 x W0`` int64 labels at the original size and a
+        ``SegMetric`` holding this image's IoU and BER counters alone.
+
+    Raises:
+        ValueError: unreadable image or label, label size different from the image's, or a
+            label value outside the classes (wrong vocabulary or reduce_zero_label).
+    """
+    label = load_label(sample.label, reduce_zero_label=task.reduce_zero_label)
+    x, (h0, w0) = segmenter.prepare(sample.image)
+    if label.shape != (h0, w0):
+        raise ValueError(
+            f"label {sample.label} is {label.shape[0]}x{label.shape[1]} but image "
+            f"{sample.image} is {h0}x{w0}: label maps must have the image's size"
+        )
+    out = segmenter.segment_tensor(x, task.class_lines, output_size=(h0, w0))
+    pred = out.labels.to("cpu", torch.int64).numpy()
+    win = segmenter.settings.window
+    metric = SegMetric(len(task.class_lines))
+    try:
+        metric.update(pred, label, ignore_index=task.ignore_index)
+    except ValueError as err:
+        raise ValueError(f"{sample.label}: {err}") from err
+    canvas = network_size(x.shape[-2], x.shape[-1], win.crop)
+    metric.update_ber(pred, label, canvas, win.crop, win.stride, task.ignore_index)
+    return pred, metric
+
+
+# ---------------------------------------------------------------------------------- state
+def fingerprint(config: dict[str, Any]) -> str:
+    """A short hash of a JSON-ready evaluation description."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def read_state(state_dir: Path, config: dict[str, Any], counts_len: int) -> dict[str, list[int]]:
+    """Finished images recorded in ``state_dir/rank*.jsonl``: ``{id: counts}``.
+
+    A last line without its newline (a write cut short) is ignored.
+
+    Raises:
+        ValueError: a file records another evaluation (names what differs) or is damaged.
+    """
+    done: dict[str, list[int]] = {}
+    if not state_dir.is_dir():
+        return done
+    want = fingerprint(config)
+    for path in sorted(state_dir.glob("rank*.jsonl")):
+        lines = path.read_bytes().split(b"\n")[:-1]  # the part after the last newline is torn
+        for number, raw in enumerate(lines, start=1):
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                raise ValueError(
+                    f"evaluation state {path} is damaged at line {number}: pass --restart to "
+                    "start over"
+                ) from None
+            if number == 1:
+                if record.get("glaclip_eval_state") != STATE_VERSION:
+                    raise ValueError(f"{path} is not a glaclip eval state file (version 1)")
+                if record.get("fingerprint") != want:
+                    what = ", ".join(_differences(record.get("config", {}), config)) or "?"
+                    raise ValueError(
+                        f"{state_dir} holds the state of a different evaluation (differs in: "
+                        f"{what}): pass --restart to discard it, or choose another --out"
+                    )
+                continue
+            counts = record.get("counts") if isinstance(record, dict) else None
+            if not isinstance(counts, list) or len(counts) != counts_len:
+                raise ValueError(
+                    f"evaluation state {path} line {number} is not an image record of "
+                    f"{counts_len} counters: pass --restart to start over"
+                )
+            done.setdefault(str(record["id"]), [int(c) for c in counts])
+    return done
+
+
+class StateWriter:
+    """Appends one line per finished image to this rank's state file (flushed and fsynced)."""
+
+    def __init__(self, state_dir: Path, rank: int, config: dict[str, Any]) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / f"rank{rank}.jsonl"
+        if self.path.exists():  # cut a torn last line so that the next record starts cleanly
+            data = self.path.read_bytes()
+            keep = data.rfind(b"\n") + 1
+            if keep != len(data):
+                os.truncate(self.path, keep)
+        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        if self._file.tell() == 0:
+            header = {
+                "glaclip_eval_state": STATE_VERSION,
+                "fingerprint": fingerprint(config),
+                "config": config,
+            }
+            self._write(header)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def add(self, sample_id: str, metric: SegMetric) -> None:
+        """Record one finished image and its counters."""
+        self._write({"id": sample_id, "counts": metric.to_tensor().tolist()})
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _check_agreement(done_flags: np.ndarray, dist: DistInfo) -> None:
+    """All ranks must see the same finished images (OUT shared by every node)."""
+    if not dist.enabled:
+        return
+    total = all_reduce_sum(torch.from_numpy(done_flags.astype(np.int64)), dist).numpy()
+    if not np.all((total == 0) | (total == dist.world_size)):
+        raise ValueError(
+            "the ranks see different evaluation state files: --out must be a folder shared by "
+            "every node to resume; pass --restart to start over"
+        )
+
+
+# ---------------------------------------------------------------------------------- loop
+def evaluate(
+    segmenter: Segmenter,
+    task: EvalTask,
+    out_dir: str | os.PathLike,
+    models: dict[str, Any] | None = None,
+    save_predictions: str | os.PathLike | None = None,
+    restart: bool = False,
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``segmenter`` on ``task``, resuming from ``out_dir``'s state; no results file.
+
+    Every rank returns the same dictionary (see ``write_results`` for its keys).
+
+    Raises:
+        ValueError: state of another evaluation in ``out_dir`` (without ``restart``), a bad
+            image or label on any rank.
+    """
+    dist = dist or DistInfo()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    state_dir = out / STATE_DIR
+    settings = segmenter.settings.to_dict()
+    models = models or {"clip": segmenter.clip_info.name, "vfm": segmenter.vfm_info.name}
+    config = state_config(task, settings, models)
+    num_classes = len(task.class_lines)
+    counts_len = 4 * num_classes + 2
+
+    if restart and dist.is_main and state_dir.is_dir():
+        for path in state_dir.glob("rank*.jsonl"):
+            path.unlink()
+    barrier(dist)
+    done = read_state(state_dir, config, counts_len)
+    ids = [s.id for s in task.samples]
+    _check_agreement(np.array([i in done for i in ids], dtype=bool), dist)
+    barrier(dist)  # every rank has read the state before any rank appends to it
+
+    prior = SegMetric(num_classes)
+    for sid in ids:
+        if sid in done:
+            prior.merge(SegMetric.from_tensor(torch.tensor(done[sid]), num_classes))
+    resumed = sum(i in done for i in ids)
+    todo = shard([s for s in task.samples if s.id not in done], dist)
+    pred_dir = Path(save_predictions) if save_predictions else None
+    if pred_dir is not None:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+
+    local = SegMetric(num_classes)
+    writer = StateWriter(state_dir, dist.rank, config)
+    error: Exception | None = None
+    processed = 0
+    from tqdm import tqdm
+
+    bar = tqdm(
+        todo, desc=f"eval {task.dataset}", unit="img", disable=not (progress and dist.is_main)
+    )
+    try:
+        for sample in bar:
+            pred, metric = evaluate_image(segmenter, sample, task)
+            if pred_dir is not None:
+                save_label_png(pred_dir / f"{sample.id}.png", pred)
+            writer.add(sample.id, metric)
+            local.merge(metric)
+            processed += 1
+            running = SegMetric(num_classes)
+            running.merge(prior)
+            running.merge(local)
+            miou = running.summary(task.class_names)["mIoU"]
+            if miou is not None:
+                bar.set_postfix_str(f"mIoU {miou:.2f}" + (" (rank 0)" if dist.enabled else ""))
+    except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        if not dist.enabled:
+            raise
+        error = err
+    finally:
+        writer.close()
+        bar.close()
+
+    if dist.enabled:
+        failed = all_reduce_sum(torch.tensor([1 if error else 0], dtype=torch.int64), dist)
+        if error is not None:
+            raise error
+        if int(failed.item()):
+            raise ValueError(f"{int(failed.item())} other rank(s) failed: see their messages")
+    per_rank = torch.zeros(dist.world_size, dtype=torch.int64)
+    per_rank[dist.rank] = processed
+    per_rank = all_reduce_sum(per_rank, dist)
+    total = SegMetric.from_tensor(all_reduce_sum(local.to_tensor(), dist), num_classes)
+    total.merge(prior)
+    return build_results(
+        task,
+        total,
+        settings=settings,
+        models=models,
+        resumed=resumed,
+        processed_per_rank=per_rank.tolist(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def state_config(
+    task: EvalTask, settings: dict[str, Any], models: dict[str, Any]
+) -> dict[str, Any]:
+    """What a resume must match: task identity, settings (runtime-only ones left out), models."""
+    kept = {k: v for k, v in settings.items() if k not in _RUNTIME_ONLY}
+    return {"task": task.identity(), "settings": kept, "models": models}
+
+
+# ---------------------------------------------------------------------------------- results
+def build_results(
+    task: EvalTask,
+    metric: SegMetric,
+    settings: dict[str, Any],
+    models: dict[str, Any],
+    resumed: int = 0,
+    processed_per_rank: Sequence[int] = (),
+    seconds: float = 0.0,
+) -> dict[str, Any]:
+    """The JSON-ready result: metrics in percent (None where undefined) and the whole setup."""
+    summary = metric.summary(task.class_names)
+    return {
+        "dataset": task.dataset,
+        "mIoU": summary["mIoU"],
+        "mAcc": summary["mAcc"],
+        "aAcc": summary["aAcc"],
+        "BER": summary["BER"],
+        "num_images": len(task.samples),
+        "per_class": [
+            {
+                "name": c["name"],
+                "IoU": c["IoU"],
+                "accuracy": c["Acc"],
+                "label_pixels": int(metric.label_area[i]),
+            }
+            for i, c in enumerate(summary["per_class"])
+        ],
+        "ber_pairs": {"differ": metric.ber_diff, "total": metric.ber_total},
+        "data_root": str(task.data_root),
+        "dataset_images": task.total_samples,
+        "class_file": task.class_file,
+        "class_lines": list(task.class_lines),
+        "reduce_zero_label": task.reduce_zero_label,
+        "ignore_index": task.ignore_index,
+        "settings": settings,
+        "models": models,
+        "resumed_images": resumed,
+        "processed_images": int(sum(processed_per_rank)),
+        "processed_per_rank": [int(n) for n in processed_per_rank],
+        "world_size": max(1, len(processed_per_rank)),
+        "seconds": seconds,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """A readable Markdown report: the headline metrics and a per-class table."""
+    lines = [
+        f"# {results['dataset']}: {results['num_images']} images",
+        "",
+        "| mIoU | mAcc | aAcc | BER |",
+        "|---:|---:|---:|---:|",
+        "| " + " | ".join(_pct(results[k]) for k in ("mIoU", "mAcc", "aAcc", "BER")) + " |",
+        "",
+        "| # | class | IoU | Acc |",
+        "|---:|---|---:|---:|",
+    ]
+    for i, c in enumerate(results["per_class"]):
+        lines.append(f"| {i} | {c['name']} | {_pct(c['IoU'])} | {_pct(c['accuracy'])} |")
+    models = results["models"]
+    lines += ["", "Models: " + ", ".join(f"{k}={v}" for k, v in models.items() if v is not None)]
+    changed = ", ".join(f"{k}={v}" for k, v in results["settings"].items())
+    lines += ["", f"Settings: {changed}", ""]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir`` (atomically)."""
+    out = Path(out_dir)
+    json_path = save_json(out / "results.json", results)
+    md = format_markdown(results)
+    md_path = atomic_write(out / "results.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    return json_path, md_path
+
+
+# ---------------------------------------------------------------------------------- CLI
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True)
+    """The ``glaclip eval`` flags of the dataset side (model and method flags come from cli)."""
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--dataset", required=True, choices=list(PRESETS), help="benchmark preset")
+    g.add_argument("--data-root", required=True, help="the dataset's root folder")
+    g.add_argument("--out", required=True, help="folder for results.json, results.md, state")
+    g.add_argument("--class-file", help="custom vocabulary in label order (default: preset's)")
+    g.add_argument(
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        help="ground truth 0 -> ignored, others minus 1 (default: the preset's)",
+    )
+    g.add_argument("--limit", type=int, help="evaluate only the first N images")
+    g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
+    g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    raise ValueError("glaclip eval is not available yet")
+    """``glaclip eval``: returns the exit status; errors propagate to the CLI as exceptions."""
+    from glaclip.cli import build_segmenter, model_identity
+    from glaclip.config import settings_from_kwargs
+    from glaclip.distributed import finalize, init_distributed
+
+    task, settings = task_from_args(args)
+    models = model_identity(args)
+    out = Path(args.out)
+    if not args.restart:  # refuse a foreign state before loading any model
+        config = state_config(task, settings_from_kwargs(**settings).to_dict(), models)
+        read_state(out / STATE_DIR, config, 4 * len(task.class_lines) + 2)
+    info, args.device = init_distributed(args.device)
+    try:
+        segmenter = build_segmenter(args, settings)
+        results = evaluate(
+            segmenter,
+            task,
+            out,
+            models=models,
+            save_predictions=args.save_predictions,
+            restart=args.restart,
+            dist=info,
+            progress=not args.no_progress,
+        )
+        if info.is_main:
+            write_results(out, results)
+    finally:
+        finalize(info)
+    if info.is_main:
+        print(
+            f"{task.dataset}: mIoU {_pct(results['mIoU'])}, aAcc {_pct(results['aAcc'])}, "
+            f"BER {_pct(results['BER'])} on {results['num_images']} images "
+            f"({results['resumed_images']} resumed); wrote {out / 'results.json'}",
+            file=sys.stderr,
+        )
+    return 0

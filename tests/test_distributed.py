@@ -1,0 +1,132 @@
+"""Work splitting, and `glaclip eval` / `glaclip segment` under torchrun with two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from glaclip.cli import main
+from glaclip.distributed import DistInfo, all_reduce_sum, dist_info_from_env, shard
+
+from .test_evaluate import make_dataset
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+METRIC_KEYS = ("mIoU", "mAcc", "aAcc", "BER", "per_class", "ber_pairs", "num_images")
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shard_covers_every_item_once(n: int, world: int) -> None:
+    items = list(range(n))
+    parts = [shard(items, DistInfo(rank=r, world_size=world)) for r in range(world)]
+    assert sorted(x for p in parts for x in p) == items  # no duplicate, none missing
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1  # no padding
+
+
+def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = dist_info_from_env()
+    assert (info.rank, info.world_size, info.enabled, info.is_main) == (0, 1, False, True)
+    t = torch.tensor([3, 4])
+    assert all_reduce_sum(t, info) is t
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    info = dist_info_from_env()
+    assert (info.rank, info.world_size, info.is_main) == (1, 3, False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc-per-node N -m glaclip ARGS`` on the CPU."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd += [f"--master-port={_free_port()}", "-m", "glaclip", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_thread(argv: list[str]) -> int:
+    """``main(argv)`` with one intra-op thread: the same arithmetic as the torchrun workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """Three VOC images (an odd count: 2 + 1 per rank) and a 4-class vocabulary."""
+    base = tmp_path_factory.mktemp("dist")
+    root = base / "VOC2012"
+    made = make_dataset(root, "voc", [0, 1, 2, 3], count=3)
+    class_file = base / "classes.txt"
+    class_file.write_text("background; sky; wall\ncat\ndog\nperson; man\n")
+    return root, class_file, made
+
+
+def test_eval_two_processes_equals_one(
+    small_voc: tuple[Path, Path, dict], tiny_model_args: list[str], tmp_path: Path
+) -> None:
+    root, class_file, made = small_voc
+    common = ["eval", "--dataset", "voc21", "--data-root", str(root)]
+    common += ["--class-file", str(class_file), "--short-side", "224", "--no-progress"]
+    assert one_thread(common + ["--out", str(tmp_path / "one")] + tiny_model_args) == 0
+    single = json.loads((tmp_path / "one" / "results.json").read_text())
+
+    out, pred = tmp_path / "two", tmp_path / "pred"
+    proc = torchrun(common + ["--out", str(out), "--save-predictions", str(pred)] + tiny_model_args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    double = json.loads((out / "results.json").read_text())
+    for key in METRIC_KEYS:
+        assert double[key] == single[key], key
+    assert double["world_size"] == 2
+    assert double["processed_per_rank"] == [2, 1]  # every image once, none padded in
+    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{i}.png" for i in made)
+    state = sorted(p.name for p in (out / "eval_state").iterdir())
+    assert state == ["rank0.jsonl", "rank1.jsonl"]
+    assert proc.stderr.count("wrote " + str(out / "results.json")) == 1  # rank 0 alone
+
+    # resume under two processes from a single-process partial run: the same numbers
+    resumed = tmp_path / "resumed"
+    assert one_thread(common + ["--out", str(resumed), "--limit", "1"] + tiny_model_args) == 0
+    proc = torchrun(common + ["--out", str(resumed)] + tiny_model_args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((resumed / "results.json").read_text())
+    assert again["resumed_images"] == 1 and again["processed_per_rank"] == [1, 1]
+    for key in METRIC_KEYS:
+        assert again[key] == single[key], key
+
+
+def test_segment_two_processes_write_each_image_once(
+    small_voc: tuple[Path, Path, dict], tiny_model_args: list[str], tmp_path: Path
+) -> None:
+    root, class_file, made = small_voc
+    out = tmp_path / "seg"
+    proc = torchrun(
+        ["segment", str(root / "JPEGImages"), "--class-file", str(class_file)]
+        + ["--out", str(out), "--no-overlay", "--short-side", "224"]
+        + tiny_model_args
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = sorted(int(n) for n in re.findall(r"segmented (\d+) image", proc.stderr))
+    assert counts == [1, 2]  # one line per rank, 3 images in all
+    expected = sorted(f"{i}{ext}" for i in made for ext in (".png", ".json"))
+    assert sorted(p.name for p in out.iterdir()) == expected

@@ -1,0 +1,401 @@
+"""`glaclip eval` end to end on synthetic miniature datasets in every folder layout.
+
+The metrics are recomputed here from the saved predictions with an independent numpy
+confusion matrix and an independent boundary-pair count (SPEC 2 and 11), not with SegMetric.
+Text embeddings use one prompt template instead of 80 (``fast_text``) to keep the large
+vocabularies (171 and 150 classes) quick; the image side runs the real tiny models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import glaclip
+from glaclip.cli import main
+from glaclip.evaluate import STATE_DIR, StateWriter, network_size, read_state
+from glaclip.metrics import SegMetric
+
+CLASS_DIR = Path(glaclip.__file__).resolve().parent / "data" / "classes"
+
+# layout -> (image path, label path) for an id, relative to the root
+PATHS = {
+    "voc": ("JPEGImages/{id}.jpg", "SegmentationClass/{id}.png"),
+    "context": ("JPEGImages/{id}.jpg", "SegmentationClassContext/{id}.png"),
+    "coco_object": ("images/val2017/{id}.jpg", "annotations/val2017/{id}_instanceTrainIds.png"),
+    "coco_stuff": ("images/val2017/{id}.jpg", "annotations/val2017/{id}_labelTrainIds.png"),
+    "cityscapes": (
+        "leftImg8bit/val/{city}/{id}_leftImg8bit.png",
+        "gtFine/val/{city}/{id}_gtFine_labelTrainIds.png",
+    ),
+    "ade20k": ("images/validation/{id}.jpg", "annotations/validation/{id}.png"),
+}
+SPLITS = {
+    "voc": "ImageSets/Segmentation/val.txt",
+    "context": "ImageSets/SegmentationContext/val.txt",
+}
+SIZES = [(240, 320), (200, 260), (230, 240)]
+Dataset = tuple[Path, dict[str, tuple[int, int]]]  # root, {id: (H0, W0)}
+
+
+# ------------------------------------------------------------------------ synthetic data
+def rgb_image(h: int, w: int, seed: int) -> np.ndarray:
+    """``h x w x 3`` uint8 blocky picture."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(h // 24 + 1, w // 24 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.kron(base, np.ones((24, 24, 1), np.uint8))[:h, :w])
+
+
+def label_map(h: int, w: int, values: list[int], seed: int) -> np.ndarray:
+    """``h x w`` uint8 labels: blocks of ``values`` and a band of 255 (ignored)."""
+    rng = np.random.default_rng(seed + 100)
+    base = rng.choice(values, size=(h // 40 + 1, w // 40 + 1)).astype(np.uint8)
+    label = np.kron(base, np.ones((40, 40), np.uint8))[:h, :w].copy()
+    label[h // 3 : h // 3 + 6, :] = 255
+    return label
+
+
+def make_dataset(
+    root: Path,
+    layout: str,
+    values: list[int],
+    count: int = 2,
+    sizes: list[tuple[int, int]] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Write a miniature dataset in ``layout`` under ``root``; returns ``{id: (H0, W0)}``."""
+    sizes = sizes or SIZES
+    image_t, label_t = PATHS[layout]
+    made: dict[str, tuple[int, int]] = {}
+    for k in range(count):
+        h, w = sizes[k % len(sizes)]
+        sid = f"frankfurt_000000_00000{k}" if layout == "cityscapes" else f"2008_00000{k}"
+        image_path = root / image_t.format(id=sid, city="frankfurt")
+        label_path = root / label_t.format(id=sid, city="frankfurt")
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb_image(h, w, k)).save(image_path)
+        label = Image.fromarray(label_map(h, w, values, k))
+        if layout == "voc":  # VOC ships palette PNGs: the indices are the labels
+            label = label.convert("P")
+            label.putpalette([(i * 37) % 256 for i in range(768)])
+        label.save(label_path)
+        made[sid] = (h, w)
+    if layout in SPLITS:
+        split = root / SPLITS[layout]
+        split.parent.mkdir(parents=True, exist_ok=True)
+        split.write_text("\n".join(made) + "\n")
+    return made
+
+
+# ------------------------------------------------------------------------ independent scoring
+def ground_truth(path: Path, reduce_zero_label: bool) -> np.ndarray:
+    label = np.array(Image.open(path)).astype(np.int64)
+    if reduce_zero_label:
+        label = np.where(label == 0, 255, label - 1)
+        label[label == 254] = 255
+    return label
+
+
+def rescore(preds: list[np.ndarray], labels: list[np.ndarray], c: int) -> dict[str, float]:
+    """mIoU, mAcc, aAcc in percent from a numpy confusion matrix (rows: label, cols: pred)."""
+    cm = np.zeros((c, c), dtype=np.int64)
+    for pred, label in zip(preds, labels, strict=True):
+        keep = label != 255
+        cm += np.bincount(label[keep] * c + pred[keep], minlength=c * c).reshape(c, c)
+    inter = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - inter
+    rows = cm.sum(1)
+    return {
+        "mIoU": float(np.mean(100.0 * inter[union > 0] / union[union > 0])),
+        "mAcc": float(np.mean(100.0 * inter[rows > 0] / rows[rows > 0])),
+        "aAcc": float(100.0 * inter.sum() / cm.sum()),
+    }
+
+
+def tiles(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    out = []
+    for i in range(n):
+        end = min(i * stride + crop, size)
+        out.append((max(end - crop, 0), end))
+    return out
+
+
+def ber_pairs(
+    pred: np.ndarray, label: np.ndarray, short_side: int, crop: int = 224, stride: int = 112
+) -> tuple[int, int]:
+    """BER ``(differ, total)`` from the definition: neighbours across a window seam."""
+    h0, w0 = label.shape
+    s = min(2048 / max(h0, w0), short_side / min(h0, w0))
+    h, w = int(h0 * s + 0.5), int(w0 * s + 0.5)
+    if min(h, w) < crop:  # the segmenter upscales a short side to the crop
+        f = crop / min(h, w)
+        h, w = max(crop, round(h * f)), max(crop, round(w * f))
+    seams = {}
+    for axis, size, orig in ((1, w, w0), (0, h, h0)):
+        edges = {e for a, b in tiles(size, crop, stride) for e in (a, b) if 0 < e < size}
+        seams[axis] = sorted({int(e * orig / size + 0.5) for e in edges} - {0, orig})
+    differ = total = 0
+    for x in seams[1]:  # vertical seam: (y, x-1) and (y, x) on every row
+        same = (label[:, x - 1] == label[:, x]) & (label[:, x] != 255)
+        total += int(same.sum())
+        differ += int((same & (pred[:, x - 1] != pred[:, x])).sum())
+    for y in seams[0]:  # horizontal seam: (y-1, x) and (y, x) on every column
+        same = (label[y - 1] == label[y]) & (label[y] != 255)
+        total += int(same.sum())
+        differ += int((same & (pred[y - 1] != pred[y])).sum())
+    return differ, total
+
+
+# ------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def fast_text() -> Iterator[None]:
+    """One prompt template instead of 80: the text digest (and cache file) changes with it."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("glaclip.text.openai_templates", lambda: list(OPENAI_IMAGENET_TEMPLATES[:1]))
+        yield
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict | None]:
+    """``main(argv)`` -> (exit code, stderr, results.json or None)."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    out = Path(argv[argv.index("--out") + 1]) / "results.json"
+    return code, err, json.loads(out.read_text()) if out.is_file() and code == 0 else None
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, int]]]:
+    root = tmp_path_factory.mktemp("voc") / "VOC2012"
+    return root, make_dataset(root, "voc", [0, 1, 15, 20], count=3)
+
+
+@pytest.fixture(scope="module")
+def voc_fresh(
+    voc: Dataset, tiny_model_args: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
+    """A full, fresh voc21 run at the preset's settings, with predictions."""
+    root, _ = voc
+    out = tmp_path_factory.mktemp("voc_fresh")
+    code = main(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out / "res")]
+        + ["--save-predictions", str(out / "pred"), "--no-progress"]
+        + tiny_model_args
+    )
+    assert code == 0
+    return out, json.loads((out / "res" / "results.json").read_text())
+
+
+def check_run(
+    results: dict,
+    preset: str,
+    root: Path,
+    made: dict[str, tuple[int, int]],
+    layout: str,
+    pred_dir: Path,
+    reduce_zero_label: bool,
+    short_side: int,
+) -> None:
+    """Keys, sizes, class names, and metrics recomputed independently."""
+    for key in ("mIoU", "mAcc", "aAcc", "BER", "num_images", "per_class", "settings", "models"):
+        assert key in results
+    assert results["dataset"] == preset
+    assert results["num_images"] == len(made)
+    lines = (CLASS_DIR / f"{preset}.txt").read_text().splitlines()
+    names = [line.split(";")[0].strip() for line in lines if line.strip()]
+    assert [c["name"] for c in results["per_class"]] == names
+    assert results["settings"]["short_side"] == short_side
+    assert results["models"]["clip"].startswith("local-dir:")
+    preds, labels, differ, total = [], [], 0, 0
+    for sid, (h, w) in made.items():
+        saved = Image.open(pred_dir / f"{sid}.png")
+        pred = np.array(saved).astype(np.int64)
+        assert pred.shape == (h, w)
+        label_path = root / PATHS[layout][1].format(id=sid, city="frankfurt")
+        label = ground_truth(label_path, reduce_zero_label)
+        preds.append(pred)
+        labels.append(label)
+        d, t = ber_pairs(pred, label, short_side)
+        differ, total = differ + d, total + t
+    expected = rescore(preds, labels, len(names))
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-6)
+    assert total > 0
+    assert results["ber_pairs"] == {"differ": differ, "total": total}
+    assert results["BER"] == pytest.approx(100.0 * differ / total, abs=1e-9)
+    assert sorted(p.name for p in pred_dir.iterdir()) == sorted(f"{s}.png" for s in made)
+
+
+# ------------------------------------------------------------------------ end to end
+def test_voc21_end_to_end(voc: Dataset, voc_fresh: tuple[Path, dict]) -> None:
+    root, made = voc
+    out, results = voc_fresh
+    check_run(results, "voc21", root, made, "voc", out / "pred", False, 336)
+    assert results["settings"]["prob_threshold"] == 0.1  # the preset's value
+    assert results["resumed_images"] == 0 and results["processed_images"] == 3
+    md = (out / "res" / "results.md").read_text()
+    assert "| mIoU |" in md and f"{results['mIoU']:.2f}" in md and "aeroplane" in md
+
+
+@pytest.mark.parametrize(
+    ("preset", "layout", "values", "reduce", "short_side"),
+    [
+        ("context59", "context", [0, 1, 5, 59], True, 224),
+        ("coco_object", "coco_object", [0, 1, 80], False, 224),
+        ("coco_stuff164k", "coco_stuff", [0, 100, 170], False, 224),
+        ("cityscapes", "cityscapes", [0, 10, 18], False, 224),
+        ("ade20k", "ade20k", [0, 1, 150], True, 160),  # 160 < crop: the upscaled canvas
+    ],
+)
+def test_layouts_end_to_end(
+    preset: str,
+    layout: str,
+    values: list[int],
+    reduce: bool,
+    short_side: int,
+    tiny_model_args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = tmp_path / "data"
+    made = make_dataset(root, layout, values, count=2)
+    code, err, results = run(
+        ["eval", "--dataset", preset, "--data-root", str(root), "--out", str(tmp_path / "o")]
+        + ["--save-predictions", str(tmp_path / "p"), "--short-side", str(short_side)]
+        + tiny_model_args,
+        capsys,
+    )
+    assert code == 0, err
+    assert results is not None and results["reduce_zero_label"] is reduce
+    check_run(results, preset, root, made, layout, tmp_path / "p", reduce, short_side)
+
+
+def test_limit_class_file_and_override(
+    voc: Dataset, tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, made = voc
+    class_file = tmp_path / "mine.txt"
+    lines = ["background; sky; wall"] + [f"thing {i}" for i in range(1, 21)]
+    lines[15] = "human; person"
+    class_file.write_text("\n".join(lines) + "\n")
+    code, err, results = run(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(tmp_path / "o")]
+        + ["--limit", "1", "--class-file", str(class_file), "--prob-threshold", "0.3"]
+        + ["--short-side", "224", "--reduce-zero-label"]
+        + tiny_model_args,
+        capsys,
+    )
+    assert code == 0, err
+    assert results is not None
+    assert results["num_images"] == 1 and results["dataset_images"] == 3
+    assert results["settings"]["prob_threshold"] == 0.3
+    assert results["settings"]["short_side"] == 224
+    assert results["reduce_zero_label"] is True  # voc21's default is False
+    assert results["class_file"] == str(class_file)
+    assert results["class_lines"][15] == "human; person"
+    assert [c["name"] for c in results["per_class"]][:2] == ["background", "thing 1"]
+    assert results["per_class"][15]["name"] == "human"
+    assert "mIoU" in err  # the closing summary line
+
+
+def test_resume_matches_fresh_run(
+    voc: Dataset,
+    voc_fresh: tuple[Path, dict],
+    tiny_model_args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = voc
+    out = tmp_path / "o"
+    base = ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+    base += tiny_model_args + ["--no-progress"]
+    code, err, first = run(base + ["--limit", "1"], capsys)
+    assert code == 0, err
+    assert first is not None
+    assert first["processed_images"] == 1 and first["resumed_images"] == 0
+    state = out / STATE_DIR / "rank0.jsonl"
+    with open(state, "a", encoding="utf-8") as f:  # a crash in the middle of a line
+        f.write('{"id": "2008_000001", "counts": [1, 2')
+
+    code, err, second = run(base, capsys)
+    assert code == 0, err
+    assert second is not None
+    assert second["resumed_images"] == 1 and second["processed_images"] == 2
+    _, fresh = voc_fresh
+    for key in ("mIoU", "mAcc", "aAcc", "BER", "per_class", "ber_pairs", "num_images"):
+        assert second[key] == fresh[key], key
+    ids = [json.loads(line)["id"] for line in state.read_text().splitlines()[1:]]
+    assert ids == ["2008_000000", "2008_000001", "2008_000002"]  # torn line cut, no repeats
+
+    # a different setting is refused, and --restart starts over
+    code, err, _ = run(base + ["--prob-threshold", "0.2"], capsys)
+    assert code == 2
+    assert "different evaluation" in err and "prob_threshold" in err and "--restart" in err
+    code, err, third = run(base + ["--limit", "1", "--restart"], capsys)
+    assert code == 0, err
+    assert third is not None and third["resumed_images"] == 0
+    assert len(state.read_text().splitlines()) == 2  # header + the one image
+
+
+def test_missing_data_root_and_label(
+    tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere"
+    code = main(
+        ["eval", "--dataset", "ade20k", "--data-root", str(missing), "--out", str(tmp_path / "o")]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and str(missing) in err
+
+    root = tmp_path / "coco"
+    made = make_dataset(root, "coco_stuff", [0, 1], count=2)
+    gone = root / PATHS["coco_stuff"][1].format(id=list(made)[1])
+    gone.unlink()
+    code = main(
+        ["eval", "--dataset", "coco_stuff164k", "--data-root", str(root)]
+        + ["--out", str(tmp_path / "o")]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and str(gone) in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+# ------------------------------------------------------------------------ pieces
+def test_network_size() -> None:
+    assert network_size(336, 448, 224) == (336, 448)
+    assert network_size(224, 300, 224) == (224, 300)
+    assert network_size(160, 208, 224) == (224, 291)  # 208 * 1.4 = 291.2
+    assert network_size(100, 40, 224) == (560, 224)
+
+
+def test_state_file_torn_and_damaged(tmp_path: Path) -> None:
+    config = {"task": {"dataset": "x"}, "settings": {"crop": 224}}
+    m = SegMetric(2)
+    m.update(np.array([[0, 1]]), np.array([[0, 0]]))
+    writer = StateWriter(tmp_path, 0, config)
+    writer.add("a", m)
+    writer.close()
+    path = tmp_path / "rank0.jsonl"
+    with open(path, "a") as f:
+        f.write('{"id": "b", "cou')
+    done = read_state(tmp_path, config, 10)
+    assert list(done) == ["a"] and done["a"] == m.to_tensor().tolist()
+    writer = StateWriter(tmp_path, 0, config)  # cuts the torn tail, appends cleanly
+    writer.add("b", m)
+    writer.close()
+    assert list(read_state(tmp_path, config, 10)) == ["a", "b"]
+    with pytest.raises(ValueError, match="different evaluation.*settings.crop"):
+        read_state(tmp_path, {**config, "settings": {"crop": 112}}, 10)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{oops", lines[1]]) + "\n")
+    with pytest.raises(ValueError, match="damaged at line 2"):
+        read_state(tmp_path, config, 10)
