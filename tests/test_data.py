@@ -268,3 +268,20 @@ def test_convert_coco_object_in_place(tmp_path: Path) -> None:
     assert convert_coco_object(tmp_path, tmp_path) == 1
     assert np.array(Image.open(tmp_path / "7_instanceTrainIds.png")).tolist() == [[4, 0]]
     assert convert_coco_object(tmp_path, tmp_path) == 1  # rerun: outputs are not inputs
+
+
+def test_display_names_are_the_datasets_own() -> None:
+    from glaclip.data import preset_classes, preset_display_names
+
+    voc = preset_display_names("voc21")
+    assert voc[0] == "background" and voc[4] == "boat" and voc[11] == "diningtable"
+    assert voc[-1] == "tvmonitor" and len(voc) == len(preset_classes("voc21")) == 21
+    assert preset_display_names("voc20") == voc[1:]
+    coco = preset_display_names("coco_object")
+    assert coco[:2] == ["background", "person"] and len(coco) == 81
+    # presets without renamings name each class by its first query name
+    assert preset_display_names("ade20k") == [
+        line.split(";")[0] for line in preset_classes("ade20k")
+    ]
+    for name in ("voc21", "voc20", "coco_object", "context60", "cityscapes"):
+        assert len(preset_display_names(name)) == len(preset_classes(name))

@@ -45,10 +45,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from glaclip.data import PRESETS, Sample, get_preset, list_samples, load_label, preset_classes
+from glaclip.data import (
+    PRESETS,
+    Sample,
+    get_preset,
+    list_samples,
+    load_label,
+    preset_classes,
+    preset_display_names,
+)
 from glaclip.distributed import DistInfo, all_reduce_sum, barrier, shard
 from glaclip.imageio import atomic_write, save_json, save_label_png
 from glaclip.metrics import SegMetric
+from glaclip.windows import network_size
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -83,10 +92,14 @@ class EvalTask:
     ignore_index: int = 255
     class_file: str | None = None
     total_samples: int = 0
+    display_names: tuple[str, ...] | None = None
 
     @property
     def class_names(self) -> list[str]:
-        """The display name of each class: the first query name of its line."""
+        """The name of each class in reports: the dataset's standard name for a preset's
+        own vocabulary, otherwise the first query name of its line."""
+        if self.display_names is not None:
+            return list(self.display_names)
         return [line.split(";")[0].strip() for line in self.class_lines]
 
     def identity(self) -> dict[str, Any]:
@@ -132,6 +145,7 @@ def task_from_args(args: argparse.Namespace) -> tuple[EvalTask, dict[str, Any]]:
         ignore_index=preset.ignore_index,
         class_file=args.class_file,
         total_samples=total,
+        display_names=None if args.class_file else tuple(preset_display_names(preset)),
     )
     settings: dict[str, Any] = {
         "short_side": preset.short_side,
@@ -143,18 +157,6 @@ def task_from_args(args: argparse.Namespace) -> tuple[EvalTask, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- one image
-def network_size(height: int, width: int, crop: int) -> tuple[int, int]:
-    """The canvas the windows tile: ``(H, W)``, or the upscaled size when a side is < crop.
-
-    Mirrors ``Segmenter.segment_tensor``: a short side below ``crop`` is scaled to ``crop``
-    (aspect kept, ``round``, each side at least ``crop``).
-    """
-    if min(height, width) >= crop:
-        return height, width
-    scale = crop / min(height, width)
-    return max(crop, round(height * scale)), max(crop, round(width * scale))
-
-
 def evaluate_image(
     segmenter: Segmenter, sample: Sample, task: EvalTask
 ) -> tuple[np.ndarray, SegMetric]:

@@ -17,7 +17,7 @@ from glaclip.config import Settings, settings_from_kwargs
 from glaclip.device import StageTimer, autocast, resolve_device
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
-from glaclip.windows import Window, stitch, window_grid
+from glaclip.windows import Window, network_size, stitch, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -279,12 +279,10 @@ class Segmenter:
             text, classes, names, owner = self.query_embeddings(class_lines)
         x = x.to(self.device, torch.float32)
         height, width = x.shape[-2:]
-        crop = self.settings.window.crop
+        canvas = network_size(height, width, self.settings.window.crop)
         work = x
-        if min(height, width) < crop:
-            scale = crop / min(height, width)
-            size = (max(crop, round(height * scale)), max(crop, round(width * scale)))
-            work = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if canvas != (height, width):
+            work = F.interpolate(x, size=canvas, mode="bilinear", align_corners=False)
         logits = self._stitched_logits(work, text, timer)
         with timer("labels"):
             if logits.shape[-2:] != (height, width):

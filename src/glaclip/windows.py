@@ -43,6 +43,19 @@ def window_grid(height: int, width: int, crop: int = 224, stride: int = 112) -> 
     return [Window(y1, y2, x1, x2) for (y1, y2) in rows for (x1, x2) in cols]
 
 
+def network_size(height: int, width: int, crop: int = 224) -> tuple[int, int]:
+    """The canvas the windows tile for an ``height x width`` input.
+
+    The input itself when both sides are at least ``crop``; otherwise the input enlarged with
+    its aspect ratio kept until the short side equals ``crop`` (each side rounded, at least
+    ``crop``). ``Segmenter.segment_tensor`` segments on this canvas and scales back.
+    """
+    if min(height, width) >= crop:
+        return height, width
+    scale = crop / min(height, width)
+    return max(crop, round(height * scale)), max(crop, round(width * scale))
+
+
 def grid_shape(height: int, width: int, crop: int = 224, stride: int = 112) -> tuple[int, int]:
     """``(nh, nw)``: the number of window rows and columns."""
     return len(_starts(height, crop, stride)), len(_starts(width, crop, stride))

@@ -8,6 +8,7 @@ from glaclip.data.presets import (
     class_file_path,
     get_preset,
     preset_classes,
+    preset_display_names,
     read_class_file,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "list_samples",
     "load_label",
     "preset_classes",
+    "preset_display_names",
     "read_class_file",
     "resolve_layout",
 ]

@@ -73,6 +73,21 @@ def class_file_path(preset: Preset | str) -> Path:
     return CLASS_DIR / preset.class_file
 
 
+def preset_display_names(preset: Preset | str) -> list[str]:
+    """The dataset's standard class names, in label order, for reports.
+
+    The class files hold the names the protocol queries (VOC's boat is queried as "ship", the
+    background as 26 stuff words); where those differ from the dataset's own names, a
+    ``<preset>.names.txt`` file beside the class file gives the standard ones. Otherwise the
+    first query name of each class is its name.
+    """
+    path = class_file_path(preset)
+    names_file = path.with_name(path.stem + ".names.txt")
+    if names_file.is_file():
+        return read_class_file(names_file)
+    return [line.split(";")[0].strip() for line in read_class_file(path)]
+
+
 def preset_classes(preset: Preset | str) -> list[str]:
     """The class lines of a preset's bundled class file."""
     return read_class_file(class_file_path(preset))
