@@ -77,10 +77,13 @@ def test_small_image_is_upscaled_to_the_window(golden_modules) -> None:
     assert out.query_logits.shape == (2, 100, 130)
 
 
-def test_panorama(seg: Segmenter) -> None:
-    res = seg.segment(_image(200, 4000), ["a", "b"])
-    assert res.resized_size == (102, 2048)  # the 2048 cap on the long side
-    assert res.labels.shape == (200, 4000)
+def test_panorama(golden_modules) -> None:
+    """A wide panorama: the long-side cap makes the short side smaller than the window."""
+    clip, vfm, tok = golden_modules
+    seg = Segmenter.from_modules(clip, vfm, tok, max_long_side=512)
+    res = seg.segment(_image(200, 1600), ["a", "b"])
+    assert res.resized_size == (64, 512)  # the cap on the long side
+    assert res.labels.shape == (200, 1600)
 
 
 def test_prob_threshold_background(golden_modules) -> None:
