@@ -195,7 +195,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         )
     finally:
         finalize(info)
-    for path, message in report.failed:
+    for _path, message in report.failed:
         print(f"glaclip: skipped: {message}", file=sys.stderr)
     print(
         f"segmented {len(report.done)} image(s) into {args.out}"
