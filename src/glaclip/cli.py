@@ -170,14 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_segment(args: argparse.Namespace) -> int:
     from glaclip.batch import collect_images, segment_files
     from glaclip.distributed import finalize, init_distributed
-    from glaclip.text import parse_class_lines, parse_classes_arg, read_class_file
+    from glaclip.text import parse_classes_arg, read_class_file
 
-    if args.class_file:
-        lines = read_class_file(args.class_file)
-        parse_class_lines(lines, source=f"class file {args.class_file}")
-    else:
-        lines = parse_classes_arg(args.classes)
-        parse_class_lines(lines, source="--classes")
+    lines = read_class_file(args.class_file) if args.class_file else parse_classes_arg(args.classes)
     settings = settings_from_args(args)
     settings.setdefault("background_index", UNLABELLED)
     paths = collect_images(args.images)

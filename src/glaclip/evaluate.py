@@ -121,16 +121,12 @@ def task_from_args(args: argparse.Namespace) -> tuple[EvalTask, dict[str, Any]]:
         FileNotFoundError: missing data root, folder, split file, image, label or class file.
     """
     from glaclip.cli import settings_from_args
-    from glaclip.text import parse_class_lines, read_class_file
+    from glaclip.text import read_class_file
 
     preset = get_preset(args.dataset)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
-    if args.class_file:
-        lines = read_class_file(args.class_file)
-        parse_class_lines(lines, source=f"class file {args.class_file}")
-    else:
-        lines = preset_classes(preset)
+    lines = read_class_file(args.class_file) if args.class_file else preset_classes(preset)
     samples = list_samples(preset.layout, args.data_root)
     total = len(samples)
     if args.limit is not None:

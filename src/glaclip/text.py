@@ -54,6 +54,7 @@ def parse_classes_arg(text: str) -> list[str]:
             raise ValueError(
                 f"--classes {text!r} has an empty class between commas: remove the extra comma"
             )
+    parse_class_lines(lines, source="--classes")
     return lines
 
 
