@@ -2,11 +2,29 @@
 
 Two implementations of the KV-extended attention compute the same thing:
 
-* ``global_attention_dense`` follows the SPEC line by line and holds ``N x N`` matrices. It is
-  the readable oracle that tests compare against.
-* ``global_attention_blocked`` (the default) walks over blocks of query rows. Every quantity
-  the SPEC needs is per row (the proxy iteration, the mask count, the row mean, the row max),
-  so each block is computed exactly as the dense method would, with ``O(block x N)`` memory.
+* ``global_attention_dense`` follows the SPEC line by line and holds several ``N x N``
+  matrices. It is the readable oracle that the tests compare against (``attention_impl="dense"``).
+* ``global_attention_blocked`` (the default) never holds an ``N x N`` matrix: the extra memory
+  is ``O(block x N)``. It runs in two phases:
+
+  1. *Anchors.* The first proxy iteration needs ``M1 K`` with ``M1 = [K K^T > tau]``. ``K K^T``
+     is symmetric, so it is computed in panels of the upper triangle only (half the similarity
+     FLOPs): each panel's mask adds its rows' sums and, transposed, the sums of the rows below.
+     Further proxy iterations are row-local and run block by block. The result is one anchor
+     per token (the final proxy, or the key itself) and the last mask's row count.
+  2. *Attention.* Per block of query rows, in place in one buffer: scores ``anchors K^T``,
+     the dynamic normalisation, the cut at ``min(rowmax, 0)`` and the softmax (normalised after
+     the product with the values); then ``W V``. A row whose maximum is negative keeps a
+     single entry, so its output is that token's value: it is gathered, not multiplied.
+
+  Mask-times-keys products switch to a sparse (CSR) product when a block's mask is sparse.
+  Every threshold decision (``A > tau``, ``Z < min(rowmax, 0)``) is taken with the same
+  float32 formula as in the dense oracle; only the order of the additions inside the matrix
+  products differs, so a decision can only flip where a value lies within float32 round-off
+  of its threshold, as it would between two BLAS libraries (BENCHMARKS.md measures how often).
+  For the same reason the row means are taken from the scores: ``P`` times the mean key is
+  equal in exact arithmetic but rounds differently, and flipped the cut of a few rows whose
+  maximum is near 0 (it is used for the one global mean of the "token norm off" ablation).
 
 ``window_attention`` is the per-window baseline (ProxyCLIP, KV extension off).
 """
@@ -15,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +41,18 @@ import torch.nn.functional as F
 from glaclip.config import GLAConfig
 
 _EPS = 1e-6
+# Below this mask density (fraction of ones) a mask-times-keys product runs as a sparse CSR
+# product; above it, as a dense matrix product. Measured break-even on a 2-core AVX-512 CPU is
+# about 2-3 %; see BENCHMARKS.md. Exact either way (only the summation order differs).
+SPARSE_MASK_DENSITY = 0.01
+# Query-row blocks are sized so that one ``block x N`` float32 buffer has about this many bytes
+# (larger blocks gain nothing on the CPU and cost cache misses in the element-wise passes).
+_TARGET_BUFFER_BYTES = 96 << 20
+# exp(z) is used without subtracting the row maximum while the maximum is below this.
+_EXP_SAFE = 40.0
+_TINY = torch.finfo(torch.float32).tiny
+_DROPPED = -80.0  # exp(-80) = 1.8e-35, a normal float32
+_DROPPED_EXP = 1e-30
 
 
 def attend(keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig) -> torch.Tensor:
@@ -30,40 +61,32 @@ def attend(keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig) -> torch.Te
     Args:
         keys: ``L x S x Ck`` VFM tokens per window (any scale; rows are L2-normalised here).
         values: ``heads x L x S x d_h`` CLIP values per window, already on the VFM grid.
-        cfg: the method's switches and numbers.
+        cfg: the method's switches and numbers; ``cfg.attention_impl`` picks the blocked
+            implementation (default) or the dense oracle.
 
     Returns:
-        ``L x S x (heads * d_h)`` attention output, heads concatenated (head-major).
+        ``L x S x (heads * d_h)`` float32 attention output, heads concatenated (head-major).
     """
     n_win, n_tok, _ = keys.shape
     heads, _, _, d_h = values.shape
-    keys = F.normalize(keys, dim=-1)
+    keys = F.normalize(keys.float(), dim=-1)
+    values = values.float()
     if not cfg.kv_extension:
         return window_attention(keys, values, cfg)
-    k = keys.reshape(n_win * n_tok, -1)
-    v = values.reshape(heads, n_win * n_tok, d_h)
-    out = global_attention_blocked(k, v, n_win, cfg)
+    n = n_win * n_tok
+    k = keys.reshape(n, -1)
+    # one copy, token-major (N x heads*d_h); v is a heads x N x d_h view of it
+    v = values.permute(1, 2, 0, 3).reshape(n, heads * d_h).view(n, heads, d_h).permute(1, 0, 2)
+    if cfg.attention_impl == "dense":
+        out = global_attention_dense(k, v, n_win, cfg)
+    else:
+        out = global_attention_blocked(k, v, n_win, cfg)
     return out.reshape(n_win, n_tok, heads * d_h)
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared pieces
-
-
-def _proxy_mask_step(scores: torch.Tensor, k: torch.Tensor, tau: float, row_index: torch.Tensor):
-    """One proxy-anchor iteration for a block of rows (SPEC 5).
-
-    ``scores``: ``B x N`` similarities of the block's current anchors; ``row_index``: the block's
-    global row numbers (the column of each row's own token). Returns ``(mask, proxies)``.
-    """
-    mask = scores > tau
-    empty = ~mask.any(dim=1)
-    if bool(empty.any()):
-        rows = torch.nonzero(empty).squeeze(1)
-        mask[rows, row_index[rows]] = True
-    maskf = mask.to(k.dtype)
-    proxies = F.normalize((maskf @ k) / (maskf.sum(dim=1, keepdim=True) + _EPS), dim=-1)
-    return mask, proxies
+def dynamic_beta(n_windows: int, beta_alpha: float) -> float:
+    """``beta = 1 + lambda1 * ln(1 + L)`` (SPEC 6)."""
+    return 1.0 + beta_alpha * math.log(1.0 + n_windows)
 
 
 def _sparse_softmax(z: torch.Tensor) -> torch.Tensor:
@@ -74,11 +97,6 @@ def _sparse_softmax(z: torch.Tensor) -> torch.Tensor:
     cut = z.amax(dim=-1, keepdim=True).clamp_max(0.0)
     z.masked_fill_(z < cut, float("-inf"))
     return torch.softmax(z, dim=-1)
-
-
-def dynamic_beta(n_windows: int, beta_alpha: float) -> float:
-    """``beta = 1 + lambda1 * ln(1 + L)`` (SPEC 6)."""
-    return 1.0 + beta_alpha * math.log(1.0 + n_windows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,19 +155,25 @@ def global_attention_dense(
 
 
 def auto_block_size(n: int, device: torch.device, budget_bytes: int | None = None) -> int:
-    """Query rows per block so that about five ``block x N`` float32 matrices fit the budget.
+    """Query rows per block for ``N = n`` tokens.
 
-    The budget defaults to a quarter of the free memory (CUDA: free device memory; CPU: the
-    available system memory), at most 1 GiB on the CPU (larger blocks do not run faster there).
+    The blocked attention holds one ``block x N`` buffer (plus ``O(N x Ck)`` and small
+    temporaries); twice its size must fit the budget, by default a quarter of the free memory
+    (CUDA: free device memory; CPU: available system memory). Within it: at most a quarter of
+    the rows (the first proxy step skips the lower triangle only across blocks) and, on the
+    CPU, about 96 MiB per buffer (larger blocks only add cache misses to the element-wise
+    passes, measured in BENCHMARKS.md). At least ``min(64, n)``, at most ``n``.
     """
     if budget_bytes is None:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = free // 4
         else:
-            budget_bytes = min(_available_memory() // 4, 1 << 30)
-    rows = budget_bytes // max(1, n * 4 * 5)
-    return int(max(64, min(n, rows)))
+            budget_bytes = _available_memory() // 4
+    rows = min(budget_bytes // max(1, n * 4 * 2), max(256, -(-n // 4)))
+    if device.type != "cuda":
+        rows = min(rows, _TARGET_BUFFER_BYTES // max(1, n * 4))
+    return int(max(min(64, n), min(n, rows)))
 
 
 def _available_memory() -> int:
@@ -166,87 +190,247 @@ def _available_memory() -> int:
         return 4 << 30
 
 
-def _final_anchors(
-    k: torch.Tensor, rows: slice, cfg: GLAConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchors whose similarities to ``K`` are the scores, and the mask counts, for a block.
-
-    Returns ``(anchors B x Ck, count B)``: with proxy anchors on, the final proxies; else the
-    keys themselves. ``count`` is ``rowsum(M)`` of the last iteration's mask.
-    """
-    kb = k[rows]
-    index = torch.arange(rows.start, rows.stop, device=k.device)
-    scores = kb @ k.T
-    if cfg.proxy_iters == 0:
-        return kb, (scores > cfg.proxy_threshold).sum(dim=1)
-    proxies = kb
-    for _ in range(cfg.proxy_iters):
-        mask, proxies = _proxy_mask_step(scores, k, cfg.proxy_threshold, index)
-        count = mask.sum(dim=1)
-        del mask
-        if _ + 1 < cfg.proxy_iters:
-            scores = proxies @ k.T
-    return (proxies if cfg.proxy_anchor else kb), count
-
-
 def global_attention_blocked(
-    k: torch.Tensor, v: torch.Tensor, n_windows: int, cfg: GLAConfig
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_windows: int,
+    cfg: GLAConfig,
+    sparse_density: float = SPARSE_MASK_DENSITY,
 ) -> torch.Tensor:
     """Same result as ``global_attention_dense`` with ``O(block x N)`` extra memory.
 
     Args:
-        k: ``N x Ck`` L2-normalised keys, window-major.
-        v: ``heads x N x d_h`` values.
+        k: ``N x Ck`` L2-normalised float32 keys, window-major.
+        v: ``heads x N x d_h`` float32 values.
         n_windows: ``L``.
+        cfg: the method's settings; ``cfg.block_size`` rows per block (None: from memory).
+        sparse_density: mask density below which a mask-times-keys product is sparse
+            (0: always dense; 1: always sparse). Changes speed and round-off, not decisions.
 
     Returns:
-        ``N x (heads * d_h)``.
+        ``N x (heads * d_h)`` float32.
     """
-    n = k.shape[0]
+    n, c = k.shape
     heads, _, d_h = v.shape
-    block = cfg.block_size or auto_block_size(n, k.device)
-    v_flat = v.permute(1, 0, 2).reshape(n, heads * d_h)  # N x (heads*d_h), for one matmul
-    out = k.new_empty(n, heads * d_h)
+    block = min(n, cfg.block_size or auto_block_size(n, k.device))
+    work = _Workspace(k, block, sparse_density)
+    anchors, count = _anchors(work, cfg)
+    v_flat = v.permute(1, 0, 2).reshape(n, heads * d_h)  # N x D: heads side by side
+    k_mean = k.mean(dim=0)
     global_mu = None
     if not cfg.token_norm:
-        # mean of all entries of A = mean_r (anchor_r . mean_n k_n): one extra pass of anchors.
-        k_mean = k.mean(dim=0)
-        total = k.new_zeros(())
-        for start in range(0, n, block):
-            anchors, _ = _final_anchors(k, slice(start, min(n, start + block)), cfg)
-            total = total + (anchors @ k_mean).sum()
-        global_mu = total / n
+        # mean of all entries of anchors K^T = mean over rows of (anchor . mean key)
+        global_mu = (anchors @ k_mean).mean()
+    out = k.new_empty(n, heads * d_h)
     beta_dyn = dynamic_beta(n_windows, cfg.beta_alpha)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
-        anchors, count = _final_anchors(k, rows, cfg)
-        scores = anchors @ k.T
-        if global_mu is not None:
-            z = (scores - cfg.fixed_beta * global_mu) * cfg.fixed_gamma
+        x = work.scores(anchors[rows], work.k)  # B x N similarities
+        if cfg.proxy_iters == 0:
+            count_b = work.mask_count(x, cfg.proxy_threshold)
         else:
-            mu = scores.mean(dim=1, keepdim=True).clamp_min(0.0)
+            count_b = count[rows]
+        if global_mu is not None:
+            bm, gamma = cfg.fixed_beta * global_mu, cfg.fixed_gamma
+        else:
+            # the row mean of x; (anchors @ k_mean) is equal in exact arithmetic but rounds
+            # differently and flips cut decisions of rows whose maximum is near 0
+            mu = x.mean(dim=1, keepdim=True).clamp_min_(0.0)
             if cfg.dynamic_norm:
-                gamma = 1.0 + cfg.gamma_alpha / count.to(k.dtype).unsqueeze(1)
-                z = (scores - beta_dyn * mu) * gamma
+                bm = beta_dyn * mu
+                gamma = 1.0 + cfg.gamma_alpha / count_b.unsqueeze(1)
             else:
-                z = (scores - cfg.fixed_beta * mu) * cfg.fixed_gamma
-        del scores
-        w = _sparse_softmax(z)
-        # per head: W @ V_h; V heads side by side give the concatenated output directly
-        out[rows] = w @ v_flat
+                bm, gamma = cfg.fixed_beta * mu, cfg.fixed_gamma
+        x.sub_(bm).mul_(gamma)  # Z, bit for bit as in the dense oracle
+        _softmax_times_values(x, v_flat, out[rows])
     return out
+
+
+class _Workspace:
+    """The keys in the layouts the products need, and one reusable ``block x N`` buffer."""
+
+    def __init__(self, k: torch.Tensor, block: int, sparse_density: float) -> None:
+        n, c = k.shape
+        self.n, self.c, self.block = n, c, block
+        width = (c + 1 + 15) // 16 * 16
+        # keys with a column of ones: mask @ k_aug gives the row sums and the row counts
+        self.k_aug = k.new_zeros(n, width)
+        self.k_aug[:, :c] = k
+        self.k_aug[:, c] = 1.0
+        self.k = self.k_aug[:, :c]  # a strided view; products read it in place
+        self.buffer = k.new_empty(block * n)
+        self.sparse_density = sparse_density
+
+    def view(self, rows: int, cols: int) -> torch.Tensor:
+        return self.buffer[: rows * cols].view(rows, cols)
+
+    def scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a b^T`` into the buffer."""
+        x = self.view(a.shape[0], b.shape[0])
+        torch.mm(a, b.T, out=x)
+        return x
+
+    def mask_count(self, x: torch.Tensor, tau: float) -> torch.Tensor:
+        """Row counts of ``x > tau`` (``x`` is left unchanged), 64 rows at a time."""
+        count = x.new_empty(x.shape[0])
+        tmp = x.new_empty(min(64, x.shape[0]), x.shape[1])
+        for r0 in range(0, x.shape[0], 64):
+            part = tmp[: min(64, x.shape[0] - r0)]
+            torch.gt(x[r0 : r0 + 64], tau, out=part)
+            count[r0 : r0 + 64] = part.sum(dim=1)
+        return count
+
+    def is_sparse(self, mask: torch.Tensor) -> bool:
+        """Whether a 0/1 float mask is sparse enough for a CSR product (sampled estimate)."""
+        if self.sparse_density <= 0.0:
+            return False
+        if self.sparse_density >= 1.0:
+            return True
+        sample = mask[:: max(1, mask.shape[0] // 64)]
+        return float(sample.sum()) < self.sparse_density * sample.numel()
+
+
+def _csr(mask: torch.Tensor) -> torch.Tensor:
+    """A 0/1 float matrix (any strides) as a sparse CSR matrix of ones."""
+    index = mask.nonzero()
+    crow = torch._convert_indices_from_coo_to_csr(index[:, 0].contiguous(), mask.shape[0])
+    ones = mask.new_ones(index.shape[0])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, index[:, 1].contiguous(), ones, tuple(mask.shape), check_invariants=False
+        )
+
+
+def _add_mask_product(work: _Workspace, acc: torch.Tensor, mask: torch.Tensor, rhs: torch.Tensor):
+    """``acc += mask @ rhs`` for a 0/1 float ``mask``: dense or sparse by the mask's density."""
+    if work.is_sparse(mask):
+        acc.add_(_csr(mask) @ rhs)
+    else:
+        acc.addmm_(mask, rhs)
+
+
+def _anchors(work: _Workspace, cfg: GLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase 1: the final anchors (``N x Ck``) and the last mask's row counts (``N``).
+
+    With ``proxy_iters == 0`` the anchors are the keys and the counts are computed later, with
+    the scores.
+    """
+    n, c, block, tau = work.n, work.c, work.block, cfg.proxy_threshold
+    k = work.k
+    if cfg.proxy_iters == 0:
+        return k, k.new_empty(0)
+    # First iteration, M1 = [K K^T > tau]: upper-triangle panels, each used twice.
+    sums = work.k_aug.new_zeros(n, work.k_aug.shape[1])
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        x = work.scores(k[i0:i1], k[i0:])  # rows i0:i1 against columns i0:n
+        torch.gt(x, tau, out=x)
+        _add_mask_product(work, sums[i0:i1], x, work.k_aug[i0:])
+        if i1 < n:  # the same entries seen from the rows below (A is symmetric)
+            _add_mask_product(work, sums[i1:], x[:, i1 - i0 :].T, work.k_aug[i0:i1])
+    proxies = _proxies_from_sums(work, sums, 0)  # a view into sums
+    count = sums[:, c].clone()
+    # Further iterations: row-local, block by block, in place.
+    for _ in range(cfg.proxy_iters - 1):
+        for i0 in range(0, n, block):
+            i1 = min(n, i0 + block)
+            x = work.scores(proxies[i0:i1], k)
+            torch.gt(x, tau, out=x)
+            part = work.k_aug.new_zeros(i1 - i0, work.k_aug.shape[1])
+            _add_mask_product(work, part, x, work.k_aug)
+            proxies[i0:i1] = _proxies_from_sums(work, part, i0)
+            count[i0:i1] = part[:, c]
+    return (proxies if cfg.proxy_anchor else k), count
+
+
+def _proxies_from_sums(work: _Workspace, sums: torch.Tensor, start: int) -> torch.Tensor:
+    """``normalize((M K) / (rowsum(M) + eps))`` from ``[M K | rowsum(M)]``, in place.
+
+    A row whose mask is empty gets its own token (the diagonal entry), as in SPEC 5. Returns a
+    view of the first ``Ck`` columns of ``sums``.
+    """
+    c = work.c
+    count = sums[:, c]
+    empty = torch.nonzero(count == 0).squeeze(1)
+    if empty.numel():
+        sums[empty, :c] = work.k[start + empty]
+        sums[empty, c] = 1.0
+    proxies = sums[:, :c].div_(sums[:, c : c + 1] + _EPS)
+    # F.normalize, in place: x / max(||x||, 1e-12)
+    return proxies.div_(torch.linalg.vector_norm(proxies, dim=1, keepdim=True).clamp_min_(1e-12))
+
+
+def _softmax_times_values(z: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor) -> None:
+    """SPEC 7 for a block: cut at ``min(rowmax, 0)``, softmax, times values; into ``out``.
+
+    ``z`` (``B x N``) is overwritten. The keep decision ``z >= cut`` is the oracle's: it is
+    taken on ``z - cut``, whose sign is that of the comparison in IEEE arithmetic (tested
+    against ``-tiny``, so only a negative subnormal ``z - cut``, below 1.2e-38, would be kept
+    wrongly). The softmax is normalised after the product with the values.
+    """
+    zmax = z.amax(dim=1)
+    cut = zmax.clamp_max(0.0)
+    negative = cut < 0
+    if bool(negative.any()):
+        z.sub_(cut.unsqueeze(1))  # rows with a negative maximum: z - zmax, their max is 0
+    shift = zmax - cut
+    if bool((shift > _EXP_SAFE).any()):
+        F.threshold_(z, -_TINY, float("-inf"))  # keep z - cut >= 0
+        z.sub_(shift.unsqueeze(1))
+        z.exp_()
+    else:
+        # exp is slow on -inf (and on results below the normal range): drop to a finite value
+        # whose exp is a normal float, then zero it. Kept entries are >= 0, so exp(z) >= 1.
+        F.threshold_(z, -_TINY, _DROPPED)  # keep z - cut >= 0
+        z.exp_()
+        F.threshold_(z, _DROPPED_EXP, 0.0)
+    total = z.sum(dim=1)
+    # A row with a negative maximum and no tie keeps one entry with weight exactly 1.
+    single = negative & (total == 1.0)
+    n_single = int(single.sum())
+    if n_single == 0:
+        torch.mm(z, v_flat, out=out)
+        out.div_(total.unsqueeze(1))
+        return
+    arg = z.argmax(dim=1)
+    if n_single < z.shape[0]:
+        rows = torch.nonzero(~single).squeeze(1)
+        if n_single * 10 > z.shape[0]:  # worth moving the other rows to skip the single ones
+            picked = _compact_rows(z, rows)
+            out[rows] = (picked @ v_flat).div_(total[rows].unsqueeze(1))
+        else:
+            res = (z @ v_flat).div_(total.unsqueeze(1))
+            out[rows] = res[rows]
+    idx = torch.nonzero(single).squeeze(1)
+    out[idx] = v_flat[arg[idx]]
+
+
+def _compact_rows(x: torch.Tensor, rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Move the rows ``rows`` (ascending, unique) of ``x`` to its top, in place.
+
+    Safe because ``rows[j] >= j``: a chunk is gathered before it is written, and later chunks
+    read rows below everything written so far. Returns ``x[: len(rows)]``.
+    """
+    for i in range(0, rows.numel(), chunk):
+        part = rows[i : i + chunk]
+        x[i : i + part.numel()] = x[part]
+    return x[: rows.numel()]
 
 
 # ---------------------------------------------------------------------------------------------
 # Per-window baseline (ProxyCLIP; SPEC 10)
 
 
-def window_attention(keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig) -> torch.Tensor:
+def window_attention(
+    keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig, chunk: int = 16
+) -> torch.Tensor:
     """Steps 5-7 inside each window alone, with fixed beta and gamma.
 
     Args:
         keys: ``L x S x Ck`` L2-normalised keys.
         values: ``heads x L x S x d_h``.
+        chunk: windows computed together (batched products; memory ``O(chunk x S x S)``).
 
     Returns:
         ``L x S x (heads * d_h)``.
@@ -255,19 +439,21 @@ def window_attention(keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig) -
     heads, _, _, d_h = values.shape
     v = values.permute(1, 2, 0, 3).reshape(n_win, n_tok, heads * d_h)
     out = keys.new_empty(n_win, n_tok, heads * d_h)
-    for i in range(n_win):
-        k = keys[i]
-        a = k @ k.T
+    for start in range(0, n_win, chunk):
+        part = slice(start, min(n_win, start + chunk))
+        k = keys[part]
+        kt = k.transpose(1, 2)
+        a = k @ kt
         if cfg.proxy_anchor and cfg.proxy_iters > 0:
             for _ in range(cfg.proxy_iters):
                 mf = (a > cfg.proxy_threshold).to(k.dtype)
-                p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + _EPS), dim=-1)
-                a = p @ k.T
-            a = p @ p.T
+                p = F.normalize((mf @ k) / (mf.sum(dim=-1, keepdim=True) + _EPS), dim=-1)
+                a = p @ kt
+            a = p @ p.transpose(1, 2)
         if cfg.token_norm:
-            mu = a.mean(dim=1, keepdim=True)
+            mu = a.mean(dim=-1, keepdim=True)
         else:
-            mu = a.mean()
+            mu = a.mean(dim=(-2, -1), keepdim=True)
         z = (a - cfg.fixed_beta * mu) * cfg.fixed_gamma
-        out[i] = _sparse_softmax(z) @ v[i]
+        out[part] = _sparse_softmax(z) @ v[part]
     return out

@@ -41,12 +41,17 @@ class GLAConfig:
     fixed_beta: float = 1.2  # beta when dynamic normalisation is off
     fixed_gamma: float = 3.0  # gamma when dynamic normalisation is off
     block_size: int | None = None  # query rows per attention block (None: from memory)
+    attention_impl: str = "blocked"  # blocked (exact, O(block x N) memory) | dense (N x N oracle)
 
     def __post_init__(self) -> None:
         if self.proxy_iters < 0:
             raise ValueError(f"proxy_iters must be >= 0, got {self.proxy_iters}")
         if self.block_size is not None and self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.attention_impl not in ("blocked", "dense"):
+            raise ValueError(
+                f"attention_impl must be 'blocked' or 'dense', got {self.attention_impl!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""How many threshold decisions flip if the similarities are computed in lower precision.
+
+    python benchmarks/bench_precision.py                 # 336x448 (6 windows, N = 4,704)
+    python benchmarks/bench_precision.py --size 560x1120
+
+Computes the keys and values of a synthetic image with the real-size backbones (random
+weights), then runs the dense oracle of SPEC 5-7 with its similarity products (``K K^T`` and
+``P K^T``) computed in float64, float32 (the reference), TF32-like, bfloat16 and float16, and the
+default blocked implementation in float32. For each it counts the ``A > tau`` decisions that
+differ from float32 (per proxy iteration), the rows whose cut outcome (``max Z < 0``) differs,
+the largest change of the attention output, and the tokens whose label (argmax over the class
+queries) changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+
+def _round_tf32(x):
+    """Round float32 to TF32 (10 mantissa bits), as a tensor core reads its inputs."""
+    import torch
+
+    bits = x.contiguous().view(torch.int32)
+    bits = (bits + 0x1000) & ~0x1FFF  # round half up on the 13 dropped bits
+    return bits.view(torch.float32)
+
+
+def dense_with_similarity_dtype(k, v, n_windows: int, cfg, kind: str):
+    """The dense oracle with its similarity products in another precision.
+
+    Returns ``(output N x D float32, [mask per iteration], negative-max rows)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from glaclip.attention import dynamic_beta
+
+    def sim(a, b):
+        if kind == "float64":
+            return (a.double() @ b.double().T).float()
+        if kind == "tf32":
+            return _round_tf32(a) @ _round_tf32(b).T
+        if kind in ("bfloat16", "float16"):
+            dt = getattr(torch, kind)
+            return (a.to(dt) @ b.to(dt).T).float()
+        return a @ b.T
+
+    tau = cfg.proxy_threshold
+    a = sim(k, k)
+    cur, masks = a, []
+    for _ in range(cfg.proxy_iters):
+        m = cur > tau
+        idx = torch.nonzero(~m.any(dim=1)).squeeze(1)
+        m[idx, idx] = True
+        masks.append(m)
+        mf = m.float()
+        p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + 1e-6), dim=-1)
+        cur = sim(p, k)
+    count = masks[-1].sum(dim=1, keepdim=True).float()
+    mu = cur.mean(dim=1, keepdim=True).clamp_min(0.0)
+    z = (cur - dynamic_beta(n_windows, cfg.beta_alpha) * mu) * (1.0 + cfg.gamma_alpha / count)
+    negative = z.amax(dim=1) < 0
+    cut = z.amax(dim=1, keepdim=True).clamp_max(0.0)
+    w = torch.softmax(z.masked_fill(z < cut, float("-inf")), dim=1)
+    heads, n, d_h = v.shape
+    out = torch.einsum("nm,hmd->hnd", w, v).permute(1, 0, 2).reshape(n, heads * d_h)
+    return out, masks, negative
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="336x448", help="HxW of the synthetic image")
+    parser.add_argument("--classes", default="cityscapes", help="packaged class file name")
+    parser.add_argument(
+        "--text-cache", default=os.path.join(tempfile.gettempdir(), "glaclip-bench-text")
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from glaclip.attention import global_attention_blocked
+    from glaclip.config import GLAConfig, Settings
+    from glaclip.segmenter import Segmenter
+    from glaclip.windows import window_grid
+
+    height, width = (int(x) for x in args.size.split("x"))
+    clip, vfm, tok = _common.build_models()
+    seg = Segmenter(clip, vfm, tok, Settings(), text_cache_dir=args.text_cache)
+    text = seg.query_embeddings(_common.class_lines(args.classes))[0]
+    x = _common.synthetic_image(height, width)
+    windows = window_grid(height, width)
+    crops = torch.cat([x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows])
+    with torch.inference_mode():
+        keys = seg.keys_tower.keys(crops, seg.clip_mean, seg.clip_std)
+        grid = keys.shape[1:3]
+        vals = F.interpolate(
+            seg.values_tower.values(crops), size=grid, mode="bilinear", align_corners=False
+        )
+        n_win = len(windows)
+        k = F.normalize(keys.reshape(-1, keys.shape[-1]), dim=-1)
+        heads = seg.values_tower.heads
+        d = vals.shape[1]
+        v = vals.reshape(n_win, heads, d // heads, -1).permute(1, 0, 3, 2)
+        v = v.reshape(heads, -1, d // heads)
+        cfg = GLAConfig()
+
+        def labels(out):
+            feats = F.normalize(seg.values_tower.project(out), dim=-1)
+            return (feats @ text.T).argmax(dim=1)
+
+        ref, ref_masks, ref_neg = dense_with_similarity_dtype(k, v, n_win, cfg, "float32")
+        ref_labels = labels(ref)
+        n = k.shape[0]
+        print(f"{args.size}: L = {n_win} windows, N = {n:,} tokens, tau = {cfg.proxy_threshold}")
+        print(
+            "mask density per iteration (float32): "
+            + ", ".join(f"{float(m.float().mean()):.3f}" for m in ref_masks)
+            + f"; rows with a negative maximum: {float(ref_neg.float().mean()):.3f}"
+        )
+        header = (
+            f"{'similarities in':>16} | {'A>tau flips, it. 1':>19} | {'it. 2':>19} | "
+            f"{'cut rows':>8} | {'max |dO|':>9} | {'token labels changed':>20}"
+        )
+        print(header)
+        print("-" * len(header))
+        for kind in ("float64", "tf32", "bfloat16", "float16"):
+            out, masks, neg = dense_with_similarity_dtype(k, v, n_win, cfg, kind)
+            flips = [int((m != r).sum()) for m, r in zip(masks, ref_masks, strict=True)]
+            cells = [f"{f:>8,} ({f / n / n:.1e})" for f in flips]
+            changed = int((labels(out) != ref_labels).sum())
+            cut_rows = int((neg != ref_neg).sum())
+            print(
+                f"{kind:>16} | {cells[0]:>19} | {cells[1]:>19} | {cut_rows:>8} | "
+                f"{float((out - ref).abs().max()):9.2e} | {changed:>8} ({changed / n:.2%})"
+            )
+        out = global_attention_blocked(k, v, n_win, cfg)
+        changed = int((labels(out) != ref_labels).sum())
+        print(
+            f"{'blocked float32':>16} | {'(same decisions, see tests)':>41} | {'':>8} | "
+            f"{float((out - ref).abs().max()):9.2e} | {changed:>8} ({changed / n:.2%})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

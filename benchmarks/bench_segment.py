@@ -1,0 +1,440 @@
+"""Seconds, peak memory and FLOPs of ``Segmenter.segment_tensor``: blocked attention vs the oracle.
+
+Builds the paper's backbones (CLIP ViT-B/16 with quick GELU, DINO ViT-B/8) with random weights
+and segments a synthetic image of each requested size with the default settings, once with the
+default (blocked) attention and once with the dense ``N x N`` oracle (``attention_impl="dense"``).
+Every configuration runs in a fresh subprocess, so that peak resident memory (``VmHWM``, reset
+just before the call) belongs to that configuration alone. Query embeddings are computed (or read
+from the text cache) before the timed call: the seconds are those of one image.
+
+    python benchmarks/bench_segment.py                        # 336x448, 560x1120, 1024x1024
+    python benchmarks/bench_segment.py --sizes 336x448 --impl blocked
+    python benchmarks/bench_segment.py --json results.json
+
+The dense oracle is skipped (with a printed reason) where its ``N x N`` matrices cannot fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _common  # noqa: E402
+
+STAGES = ("vfm", "clip", "attention", "stitch", "labels", "text")
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counts
+
+
+def attention_flops_dense(n: int, c: int, d: int, iters: int) -> dict[str, float]:
+    """FLOPs of the dense oracle's matrix products (element-wise work not counted)."""
+    nn = float(n) * n
+    sims = (1 + iters) * 2 * nn * c  # K K^T and one P K^T per iteration
+    masks = iters * 2 * nn * c  # M K per iteration
+    wv = 2 * nn * d
+    return {"similarity": sims, "mask_keys": masks, "weights_values": wv}
+
+
+def attention_flops_blocked(
+    n: int, c: int, d: int, iters: int, block: int, general_rows: float
+) -> dict[str, float]:
+    """FLOPs of the blocked implementation's matrix products, dense mask products assumed.
+
+    ``general_rows``: the rows whose weights are not a single 1 (the others are gathered).
+    """
+    ca = (c + 1 + 15) // 16 * 16  # keys with the ones column, padded
+    tri = sum(min(block, n - i0) * (n - i0) for i0 in range(0, n, block))  # upper panels
+    below = sum(min(block, n - i0) * max(0, n - i0 - block) for i0 in range(0, n, block))
+    nn = float(n) * n
+    sims = 2 * tri * c + iters * 2 * nn * c  # K K^T upper panels, (T-1) iterations, scores
+    masks = 2 * (tri + below) * ca + (iters - 1) * 2 * nn * ca
+    wv = 2 * general_rows * n * d
+    return {"similarity": sims, "mask_keys": masks, "weights_values": wv}
+
+
+def tower_flops(seg, crop) -> tuple[float, float]:
+    """FLOPs of one window through the VFM (keys) and the CLIP tower (values).
+
+    Counted with autograd on: under inference mode ``nn.MultiheadAttention`` takes a fused
+    fast path that the counter does not see (a third of CLIP's FLOPs).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.enable_grad():
+        with FlopCounterMode(display=False) as fc:
+            seg.keys_tower.keys(crop, seg.clip_mean, seg.clip_std)
+        vfm = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            seg.values_tower.values(crop)
+        clip = fc.get_total_flops()
+    return float(vfm), float(clip)
+
+
+def stitch_flops(n: int, d: int, e: int, q: int) -> float:
+    """out_proj, image projection and the cosine logits (interpolation not counted)."""
+    return 2.0 * n * (d * d + d * e + e * q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampled statistics of the method on the run's own keys
+
+
+def attention_statistics(keys, n_windows: int, cfg, rows: int = 512, seed: int = 0) -> dict:
+    """Mask densities and cut outcomes on a random sample of query rows (dense formulas).
+
+    Every quantity of SPEC 5-7 is per row, so a row sample gives unbiased fractions.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from glaclip.attention import dynamic_beta
+
+    k = F.normalize(keys.reshape(-1, keys.shape[-1]).float(), dim=-1)
+    n = k.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=gen)[: min(rows, n)]
+    tau = cfg.proxy_threshold
+    with torch.inference_mode():
+        cur = k[idx] @ k.T
+        densities = []
+        p = k[idx]
+        for _ in range(cfg.proxy_iters):
+            m = cur > tau
+            empty = ~m.any(dim=1)
+            m[empty.nonzero().squeeze(1), idx[empty]] = True
+            mf = m.float()
+            densities.append(float(mf.mean()))
+            count = mf.sum(dim=1, keepdim=True)
+            p = F.normalize((mf @ k) / (count + 1e-6), dim=-1)
+            cur = p @ k.T
+        s = cur if cfg.proxy_anchor else k[idx] @ k.T
+        mu = s.mean(dim=1, keepdim=True).clamp_min(0)
+        beta = dynamic_beta(n_windows, cfg.beta_alpha)
+        z = (s - beta * mu) * (1 + cfg.gamma_alpha / count)
+        zmax = z.amax(dim=1, keepdim=True)
+        cut = zmax.clamp_max(0)
+        keep = z >= cut
+        single = (zmax.squeeze(1) < 0) & (keep.sum(dim=1) == 1)
+    return {
+        "mask_density": densities,
+        "weight_density": float(keep.float().mean()),
+        "single_row_fraction": float(single.float().mean()),
+        "sample_rows": int(idx.numel()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One configuration (child process)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return _common.peak_rss_bytes()
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """``["window_batch=4", "precision=bf16"]`` -> ``{"window_batch": 4, "precision": "bf16"}``."""
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value
+    return out
+
+
+def run_child(args: argparse.Namespace) -> dict:
+    import torch
+
+    from glaclip.attention import auto_block_size
+    from glaclip.config import settings_from_kwargs
+    from glaclip.segmenter import Segmenter
+
+    class RecordingSegmenter(Segmenter):
+        """Keeps the keys of the last call, for the sampled statistics."""
+
+        def _features(self, x, windows, timer):
+            keys, values, grid = super()._features(x, windows, timer)
+            self.last_keys = keys
+            return keys, values, grid
+
+    height, width = (int(v) for v in args.size.split("x"))
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    clip, vfm, tok = _common.build_models(seed=0)
+    settings = settings_from_kwargs(attention_impl=args.impl, **parse_settings(args.set))
+    seg = RecordingSegmenter(clip, vfm, tok, settings, text_cache_dir=args.text_cache)
+    lines = _common.class_lines(args.classes)
+    seg.query_embeddings(lines)  # text outside the timed call (cached on disk)
+    x = _common.synthetic_image(height, width, seed=0)
+    rss_before = _common.current_rss_bytes()
+    reset = _reset_peak_rss()
+    for _ in range(args.warmup):
+        seg.segment_tensor(x, lines)
+    totals, stage_runs = [], []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        out = seg.segment_tensor(x, lines)
+        totals.append(time.perf_counter() - start)
+        stage_runs.append(out.timings)
+    peak = _vm_hwm() if reset else _common.peak_rss_bytes()
+    # after the timed calls: counting runs one window with autograd on, whose memory the
+    # allocator keeps, which would change both the peak and the speed of the calls
+    vfm_f, clip_f = tower_flops(seg, _common.synthetic_image(224, 224, seed=1))
+    seconds = statistics.median(totals)
+    timings = {s: statistics.median(t.get(s, 0.0) for t in stage_runs) for s in stage_runs[0]}
+    keys = seg.last_keys
+    n_windows, s_tok, c = keys.shape
+    n = n_windows * s_tok
+    d = seg.values_tower.width
+    queries = out.query_logits.shape[0]
+    stats = attention_statistics(keys, n_windows, settings.gla)
+    iters = settings.gla.proxy_iters
+    if args.impl == "dense":
+        att = attention_flops_dense(n, c, d, iters)
+        block = n
+    else:
+        block = settings.gla.block_size or auto_block_size(n, torch.device("cpu"))
+        general = n * (1.0 - stats["single_row_fraction"])
+        att = attention_flops_blocked(n, c, d, iters, block, general)
+    embed = seg.clip_model.visual.output_dim
+    return {
+        "size": args.size,
+        "impl": args.impl,
+        "windows": n_windows,
+        "tokens": n,
+        "block": block,
+        "seconds": seconds,
+        "seconds_all": totals,
+        "timings": timings,
+        "timings_all": stage_runs,
+        "settings": parse_settings(args.set),
+        "peak_rss": peak,
+        "rss_before": rss_before,
+        "peak_is_call_only": reset,
+        "flops": {
+            "vfm": vfm_f * n_windows,
+            "clip": clip_f * n_windows,
+            "attention": sum(att.values()),
+            "attention_parts": att,
+            "stitch": stitch_flops(n, d, embed, queries),
+        },
+        "stats": stats,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration (parent process)
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def dense_fits(n: int) -> tuple[bool, str]:
+    """The dense oracle holds about five ``N x N`` float32 matrices at its peak."""
+    need = 5 * 4 * n * n
+    avail = _mem_available()
+    if need > avail:
+        return False, (
+            f"N = {n:,}: each N x N float32 matrix is {4 * n * n / 2**30:.1f} GiB and the oracle "
+            f"holds about five ({need / 2**30:.0f} GiB) against {avail / 2**30:.0f} GiB available"
+        )
+    return True, ""
+
+
+def tokens_for(size: str) -> tuple[int, int]:
+    from glaclip.windows import window_grid
+
+    height, width = (int(v) for v in size.split("x"))
+    n_windows = len(window_grid(height, width))
+    return n_windows, n_windows * 28 * 28
+
+
+def machine_line() -> str:
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {mem / 2**30:.0f} GiB RAM, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f}"
+
+
+def _rate(flops: float, seconds: float) -> str:
+    return f"{flops / seconds / 1e9:.0f}" if seconds > 0 else "-"
+
+
+def print_result(r: dict) -> None:
+    t = r["timings"]
+    f = r["flops"]
+    runs = ", ".join(f"{x:.2f}" for x in r["seconds_all"])
+    print(
+        f"{r['size']:>10} {r['impl']:>7}  L={r['windows']:<3d} N={r['tokens']:<6d} "
+        f"{r['seconds']:7.2f} s  peak {_gib(r['peak_rss'])} GiB "
+        f"(before call {_gib(r['rss_before'])})"
+        + (f"  [runs: {runs}]" if len(r["seconds_all"]) > 1 else ""),
+        flush=True,
+    )
+    for stage in STAGES:
+        sec = t.get(stage, 0.0)
+        fl = f.get(stage)
+        extra = f"  {fl / 1e12:7.3f} TFLOP  {_rate(fl, sec):>5} GFLOP/s" if fl else ""
+        print(f"{'':>20}{stage:>10} {sec:7.2f} s{extra}")
+    parts = f["attention_parts"]
+    print(
+        f"{'':>20}attention products: "
+        + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items())
+        + " TFLOP"
+    )
+    st = r["stats"]
+    print(
+        f"{'':>20}sampled rows {st['sample_rows']}: mask density "
+        + " / ".join(f"{x:.3f}" for x in st["mask_density"])
+        + f", weight density {st['weight_density']:.3f}, "
+        f"single-entry rows {st['single_row_fraction']:.3f}, block {r['block']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="336x448,560x1120,1024x1024", help="HxW,HxW,...")
+    parser.add_argument("--impl", default="blocked,dense", help="blocked,dense or one of them")
+    parser.add_argument("--classes", default="cityscapes", help="packaged class file name")
+    parser.add_argument(
+        "--text-cache",
+        default=os.path.join(tempfile.gettempdir(), "glaclip-bench-text"),
+        help="folder for cached query embeddings (the first run encodes them)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="calls per configuration (medians are reported)"
+    )
+    parser.add_argument("--warmup", type=int, default=0, help="untimed calls before those")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for both implementations, e.g. --set window_batch=4 (repeatable)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the measured processes, e.g. --env MALLOC_TRIM_THRESHOLD_=8589934592",
+    )
+    parser.add_argument("--json", help="also write all results to this JSON file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        return 0
+
+    print(f"machine: {machine_line()}")
+    print(f"command: python {' '.join([os.path.relpath(__file__)] + (argv or sys.argv[1:]))}")
+    results: list[dict] = []
+    for size in args.sizes.split(","):
+        n_windows, n = tokens_for(size)
+        for impl in args.impl.split(","):
+            if impl == "dense":
+                ok, why = dense_fits(n)
+                if not ok:
+                    print(f"{size:>10} {'dense':>7}  skipped: {why}", flush=True)
+                    continue
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--size", size]
+            cmd += ["--impl", impl, "--classes", args.classes, "--text-cache", args.text_cache]
+            cmd += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
+            cmd += ["--warmup", str(args.warmup)]
+            for pair in args.set:
+                cmd += ["--set", pair]
+            env = dict(os.environ, **dict(pair.split("=", 1) for pair in args.env))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                print(f"{size:>10} {impl:>7}  FAILED (exit {proc.returncode})")
+                print(proc.stderr[-3000:])
+                continue
+            r = json.loads(lines[-1][len("RESULT ") :])
+            results.append(r)
+            print_result(r)
+    print()
+    print("ratios blocked / dense (same run):")
+    by = {(r["size"], r["impl"]): r for r in results}
+    for size in args.sizes.split(","):
+        b, d = by.get((size, "blocked")), by.get((size, "dense"))
+        if b and d:
+            att_b, att_d = b["timings"]["attention"], d["timings"]["attention"]
+            # everything but the attention is the same work in both: its run-to-run noise
+            # (mostly the VFM) moves the plain ratio, so also print it with their mean
+            shared = (b["seconds"] - att_b + d["seconds"] - att_d) / 2
+            print(
+                f"{size:>10}: time {b['seconds'] / d['seconds']:.2f}x "
+                f"({b['seconds']:.1f} s vs {d['seconds']:.1f} s; with the shared stages "
+                f"equal ({shared:.1f} s): {(shared + att_b) / (shared + att_d):.2f}x), "
+                f"attention {att_b / att_d:.2f}x, peak memory "
+                f"{b['peak_rss'] / d['peak_rss']:.2f}x "
+                f"({_gib(b['peak_rss'])} vs {_gib(d['peak_rss'])} GiB)"
+            )
+        elif b:
+            print(f"{size:>10}: no dense oracle in this run")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine_line(), "results": results}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""The blocked KV-extended attention against the dense oracle (SPEC 5-7), and the pieces."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glaclip import attention as att
+from glaclip.config import GLAConfig
+
+N_WIN, N_TOK, DIM, HEADS, HEAD_DIM = 3, 40, 16, 2, 4
+
+
+def clustered_keys(seed: int, dtype=torch.float64, dominant: float = 0.8, noise: float = 0.5):
+    """Unit keys: a dominant cluster (about 80 % of the tokens) and three small ones.
+
+    Masks are 50-75 % dense; rows of the dominant cluster have a negative maximum after the
+    normalisation (one kept entry), rows of the small clusters a positive one.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = N_WIN * N_TOK
+    centers = F.normalize(torch.randn(4, DIM, generator=g, dtype=dtype), dim=-1)
+    small = torch.randint(1, 4, (n,), generator=g)
+    which = torch.where(torch.rand(n, generator=g) < dominant, 0, small)
+    k = centers[which] + noise * torch.randn(n, DIM, generator=g, dtype=dtype) / DIM**0.5
+    return F.normalize(k, dim=-1)
+
+
+def random_values(seed: int, n: int = N_WIN * N_TOK, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return torch.randn(HEADS, n, HEAD_DIM, generator=g, dtype=dtype)
+
+
+def dense_counts(k: torch.Tensor, cfg: GLAConfig) -> torch.Tensor:
+    """Row counts of the last mask, computed as the dense oracle does."""
+    cur = k @ k.T
+    m = cur > cfg.proxy_threshold
+    for _ in range(cfg.proxy_iters):
+        m = cur > cfg.proxy_threshold
+        idx = torch.nonzero(~m.any(dim=1)).squeeze(1)
+        m[idx, idx] = True
+        mf = m.to(k.dtype)
+        p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + 1e-6), dim=-1)
+        cur = p @ k.T
+    return m.sum(dim=1).to(k.dtype)
+
+
+SWITCHES = list(
+    itertools.product([True, False], [True, False], [True, False], [0, 1, 2])
+)  # proxy_anchor, dynamic_norm, token_norm, proxy_iters
+
+
+@pytest.mark.parametrize(("proxy", "dynamic", "token_norm", "iters"), SWITCHES)
+def test_blocked_equals_dense_for_every_switch(proxy, dynamic, token_norm, iters):
+    k, v = clustered_keys(0), random_values(0)
+    base = dict(proxy_anchor=proxy, dynamic_norm=dynamic, token_norm=token_norm)
+    ref = att.global_attention_dense(k, v, N_WIN, GLAConfig(proxy_iters=iters, **base))
+    assert ref.shape == (N_WIN * N_TOK, HEADS * HEAD_DIM)
+    for block in (7, 32, 50, 119, 120, 500):  # 7, 32, 50 do not divide N = 120
+        cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)
+        out = att.global_attention_blocked(k, v, N_WIN, cfg)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"block {block}")
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3])
+@pytest.mark.parametrize("block", [16, 45, 120])
+def test_mask_decisions_identical(iters, block):
+    """Same last-mask row counts as the oracle, bit for bit, in float32 too."""
+    for dtype in (torch.float64, torch.float32):
+        k = clustered_keys(2, dtype)
+        cfg = GLAConfig(proxy_iters=iters, block_size=block)
+        work = att._Workspace(k, block, att.SPARSE_MASK_DENSITY)
+        anchors, count = att._anchors(work, cfg)
+        assert torch.equal(count, dense_counts(k, cfg))
+        assert anchors.shape == k.shape
+        assert 0.05 < float(count.mean()) / k.shape[0] < 0.95  # the masks are not trivial
+
+
+def test_float32_agrees_with_oracle():
+    k, v = clustered_keys(3, torch.float32), random_values(3, dtype=torch.float32)
+    cfg = GLAConfig(block_size=37)
+    ref = att.global_attention_dense(k, v, N_WIN, cfg)
+    out = att.global_attention_blocked(k, v, N_WIN, cfg)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_default_inputs_exercise_single_entry_rows():
+    """The test keys produce both kinds of rows: a negative maximum (one kept entry) and not."""
+    k = clustered_keys(0)
+    cfg = GLAConfig()
+    work = att._Workspace(k, 120, 0.0)
+    anchors, count = att._anchors(work, cfg)
+    s = anchors @ k.T
+    mu = s.mean(dim=1, keepdim=True).clamp_min(0)
+    z = (s - att.dynamic_beta(N_WIN, cfg.beta_alpha) * mu) * (1 + cfg.gamma_alpha / count[:, None])
+    negative = float((z.amax(dim=1) < 0).double().mean())
+    assert 0.1 < negative < 0.9
+
+
+@pytest.mark.parametrize("iters", [1, 2])
+@pytest.mark.parametrize("block", [16, 50, 120])
+def test_sparse_mask_products_match(iters, block):
+    """The CSR path for mask-times-keys gives the dense result (forced on for every block)."""
+    k, v = clustered_keys(4), random_values(4)
+    cfg = GLAConfig(proxy_iters=iters, block_size=block)
+    ref = att.global_attention_dense(k, v, N_WIN, cfg)
+    out = att.global_attention_blocked(k, v, N_WIN, cfg, sparse_density=1.0)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_sparse_decision_follows_density():
+    k = clustered_keys(5)
+    work = att._Workspace(k, 64, 0.05)
+    dense_mask = (torch.rand(64, 120, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    sparse_mask = torch.zeros(64, 120, dtype=torch.float64)
+    sparse_mask[::8, ::9] = 1.0  # 1.5 % ones
+    assert not work.is_sparse(dense_mask)
+    assert work.is_sparse(sparse_mask)
+    assert not att._Workspace(k, 64, 0.0).is_sparse(sparse_mask)
+
+
+def test_empty_rows_get_their_own_token():
+    """A short key (norm 0.5) far from the others: its mask is empty at every iteration, so
+    SPEC 5 puts its own token in: count 1 and the proxy is that key's direction."""
+    k = clustered_keys(6)
+    lone = torch.zeros(DIM, dtype=k.dtype)
+    lone[0] = 0.5
+    k[17] = lone
+    k[:, 0][torch.arange(k.shape[0]) != 17] = 0.0  # no other key has a component along it
+    v = random_values(6)
+    for iters in (1, 2):
+        cfg = GLAConfig(proxy_iters=iters, block_size=50)
+        # first step: A_17,17 = 0.25 < tau, and 0 against the others
+        assert not bool(((k @ k.T)[17] > cfg.proxy_threshold).any())
+        work = att._Workspace(k, 50, 0.0)
+        anchors, count = att._anchors(work, cfg)
+        assert count[17] == 1
+        torch.testing.assert_close(anchors[17], F.normalize(lone, dim=0))
+        # after the first proxy step the row is still empty: p_17 . k_17 = 0.5
+        assert float(anchors[17] @ k[17]) < cfg.proxy_threshold
+        ref = att.global_attention_dense(k, v, N_WIN, cfg)
+        out = att.global_attention_blocked(k, v, N_WIN, cfg)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_all_rows_empty_above_one():
+    """tau above every similarity: every mask is the diagonal, proxies are the keys."""
+    k, v = clustered_keys(7), random_values(7)
+    cfg = GLAConfig(proxy_threshold=1.5, block_size=33)
+    work = att._Workspace(k, 33, 0.0)
+    anchors, count = att._anchors(work, cfg)
+    assert torch.equal(count, torch.ones_like(count))
+    torch.testing.assert_close(anchors, k)
+    ref = att.global_attention_dense(k, v, N_WIN, cfg)
+    torch.testing.assert_close(att.global_attention_blocked(k, v, N_WIN, cfg), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cut at min(rowmax, 0) and the softmax
+
+HAND_Z = torch.tensor(
+    [
+        [0.5, -0.2, 0.0, 1.0],  # positive max: keep z >= 0 (0.5, 0.0, 1.0)
+        [-0.3, -0.1, -0.7, -0.2],  # negative max: only the max survives
+        [-0.4, -0.1, -0.1, -0.9],  # negative max, tied: both ties survive equally
+        [0.0, -1.0, -2.0, 0.0],  # max exactly 0: the zeros survive
+    ],
+    dtype=torch.float64,
+)
+
+
+def test_sparse_softmax_cut_on_hand_made_matrix():
+    w = att._sparse_softmax(HAND_Z.clone())
+    e = math.exp
+    row0 = torch.tensor([e(0.5), 0.0, e(0.0), e(1.0)], dtype=torch.float64)
+    expected = torch.stack(
+        [
+            row0 / row0.sum(),
+            torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64),
+            torch.tensor([0.0, 0.5, 0.5, 0.0], dtype=torch.float64),
+            torch.tensor([0.5, 0.0, 0.0, 0.5], dtype=torch.float64),
+        ]
+    )
+    torch.testing.assert_close(w, expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [1], [1, 1, 1, 0], [0, 3], [1, 2]])
+def test_softmax_times_values_matches_reference(rows):
+    """The in-place block version (single-entry rows gathered) equals softmax(z) @ V."""
+    z = HAND_Z[rows]
+    v = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = torch.empty(len(rows), 3, dtype=torch.float64)
+    att._softmax_times_values(z.clone(), v, out)
+    torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=0, atol=1e-14)
+
+
+def test_compact_rows_in_place():
+    x = torch.arange(300.0).reshape(100, 3)
+    rows = torch.tensor([0, 2, 3, 50, 51, 70, 99])
+    expected = x[rows].clone()
+    top = att._compact_rows(x, rows, chunk=2)
+    assert top.data_ptr() == x.data_ptr()
+    assert torch.equal(top, expected)
+
+
+def test_softmax_times_values_large_maximum_and_many_single_rows():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(40, 30, dtype=torch.float64, generator=g) - 3.0  # mostly negative maxima
+    z[3] += 60.0  # a row whose maximum needs the shift before exp
+    z[5] = z[5].abs()  # a positive row
+    v = torch.randn(30, 6, dtype=torch.float64, generator=g)
+    out = torch.empty(40, 6, dtype=torch.float64)
+    att._softmax_times_values(z.clone(), v, out)
+    torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[0], v[z[0].argmax()])  # a single-entry row is its value, exactly
+
+
+# ---------------------------------------------------------------------------------------------
+# Block size, routing, per-window baseline
+
+
+def test_auto_block_size_bounds():
+    cpu = torch.device("cpu")
+    assert att.auto_block_size(10, cpu) == 10  # never more than N
+    assert att.auto_block_size(50, cpu, budget_bytes=1) == 50  # floor min(64, N)
+    assert att.auto_block_size(100_000, cpu, budget_bytes=1) == 64  # floor 64
+    n = 28_224
+    rows = att.auto_block_size(n, cpu, budget_bytes=2 * 4 * n * 300)
+    assert rows == 300  # twice the block x N float32 buffer within the budget
+    assert att.auto_block_size(4704, cpu, budget_bytes=1 << 40) == 1176  # at most N / 4 rows
+    big = att.auto_block_size(n, cpu, budget_bytes=1 << 40)
+    assert 64 <= big <= n
+    assert big * n * 4 <= att._TARGET_BUFFER_BYTES  # CPU cap on one buffer
+
+
+def test_attend_routes_to_the_oracle_and_validates():
+    k, v = clustered_keys(2, torch.float32), random_values(2, dtype=torch.float32)
+    keys = k.reshape(N_WIN, N_TOK, DIM) * 3.0  # attend normalises the keys
+    values = v.reshape(HEADS, N_WIN, N_TOK, HEAD_DIM)
+    dense = att.attend(keys, values, GLAConfig(attention_impl="dense"))
+    blocked = att.attend(keys, values, GLAConfig(block_size=25))
+    assert dense.shape == (N_WIN, N_TOK, HEADS * HEAD_DIM)
+    torch.testing.assert_close(
+        dense.reshape(-1, HEADS * HEAD_DIM), att.global_attention_dense(k, v, N_WIN, GLAConfig())
+    )
+    torch.testing.assert_close(blocked, dense, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention_impl"):
+        GLAConfig(attention_impl="flash")
+
+
+def _window_reference(keys, values, cfg):
+    """SPEC 10 for one window at a time, written out."""
+    outs = []
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        a = k @ k.T
+        if cfg.proxy_anchor and cfg.proxy_iters > 0:
+            for _ in range(cfg.proxy_iters):
+                mf = (a > cfg.proxy_threshold).to(k.dtype)
+                p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + 1e-6), dim=-1)
+                a = p @ k.T
+            a = p @ p.T
+        mu = a.mean(dim=1, keepdim=True) if cfg.token_norm else a.mean()
+        z = (a - 1.2 * mu) * 3.0
+        cut = z.amax(dim=1, keepdim=True).clamp_max(0)
+        w = torch.softmax(z.masked_fill(z < cut, float("-inf")), dim=1)
+        v = values[:, i].permute(1, 0, 2).reshape(k.shape[0], -1)
+        outs.append(w @ v)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize(("proxy", "token_norm"), [(False, False), (True, False), (True, True)])
+def test_window_attention_matches_per_window_reference(proxy, token_norm):
+    keys = clustered_keys(3).reshape(N_WIN, N_TOK, DIM)
+    values = random_values(3).reshape(HEADS, N_WIN, N_TOK, HEAD_DIM)
+    cfg = GLAConfig(kv_extension=False, proxy_anchor=proxy, token_norm=token_norm)
+    ref = _window_reference(keys, values, cfg)
+    for chunk in (1, 2, 16):
+        out = att.window_attention(keys, values, cfg, chunk=chunk)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The golden fixtures through both implementations
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"attention_impl": "dense"},
+        {"block_size": 1000},  # N = 4,704: five blocks, the last one partial
+    ],
+    ids=["dense-oracle", "blocked-1000"],
+)
+def test_golden_default_through_both_paths(extra, golden_dir, golden_modules):
+    from glaclip import Segmenter
+    from tests.test_golden import settings_of
+
+    g = torch.load(golden_dir / "gla_default.pt", weights_only=True)
+    clip, vfm, tokenizer = golden_modules
+    seg = Segmenter.from_modules(clip, vfm, tokenizer, **settings_of(g["params"]), **extra)
+    out = seg.segment_tensor(g["image"], g["class_lines"])
+    diff = (out.query_logits - g["logits"]).abs()
+    assert (diff < 1e-4).float().mean().item() >= 0.9999
+    assert diff.max().item() < 1e-2
+    assert (out.labels == g["pred"].long()).float().mean().item() >= 0.999
