@@ -25,7 +25,7 @@ _NUMBERS: list[tuple[str, type, str]] = [
     ("stride", int, "window stride in pixels (112)"),
     ("short_side", int, "resize the image's short side to this (336)"),
     ("max_long_side", int, "cap on the resized long side (2048)"),
-    ("window_batch", int, "windows per backbone batch (16)"),
+    ("window_batch", int, "windows per backbone batch (4)"),
     ("block_size", int, "query rows per attention block (default: from free memory)"),
 ]
 _SWITCHES: list[tuple[str, str]] = [

@@ -73,7 +73,7 @@ class PostConfig:
 class RuntimeConfig:
     """How the computation runs; never changes what is computed in float32."""
 
-    window_batch: int = 16  # windows per backbone batch
+    window_batch: int = 4  # windows per backbone batch (larger batches are not faster on CPU)
     precision: str = "fp32"  # backbone autocast: fp32 | bf16 | fp16
     fused_attention: bool = False  # fused SDPA in the VFM (faster on GPUs, other round-off)
 
