@@ -167,6 +167,8 @@ def test_method_switches_reach_the_settings(inputs, tiny_model_args, tmp_path) -
             "1",
             "--proxy-threshold",
             "0.55",
+            "--attention-impl",
+            "dense",
             "--no-overlay",
         ]
         + tiny_model_args
@@ -174,6 +176,7 @@ def test_method_switches_reach_the_settings(inputs, tiny_model_args, tmp_path) -
     assert code == 0
     s = json.loads((out / "rgb.json").read_text())["settings"]
     assert s["kv_extension"] is False and s["proxy_iters"] == 1 and s["proxy_threshold"] == 0.55
+    assert s["attention_impl"] == "dense"
 
 
 @pytest.mark.parametrize(

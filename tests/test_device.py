@@ -21,3 +21,19 @@ def test_unknown_device(name: str) -> None:
 def test_cuda_missing_is_clear() -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_strict_fp32_is_scoped() -> None:
+    from glaclip.device import strict_fp32
+
+    before = torch.backends.cudnn.allow_tf32
+    with strict_fp32(torch.device("cpu")):
+        assert torch.backends.cudnn.allow_tf32 == before  # nothing changes off CUDA
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with strict_fp32(torch.device("cuda")):
+            assert torch.backends.cudnn.allow_tf32 is False
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

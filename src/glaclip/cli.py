@@ -81,6 +81,11 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--background-index", type=int, help="label for low-confidence pixels")
     g.add_argument(
+        "--attention-impl",
+        choices=["blocked", "dense"],
+        help="blocked: exact and memory-bounded (default); dense: the N x N reference oracle",
+    )
+    g.add_argument(
         "--fused-attention",
         action="store_true",
         help="fused attention kernel in the VFM (faster on GPUs; not bit-faithful)",
@@ -91,7 +96,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flat settings given on the command line (unset flags are left out)."""
     out: dict[str, Any] = {}
     names = [n for n, _ in _SWITCHES] + [n for n, _, _ in _NUMBERS]
-    names += ["prob_threshold", "background_index", "precision"]
+    names += ["prob_threshold", "background_index", "precision", "attention_impl"]
     for name in names:
         value = getattr(args, name, None)
         if value is not None:

@@ -51,6 +51,25 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
+@contextlib.contextmanager
+def strict_fp32(device: torch.device) -> Iterator[None]:
+    """On CUDA, true float32 products and convolutions (no TF32) for the duration.
+
+    cuDNN uses TF32 for float32 convolutions by default, which rounds the patch embeddings
+    differently and can flip the method's thresholds. The previous flags are restored.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 class StageTimer:
     """Wall-clock seconds per named stage, accumulated; synchronises CUDA at stage borders."""
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from glaclip import backbones
 from glaclip.attention import attend
 from glaclip.config import Settings, settings_from_kwargs
-from glaclip.device import StageTimer, autocast, resolve_device
+from glaclip.device import StageTimer, autocast, resolve_device, strict_fp32
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
 from glaclip.windows import Window, network_size, stitch, window_grid
@@ -283,7 +283,8 @@ class Segmenter:
         work = x
         if canvas != (height, width):
             work = F.interpolate(x, size=canvas, mode="bilinear", align_corners=False)
-        logits = self._stitched_logits(work, text, timer)
+        with strict_fp32(self.device):
+            logits = self._stitched_logits(work, text, timer)
         with timer("labels"):
             if logits.shape[-2:] != (height, width):
                 logits = _resize(logits, (height, width))
