@@ -174,15 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_segment(args: argparse.Namespace) -> int:
     from glaclip.batch import collect_images, segment_files
-    from glaclip.distributed import finalize, init_distributed
+    from glaclip.distributed import process_group
     from glaclip.text import parse_classes_arg, read_class_file
 
     lines = read_class_file(args.class_file) if args.class_file else parse_classes_arg(args.classes)
     settings = settings_from_args(args)
     settings.setdefault("background_index", UNLABELLED)
     paths = collect_images(args.images)
-    info, args.device = init_distributed(args.device)
-    try:
+    with process_group(args.device) as (info, args.device):
         segmenter = build_segmenter(args, settings)
         report = segment_files(
             segmenter,
@@ -193,8 +192,6 @@ def _run_segment(args: argparse.Namespace) -> int:
             models=model_identity(args),
             dist=info,
         )
-    finally:
-        finalize(info)
     for _path, message in report.failed:
         print(f"glaclip: skipped: {message}", file=sys.stderr)
     print(

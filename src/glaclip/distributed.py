@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -96,3 +97,14 @@ def finalize(info: DistInfo) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str | None) -> Iterator[tuple[DistInfo, str | None]]:
+    """``init_distributed`` for the duration of a run: yields ``(DistInfo, device)`` and
+    always leaves the process group afterwards."""
+    info, device = init_distributed(device)
+    try:
+        yield info, device
+    finally:
+        finalize(info)

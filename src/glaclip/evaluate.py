@@ -503,7 +503,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``glaclip eval``: returns the exit status; errors propagate to the CLI as exceptions."""
     from glaclip.cli import build_segmenter, model_identity
     from glaclip.config import settings_from_kwargs
-    from glaclip.distributed import finalize, init_distributed
+    from glaclip.distributed import process_group
 
     task, settings = task_from_args(args)
     models = model_identity(args)
@@ -511,8 +511,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.restart:  # refuse a foreign state before loading any model
         config = state_config(task, settings_from_kwargs(**settings).to_dict(), models)
         read_state(out / STATE_DIR, config, 4 * len(task.class_lines) + 2)
-    info, args.device = init_distributed(args.device)
-    try:
+    with process_group(args.device) as (info, args.device):
         segmenter = build_segmenter(args, settings)
         results = evaluate(
             segmenter,
@@ -526,8 +525,6 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         if info.is_main:
             write_results(out, results)
-    finally:
-        finalize(info)
     if info.is_main:
         print(
             f"{task.dataset}: mIoU {_pct(results['mIoU'])}, aAcc {_pct(results['aAcc'])}, "
