@@ -11,14 +11,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("GLACLIP_GOLDEN", REPO.parent / "shared" / "golden"))
-GOLDEN_CASES = [
-    "gla_default",
-    "gla_wide",
-    "kv_only",
-    "proxyclip_baseline",
-    "proxy_anchor_no_kv",
-    "gla_iters0",
-]
 
 
 @pytest.fixture(scope="session")

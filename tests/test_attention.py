@@ -298,13 +298,10 @@ def test_window_attention_matches_per_window_reference(proxy, token_norm):
 )
 def test_golden_default_through_both_paths(extra, golden_dir, golden_modules):
     from glaclip import Segmenter
-    from tests.test_golden import settings_of
+    from tests.golden import assert_matches_golden, settings_of
 
     g = torch.load(golden_dir / "gla_default.pt", weights_only=True)
     clip, vfm, tokenizer = golden_modules
     seg = Segmenter.from_modules(clip, vfm, tokenizer, **settings_of(g["params"]), **extra)
     out = seg.segment_tensor(g["image"], g["class_lines"])
-    diff = (out.query_logits - g["logits"]).abs()
-    assert (diff < 1e-4).float().mean().item() >= 0.9999
-    assert diff.max().item() < 1e-2
-    assert (out.labels == g["pred"].long()).float().mean().item() >= 0.999
+    assert_matches_golden(out.query_logits, out.labels, g)
