@@ -404,3 +404,15 @@ def test_state_file_torn_and_damaged(tmp_path: Path) -> None:
     path.write_text("\n".join([lines[0], "{oops", lines[1]]) + "\n")
     with pytest.raises(ValueError, match="damaged at line 2"):
         read_state(tmp_path, config, 10)
+
+
+def test_evaluation_library_does_not_import_the_cli() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, glaclip.evaluate as e; "
+        "print(sorted(m for m in sys.modules if m in ('glaclip.cli', 'glaclip.options')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

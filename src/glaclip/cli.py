@@ -6,131 +6,35 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from glaclip import __version__
-
-UNLABELLED = 255  # label of low-confidence pixels in a user run (no background class)
-
-# flat setting name -> (flag, type, help); switches are handled separately
-_NUMBERS: list[tuple[str, type, str]] = [
-    ("proxy_iters", int, "proxy-anchor iterations T (paper: 2)"),
-    ("proxy_threshold", float, "proxy-anchor threshold tau (paper: 0.6)"),
-    ("beta_alpha", float, "lambda1 of the dynamic beta (paper: 0.3)"),
-    ("gamma_alpha", float, "lambda2 of the dynamic gamma (paper: 30)"),
-    ("fixed_beta", float, "beta when dynamic normalisation is off (1.2)"),
-    ("fixed_gamma", float, "gamma when dynamic normalisation is off (3.0)"),
-    ("logit_scale", float, "softmax scale of the cosine logits (40)"),
-    ("crop", int, "window side in pixels (224)"),
-    ("stride", int, "window stride in pixels (112)"),
-    ("short_side", int, "resize the image's short side to this (336)"),
-    ("max_long_side", int, "cap on the resized long side (2048)"),
-    ("window_batch", int, "windows per backbone batch (4)"),
-    ("block_size", int, "query rows per attention block (default: from free memory)"),
-]
-_SWITCHES: list[tuple[str, str]] = [
-    ("kv_extension", "attend across all windows (off: per-window ProxyCLIP baseline)"),
-    ("proxy_anchor", "proxy anchors"),
-    ("dynamic_norm", "dynamic beta and gamma"),
-    ("token_norm", "per-token mean in the normalisation"),
-]
+from glaclip.data import PRESETS
+from glaclip.options import (
+    UNLABELLED,
+    add_method_arguments,
+    add_model_arguments,
+    build_segmenter,
+    model_identity,
+    settings_from_args,
+)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Backbone, device and runtime flags."""
-    g = p.add_argument_group("models and device")
-    g.add_argument("--clip", default="ViT-B-16", help="open_clip model name, hf-hub: or local-dir:")
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``glaclip eval`` flags of the dataset side (model and method flags come apart)."""
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--dataset", required=True, choices=list(PRESETS), help="benchmark preset")
+    g.add_argument("--data-root", required=True, help="the dataset's root folder")
+    g.add_argument("--out", required=True, help="folder for results.json, results.md, state")
+    g.add_argument("--class-file", help="custom vocabulary in label order (default: preset's)")
     g.add_argument(
-        "--clip-pretrained",
-        default="openai",
-        help="open_clip pretrained tag or a local checkpoint file (default: openai)",
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        help="ground truth 0 -> ignored, others minus 1 (default: the preset's)",
     )
-    g.add_argument(
-        "--vfm",
-        default="vit_base_patch8_224.dino",
-        help="timm model name with tag, or local-dir:DIR (default: vit_base_patch8_224.dino)",
-    )
-    g.add_argument("--vfm-checkpoint", help="local weight file for the --vfm architecture")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="backbone precision")
-    g.add_argument(
-        "--text-cache",
-        default="default",
-        help="folder for cached text embeddings (default: $GLACLIP_CACHE or ~/.cache/glaclip)",
-    )
-    g.add_argument("--no-text-cache", action="store_true", help="do not cache text embeddings")
-
-
-def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    """Every switch and number of the method (unset flags keep the paper's or preset's value)."""
-    g = p.add_argument_group("method (defaults: the paper's)")
-    for name, help_text in _SWITCHES:
-        g.add_argument(
-            _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text
-        )
-    for name, typ, help_text in _NUMBERS:
-        g.add_argument(_flag(name), dest=name, type=typ, help=help_text)
-    g.add_argument(
-        "--prob-threshold",
-        type=float,
-        help="pixels whose best class probability is below this get --background-index",
-    )
-    g.add_argument("--background-index", type=int, help="label for low-confidence pixels")
-    g.add_argument(
-        "--attention-impl",
-        choices=["blocked", "dense"],
-        help="blocked: exact and memory-bounded (default); dense: the N x N reference oracle",
-    )
-    g.add_argument(
-        "--fused-attention",
-        action="store_true",
-        help="fused attention kernel in the VFM (faster on GPUs; not bit-faithful)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flat settings given on the command line (unset flags are left out)."""
-    out: dict[str, Any] = {}
-    names = [n for n, _ in _SWITCHES] + [n for n, _, _ in _NUMBERS]
-    names += ["prob_threshold", "background_index", "precision", "attention_impl"]
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            out[name] = value
-    if getattr(args, "fused_attention", False):
-        out["fused_attention"] = True
-    return out
-
-
-def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]):
-    """A Segmenter from the model flags and flat settings."""
-    from glaclip.segmenter import Segmenter
-
-    return Segmenter.from_pretrained(
-        clip=args.clip,
-        clip_pretrained=args.clip_pretrained,
-        vfm=args.vfm,
-        vfm_checkpoint=args.vfm_checkpoint,
-        device=args.device,
-        text_cache_dir=None if args.no_text_cache else args.text_cache,
-        **settings,
-    )
-
-
-def model_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """The backbones as named on the command line (for result files)."""
-    return {
-        "clip": args.clip,
-        "clip_pretrained": None
-        if args.clip.startswith(("hf-hub:", "local-dir:"))
-        else args.clip_pretrained,
-        "vfm": args.vfm,
-        "vfm_checkpoint": args.vfm_checkpoint,
-    }
+    g.add_argument("--limit", type=int, help="evaluate only the first N images")
+    g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
+    g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_arguments(seg)
 
     ev = sub.add_parser("eval", help="evaluate on a benchmark dataset (mIoU, BER)")
-    from glaclip.evaluate import add_eval_arguments
-
     add_eval_arguments(ev)
     add_model_arguments(ev)
     add_method_arguments(ev)
@@ -202,6 +104,54 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _run_eval(args: argparse.Namespace) -> int:
+    from glaclip.config import settings_from_kwargs
+    from glaclip.distributed import process_group
+    from glaclip.evaluate import (
+        STATE_DIR,
+        evaluate,
+        format_percent,
+        make_task,
+        preset_settings,
+        read_state,
+        state_config,
+        write_results,
+    )
+
+    task = make_task(
+        args.dataset, args.data_root, args.class_file, args.limit, args.reduce_zero_label
+    )
+    settings = {**preset_settings(args.dataset), **settings_from_args(args)}
+    models = model_identity(args)
+    out = Path(args.out)
+    if not args.restart:  # refuse a foreign state before loading any model
+        config = state_config(task, settings_from_kwargs(**settings).to_dict(), models)
+        read_state(out / STATE_DIR, config, 4 * len(task.class_lines) + 2)
+    with process_group(args.device) as (info, args.device):
+        segmenter = build_segmenter(args, settings)
+        results = evaluate(
+            segmenter,
+            task,
+            out,
+            models=models,
+            save_predictions=args.save_predictions,
+            restart=args.restart,
+            dist=info,
+            progress=not args.no_progress,
+        )
+        if info.is_main:
+            write_results(out, results)
+    if info.is_main:
+        print(
+            f"{task.dataset}: mIoU {format_percent(results['mIoU'])}, "
+            f"aAcc {format_percent(results['aAcc'])}, BER {format_percent(results['BER'])} "
+            f"on {results['num_images']} images ({results['resumed_images']} resumed); "
+            f"wrote {out / 'results.json'}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _fail(message: str) -> int:
     print(f"glaclip: error: {message}", file=sys.stderr)
     return 2
@@ -216,9 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "segment":
             return _run_segment(args)
         if args.command == "eval":
-            from glaclip.evaluate import run_eval
-
-            return run_eval(args)
+            return _run_eval(args)
         if args.command == "prepare":
             from glaclip.data.coco_object import convert_coco_object
 

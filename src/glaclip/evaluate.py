@@ -30,12 +30,10 @@ summed with ``distributed.all_reduce_sum`` and only rank 0 writes ``results.json
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +44,6 @@ import numpy as np
 import torch
 
 from glaclip.data import (
-    PRESETS,
     Sample,
     get_preset,
     list_samples,
@@ -57,6 +54,7 @@ from glaclip.data import (
 from glaclip.distributed import DistInfo, all_reduce_sum, barrier, shard
 from glaclip.imageio import atomic_write, save_json, save_label_png
 from glaclip.metrics import SegMetric
+from glaclip.text import read_class_file
 from glaclip.windows import network_size
 
 if TYPE_CHECKING:
@@ -113,43 +111,56 @@ class EvalTask:
         }
 
 
-def task_from_args(args: argparse.Namespace) -> tuple[EvalTask, dict[str, Any]]:
-    """The task and the segmenter's flat settings (preset values, then the flags given).
+def make_task(
+    dataset: str,
+    data_root: str | os.PathLike,
+    class_file: str | os.PathLike | None = None,
+    limit: int | None = None,
+    reduce_zero_label: bool | None = None,
+) -> EvalTask:
+    """The evaluation task of a preset on a dataset folder.
+
+    Args:
+        dataset: preset name (``voc21``, ..., ``ade20k``).
+        data_root: the dataset's root folder, in the layout of the preset.
+        class_file: a custom vocabulary in label order (default: the preset's bundled one).
+        limit: evaluate only the first ``limit`` images.
+        reduce_zero_label: override the preset's reduce_zero_label.
 
     Raises:
-        ValueError: unknown preset, bad ``--limit``, an empty or malformed class file.
+        ValueError: unknown preset, bad ``limit``, an empty or malformed class file.
         FileNotFoundError: missing data root, folder, split file, image, label or class file.
     """
-    from glaclip.cli import settings_from_args
-    from glaclip.text import read_class_file
-
-    preset = get_preset(args.dataset)
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
-    lines = read_class_file(args.class_file) if args.class_file else preset_classes(preset)
-    samples = list_samples(preset.layout, args.data_root)
+    preset = get_preset(dataset)
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    lines = read_class_file(class_file) if class_file else preset_classes(preset)
+    samples = list_samples(preset.layout, data_root)
     total = len(samples)
-    if args.limit is not None:
-        samples = samples[: args.limit]
-    reduce = preset.reduce_zero_label if args.reduce_zero_label is None else args.reduce_zero_label
-    task = EvalTask(
+    if limit is not None:
+        samples = samples[:limit]
+    reduce = preset.reduce_zero_label if reduce_zero_label is None else reduce_zero_label
+    return EvalTask(
         dataset=preset.name,
-        data_root=Path(args.data_root),
+        data_root=Path(data_root),
         samples=samples,
         class_lines=lines,
         reduce_zero_label=reduce,
         ignore_index=preset.ignore_index,
-        class_file=args.class_file,
+        class_file=None if class_file is None else os.fspath(class_file),
         total_samples=total,
-        display_names=None if args.class_file else tuple(preset_display_names(preset)),
+        display_names=None if class_file else tuple(preset_display_names(preset)),
     )
-    settings: dict[str, Any] = {
+
+
+def preset_settings(dataset: str) -> dict[str, Any]:
+    """The flat Segmenter settings a preset sets (short side, threshold, background index)."""
+    preset = get_preset(dataset)
+    return {
         "short_side": preset.short_side,
         "prob_threshold": preset.prob_threshold,
         "background_index": preset.background_index,
     }
-    settings.update(settings_from_args(args))
-    return task, settings
 
 
 # ---------------------------------------------------------------------------------- one image
@@ -446,24 +457,26 @@ def build_results(
     }
 
 
-def _pct(value: float | None) -> str:
+def format_percent(value: float | None) -> str:
+    """A metric in percent with two decimals, or ``n/a``."""
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def format_markdown(results: dict[str, Any]) -> str:
     """A readable Markdown report: the headline metrics and a per-class table."""
+    pct = format_percent
     lines = [
         f"# {results['dataset']}: {results['num_images']} images",
         "",
         "| mIoU | mAcc | aAcc | BER |",
         "|---:|---:|---:|---:|",
-        "| " + " | ".join(_pct(results[k]) for k in ("mIoU", "mAcc", "aAcc", "BER")) + " |",
+        "| " + " | ".join(pct(results[k]) for k in ("mIoU", "mAcc", "aAcc", "BER")) + " |",
         "",
         "| # | class | IoU | Acc |",
         "|---:|---|---:|---:|",
     ]
     for i, c in enumerate(results["per_class"]):
-        lines.append(f"| {i} | {c['name']} | {_pct(c['IoU'])} | {_pct(c['accuracy'])} |")
+        lines.append(f"| {i} | {c['name']} | {pct(c['IoU'])} | {pct(c['accuracy'])} |")
     models = results["models"]
     lines += ["", "Models: " + ", ".join(f"{k}={v}" for k, v in models.items() if v is not None)]
     changed = ", ".join(f"{k}={v}" for k, v in results["settings"].items())
@@ -478,58 +491,3 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> tuple[
     md = format_markdown(results)
     md_path = atomic_write(out / "results.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
     return json_path, md_path
-
-
-# ---------------------------------------------------------------------------------- CLI
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``glaclip eval`` flags of the dataset side (model and method flags come from cli)."""
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--dataset", required=True, choices=list(PRESETS), help="benchmark preset")
-    g.add_argument("--data-root", required=True, help="the dataset's root folder")
-    g.add_argument("--out", required=True, help="folder for results.json, results.md, state")
-    g.add_argument("--class-file", help="custom vocabulary in label order (default: preset's)")
-    g.add_argument(
-        "--reduce-zero-label",
-        action=argparse.BooleanOptionalAction,
-        help="ground truth 0 -> ignored, others minus 1 (default: the preset's)",
-    )
-    g.add_argument("--limit", type=int, help="evaluate only the first N images")
-    g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
-    g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """``glaclip eval``: returns the exit status; errors propagate to the CLI as exceptions."""
-    from glaclip.cli import build_segmenter, model_identity
-    from glaclip.config import settings_from_kwargs
-    from glaclip.distributed import process_group
-
-    task, settings = task_from_args(args)
-    models = model_identity(args)
-    out = Path(args.out)
-    if not args.restart:  # refuse a foreign state before loading any model
-        config = state_config(task, settings_from_kwargs(**settings).to_dict(), models)
-        read_state(out / STATE_DIR, config, 4 * len(task.class_lines) + 2)
-    with process_group(args.device) as (info, args.device):
-        segmenter = build_segmenter(args, settings)
-        results = evaluate(
-            segmenter,
-            task,
-            out,
-            models=models,
-            save_predictions=args.save_predictions,
-            restart=args.restart,
-            dist=info,
-            progress=not args.no_progress,
-        )
-        if info.is_main:
-            write_results(out, results)
-    if info.is_main:
-        print(
-            f"{task.dataset}: mIoU {_pct(results['mIoU'])}, aAcc {_pct(results['aAcc'])}, "
-            f"BER {_pct(results['BER'])} on {results['num_images']} images "
-            f"({results['resumed_images']} resumed); wrote {out / 'results.json'}",
-            file=sys.stderr,
-        )
-    return 0

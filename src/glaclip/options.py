@@ -1,0 +1,139 @@
+"""Command-line options shared by ``glaclip segment``, ``eval`` and ``demo``.
+
+The flags of the models and of the method, the flat settings they give, and the Segmenter
+they build. Every command that runs the model takes the same flags from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
+
+if TYPE_CHECKING:
+    from glaclip.segmenter import Segmenter
+
+UNLABELLED = 255  # label of low-confidence pixels in a user run (no background class)
+
+# flat setting name -> (type, help); switches are handled separately
+NUMBERS: list[tuple[str, type, str]] = [
+    ("proxy_iters", int, "proxy-anchor iterations T (paper: 2)"),
+    ("proxy_threshold", float, "proxy-anchor threshold tau (paper: 0.6)"),
+    ("beta_alpha", float, "lambda1 of the dynamic beta (paper: 0.3)"),
+    ("gamma_alpha", float, "lambda2 of the dynamic gamma (paper: 30)"),
+    ("fixed_beta", float, "beta when dynamic normalisation is off (1.2)"),
+    ("fixed_gamma", float, "gamma when dynamic normalisation is off (3.0)"),
+    ("logit_scale", float, "softmax scale of the cosine logits (40)"),
+    ("crop", int, "window side in pixels (224)"),
+    ("stride", int, "window stride in pixels (112)"),
+    ("short_side", int, "resize the image's short side to this (336)"),
+    ("max_long_side", int, "cap on the resized long side (2048)"),
+    ("window_batch", int, "windows per backbone batch (4)"),
+    ("block_size", int, "query rows per attention block (default: from free memory)"),
+]
+SWITCHES: list[tuple[str, str]] = [
+    ("kv_extension", "attend across all windows (off: per-window ProxyCLIP baseline)"),
+    ("proxy_anchor", "proxy anchors"),
+    ("dynamic_norm", "dynamic beta and gamma"),
+    ("token_norm", "per-token mean in the normalisation"),
+]
+
+
+def flag(name: str) -> str:
+    """``proxy_iters`` -> ``--proxy-iters``."""
+    return "--" + name.replace("_", "-")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Backbone, device and runtime flags."""
+    g = p.add_argument_group("models and device")
+    g.add_argument(
+        "--clip", default=DEFAULT_CLIP, help="open_clip model name, hf-hub: or local-dir:"
+    )
+    g.add_argument(
+        "--clip-pretrained",
+        default=DEFAULT_CLIP_PRETRAINED,
+        help=f"open_clip pretrained tag or a local checkpoint file (default: "
+        f"{DEFAULT_CLIP_PRETRAINED})",
+    )
+    g.add_argument(
+        "--vfm",
+        default=DEFAULT_VFM,
+        help=f"timm model name with tag, or local-dir:DIR (default: {DEFAULT_VFM})",
+    )
+    g.add_argument("--vfm-checkpoint", help="local weight file for the --vfm architecture")
+    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="backbone precision")
+    g.add_argument(
+        "--text-cache",
+        default="default",
+        help="folder for cached text embeddings (default: $GLACLIP_CACHE or ~/.cache/glaclip)",
+    )
+    g.add_argument("--no-text-cache", action="store_true", help="do not cache text embeddings")
+
+
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """Every switch and number of the method (unset flags keep the paper's or preset's value)."""
+    g = p.add_argument_group("method (defaults: the paper's)")
+    for name, help_text in SWITCHES:
+        g.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+    for name, typ, help_text in NUMBERS:
+        g.add_argument(flag(name), dest=name, type=typ, help=help_text)
+    g.add_argument(
+        "--prob-threshold",
+        type=float,
+        help="pixels whose best class probability is below this get --background-index",
+    )
+    g.add_argument("--background-index", type=int, help="label for low-confidence pixels")
+    g.add_argument(
+        "--attention-impl",
+        choices=["blocked", "dense"],
+        help="blocked: exact and memory-bounded (default); dense: the N x N reference oracle",
+    )
+    g.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="fused attention kernel in the VFM (faster on GPUs; not bit-faithful)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat settings given on the command line (unset flags are left out)."""
+    out: dict[str, Any] = {}
+    names = [n for n, _ in SWITCHES] + [n for n, _, _ in NUMBERS]
+    names += ["prob_threshold", "background_index", "precision", "attention_impl"]
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(args, "fused_attention", False):
+        out["fused_attention"] = True
+    return out
+
+
+def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]) -> Segmenter:
+    """A Segmenter from the model flags and flat settings."""
+    from glaclip.segmenter import Segmenter
+
+    return Segmenter.from_pretrained(
+        clip=args.clip,
+        clip_pretrained=args.clip_pretrained,
+        vfm=args.vfm,
+        vfm_checkpoint=args.vfm_checkpoint,
+        device=args.device,
+        text_cache_dir=None if args.no_text_cache else args.text_cache,
+        **settings,
+    )
+
+
+def model_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """The backbones as named on the command line (for result files)."""
+    return {
+        "clip": args.clip,
+        "clip_pretrained": None
+        if args.clip.startswith(("hf-hub:", "local-dir:"))
+        else args.clip_pretrained,
+        "vfm": args.vfm,
+        "vfm_checkpoint": args.vfm_checkpoint,
+    }
