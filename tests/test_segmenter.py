@@ -112,3 +112,17 @@ def test_bad_inputs(seg: Segmenter, golden_modules) -> None:
         Segmenter.from_modules(clip, vfm, tok, kv_extention=False)
     with pytest.raises(ValueError, match="prob_threshold"):
         Segmenter.from_modules(clip, vfm, tok, prob_threshold=2.0)
+
+
+def test_with_settings_shares_models_and_text(golden_modules) -> None:
+    clip, vfm, tok = golden_modules
+    seg = Segmenter.from_modules(clip, vfm, tok)
+    x = torch.zeros(1, 3, 224, 224)
+    seg.segment_tensor(x, ["cat", "dog"])
+    other = seg.with_settings(kv_extension=False, prob_threshold=0.3)
+    assert other.settings.gla.kv_extension is False and other.settings.post.prob_threshold == 0.3
+    assert seg.settings.gla.kv_extension is True  # the original is unchanged
+    assert other.text is seg.text and other.clip_model is seg.clip_model
+    before = seg.text.encoded_count
+    other.segment_tensor(x, ["cat", "dog"])
+    assert seg.text.encoded_count == before  # no name embedded twice

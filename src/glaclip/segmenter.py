@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,15 @@ class Segmenter:
             std,
             text_cache_dir,
         )
+
+    def with_settings(self, **settings: Any) -> Segmenter:
+        """A Segmenter sharing this one's models and text embeddings, with some flat settings
+        changed (``kv_extension=False``, ``prob_threshold=0.2``, ...). Loads nothing."""
+        other = copy.copy(self)
+        other.settings = self.settings.replace(**settings)
+        if other.settings.runtime.fused_attention != self.settings.runtime.fused_attention:
+            raise ValueError("fused_attention cannot be changed on a built Segmenter")
+        return other
 
     # ------------------------------------------------------------------------------ pieces
     def query_embeddings(
