@@ -19,16 +19,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from glaclip.backbones import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 
 
-def build_models(seed: int = 0):
-    """``(clip, vfm, tokenizer)``: ViT-B-16 (quick GELU) and DINO ViT-B/8, random weights."""
+def build_models(seed: int = 0, with_vfm: bool = True):
+    """``(clip, vfm, tokenizer)``: ViT-B-16 (quick GELU) and DINO ViT-B/8, random weights
+    (``vfm`` is None when ``with_vfm`` is false)."""
     import open_clip
     import timm
 
     torch.manual_seed(seed)
     clip = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True).eval()
-    vfm = timm.create_model(
-        "vit_base_patch8_224.dino", pretrained=False, num_classes=0, dynamic_img_size=True
-    ).eval()
+    vfm = None
+    if with_vfm:
+        vfm = timm.create_model(
+            "vit_base_patch8_224.dino", pretrained=False, num_classes=0, dynamic_img_size=True
+        ).eval()
     return clip, vfm, open_clip.get_tokenizer("ViT-B-16")
 
 

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from glaclip.attention import global_attention_blocked
     from glaclip.config import GLAConfig, Settings
+    from glaclip.device import StageTimer
     from glaclip.segmenter import Segmenter
     from glaclip.windows import window_grid
 
@@ -98,24 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     text = seg.query_embeddings(_common.class_lines(args.classes))[0]
     x = _common.synthetic_image(height, width)
     windows = window_grid(height, width)
-    crops = torch.cat([x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows])
     with torch.inference_mode():
-        keys = seg.keys_tower.keys(crops, seg.clip_mean, seg.clip_std)
-        grid = keys.shape[1:3]
-        vals = F.interpolate(
-            seg.values_tower.values(crops), size=grid, mode="bilinear", align_corners=False
-        )
+        feats = seg.base.window_features(x, windows, seg.settings.gla, 4, StageTimer(seg.device))
         n_win = len(windows)
-        k = F.normalize(keys.reshape(-1, keys.shape[-1]), dim=-1)
-        heads = seg.values_tower.heads
-        d = vals.shape[1]
-        v = vals.reshape(n_win, heads, d // heads, -1).permute(1, 0, 3, 2)
-        v = v.reshape(heads, -1, d // heads)
+        k = F.normalize(feats.keys.reshape(-1, feats.keys.shape[-1]), dim=-1)
+        heads = feats.values.shape[0]
+        v = feats.values.reshape(heads, -1, feats.values.shape[-1])
         cfg = GLAConfig()
 
         def labels(out):
-            feats = F.normalize(seg.values_tower.project(out), dim=-1)
-            return (feats @ text.T).argmax(dim=1)
+            emb = F.normalize(seg.clip_tower.project(out), dim=-1)
+            return (emb @ text.T).argmax(dim=1)
 
         ref, ref_masks, ref_neg = dense_with_similarity_dtype(k, v, n_win, cfg, "float32")
         ref_labels = labels(ref)

@@ -1,14 +1,15 @@
-"""Seconds, peak memory and FLOPs of ``Segmenter.segment_tensor``: blocked attention vs the oracle.
+"""Seconds, peak memory and FLOPs of ``Segmenter.segment_tensor``, per stage, per base method.
 
 Builds the paper's backbones (CLIP ViT-B/16 with quick GELU, DINO ViT-B/8) with random weights
-and segments a synthetic image of each requested size with the default settings, once with the
+and segments a synthetic image of each requested size with the default settings, for each base
+method (``proxyclip``: DINO keys; ``clearclip``: CLIP's own keys, no VFM built), once with the
 default (blocked) attention and once with the dense ``N x N`` oracle (``attention_impl="dense"``).
 Every configuration runs in a fresh subprocess, so that peak resident memory (``VmHWM``, reset
 just before the call) belongs to that configuration alone. Query embeddings are computed (or read
 from the text cache) before the timed call: the seconds are those of one image.
 
     python benchmarks/bench_segment.py                        # 336x448, 560x1120, 1024x1024
-    python benchmarks/bench_segment.py --sizes 336x448 --impl blocked
+    python benchmarks/bench_segment.py --sizes 336x448 --impl blocked --bases clearclip
     python benchmarks/bench_segment.py --json results.json
 
 The dense oracle is skipped (with a printed reason) where its ``N x N`` matrices cannot fit.
@@ -49,16 +50,25 @@ def attention_flops_dense(n: int, c: int, d: int, iters: int) -> dict[str, float
 
 
 def attention_flops_blocked(
-    n: int, c: int, d: int, iters: int, block: int, general_rows: float
+    n: int, c: int, d: int, iters: int, block: int, general_rows: float, symmetric: bool = True
 ) -> dict[str, float]:
     """FLOPs of the blocked implementation's matrix products, dense mask products assumed.
 
     ``general_rows``: the rows whose weights are not a single 1 (the others are gathered).
+    ``symmetric``: the first iteration starts from the keys (``K K^T`` in upper-triangle
+    panels); otherwise from initial proxies, full rows like the later iterations.
     """
     ca = (c + 1 + 15) // 16 * 16  # keys with the ones column, padded
+    nn = float(n) * n
+    if not symmetric:
+        sims = (iters + 1) * 2 * nn * c  # P0 K^T, (T-1) iterations, scores
+        return {
+            "similarity": sims,
+            "mask_keys": iters * 2 * nn * ca,
+            "weights_values": 2 * general_rows * n * d,
+        }
     tri = sum(min(block, n - i0) * (n - i0) for i0 in range(0, n, block))  # upper panels
     below = sum(min(block, n - i0) * max(0, n - i0 - block) for i0 in range(0, n, block))
-    nn = float(n) * n
     sims = 2 * tri * c + iters * 2 * nn * c  # K K^T upper panels, (T-1) iterations, scores
     masks = 2 * (tri + below) * ca + (iters - 1) * 2 * nn * ca
     wv = 2 * general_rows * n * d
@@ -66,7 +76,7 @@ def attention_flops_blocked(
 
 
 def tower_flops(seg, crop) -> tuple[float, float]:
-    """FLOPs of one window through the VFM (keys) and the CLIP tower (values).
+    """FLOPs of one window through the VFM (keys; 0 without one) and the CLIP tower.
 
     Counted with autograd on: under inference mode ``nn.MultiheadAttention`` takes a fused
     fast path that the counter does not see (a third of CLIP's FLOPs).
@@ -74,13 +84,18 @@ def tower_flops(seg, crop) -> tuple[float, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from glaclip.device import StageTimer
+
+    timer = StageTimer(torch.device("cpu"))
     with torch.enable_grad():
+        vfm = 0
+        if seg.base.needs_vfm:
+            with FlopCounterMode(display=False) as fc:
+                seg.vfm_tower.keys(crop, seg.clip_mean, seg.clip_std)
+            vfm = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
-            seg.keys_tower.keys(crop, seg.clip_mean, seg.clip_std)
-        vfm = fc.get_total_flops()
-        with FlopCounterMode(display=False) as fc:
-            seg.values_tower.values(crop)
-        clip = fc.get_total_flops()
+            seg.base.features(crop, seg.settings.gla, timer)
+        clip = fc.get_total_flops() - vfm
     return float(vfm), float(clip)
 
 
@@ -93,10 +108,13 @@ def stitch_flops(n: int, d: int, e: int, q: int) -> float:
 # Sampled statistics of the method on the run's own keys
 
 
-def attention_statistics(keys, n_windows: int, cfg, rows: int = 512, seed: int = 0) -> dict:
+def attention_statistics(
+    keys, n_windows: int, cfg, rows: int = 512, seed: int = 0, initial=None
+) -> dict:
     """Mask densities and cut outcomes on a random sample of query rows (dense formulas).
 
     Every quantity of SPEC 5-7 is per row, so a row sample gives unbiased fractions.
+    ``initial``: the ``N x C`` initial proxies of the ClearCLIP base (None: the keys).
     """
     import torch
     import torch.nn.functional as F
@@ -108,8 +126,9 @@ def attention_statistics(keys, n_windows: int, cfg, rows: int = 512, seed: int =
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(n, generator=gen)[: min(rows, n)]
     tau = cfg.proxy_threshold
+    start = k if initial is None else F.normalize(initial.float(), dim=-1)
     with torch.inference_mode():
-        cur = k[idx] @ k.T
+        cur = start[idx] @ k.T
         densities = []
         p = k[idx]
         for _ in range(cfg.proxy_iters):
@@ -173,23 +192,27 @@ def parse_settings(pairs: list[str]) -> dict:
 def run_child(args: argparse.Namespace) -> dict:
     import torch
 
-    from glaclip.attention import auto_block_size
+    from glaclip.attention import auto_block_size, initial_proxies
+    from glaclip.bases import needs_vfm, token_positions
     from glaclip.config import settings_from_kwargs
     from glaclip.segmenter import Segmenter
 
-    class RecordingSegmenter(Segmenter):
-        """Keeps the keys of the last call, for the sampled statistics."""
-
-        def _features(self, x, windows, timer):
-            keys, values, grid = super()._features(x, windows, timer)
-            self.last_keys = keys
-            return keys, values, grid
-
     height, width = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    clip, vfm, tok = _common.build_models(seed=0)
-    settings = settings_from_kwargs(attention_impl=args.impl, **parse_settings(args.set))
-    seg = RecordingSegmenter(clip, vfm, tok, settings, text_cache_dir=args.text_cache)
+    clip, vfm, tok = _common.build_models(seed=0, with_vfm=needs_vfm(args.base))
+    settings = settings_from_kwargs(
+        attention_impl=args.impl, base=args.base, **parse_settings(args.set)
+    )
+    seg = Segmenter(clip, vfm, tok, settings, text_cache_dir=args.text_cache)
+    recorded = {}
+    window_features = seg.base.window_features
+
+    def recording(x, windows, *rest):  # keeps the last call's keys, for the statistics
+        feats = window_features(x, windows, *rest)
+        recorded.update(feats=feats, windows=windows)
+        return feats
+
+    seg.base.window_features = recording
     lines = _common.class_lines(args.classes)
     seg.query_embeddings(lines)  # text outside the timed call (cached on disk)
     x = _common.synthetic_image(height, width, seed=0)
@@ -209,23 +232,31 @@ def run_child(args: argparse.Namespace) -> dict:
     vfm_f, clip_f = tower_flops(seg, _common.synthetic_image(224, 224, seed=1))
     seconds = statistics.median(totals)
     timings = {s: statistics.median(t.get(s, 0.0) for t in stage_runs) for s in stage_runs[0]}
-    keys = seg.last_keys
+    keys = recorded["feats"].keys
     n_windows, s_tok, c = keys.shape
     n = n_windows * s_tok
-    d = seg.values_tower.width
+    d = seg.clip_tower.width
     queries = out.query_logits.shape[0]
-    stats = attention_statistics(keys, n_windows, settings.gla)
+    initial = None
+    if args.base == "clearclip":
+        gh, gw = recorded["feats"].grid
+        pos = token_positions(recorded["windows"], (gh, gw), seg.clip_tower.patch_size)
+        initial = initial_proxies(keys.reshape(n_windows, gh, gw, c), pos)
+    stats = attention_statistics(keys, n_windows, settings.gla, initial=initial)
     iters = settings.gla.proxy_iters
     if args.impl == "dense":
         att = attention_flops_dense(n, c, d, iters)
         block = n
     else:
-        block = settings.gla.block_size or auto_block_size(n, torch.device("cpu"))
+        block = settings.gla.block_size or auto_block_size(
+            n, torch.device("cpu"), symmetric=initial is None
+        )
         general = n * (1.0 - stats["single_row_fraction"])
-        att = attention_flops_blocked(n, c, d, iters, block, general)
+        att = attention_flops_blocked(n, c, d, iters, block, general, symmetric=initial is None)
     embed = seg.clip_model.visual.output_dim
     return {
         "size": args.size,
+        "base": args.base,
         "impl": args.impl,
         "windows": n_windows,
         "tokens": n,
@@ -274,12 +305,14 @@ def dense_fits(n: int) -> tuple[bool, str]:
     return True, ""
 
 
-def tokens_for(size: str) -> tuple[int, int]:
+def tokens_for(size: str, base: str) -> tuple[int, int]:
+    """Windows and tokens: DINO ViT-B/8 has 28x28 tokens per window, CLIP ViT-B/16 14x14."""
     from glaclip.windows import window_grid
 
     height, width = (int(v) for v in size.split("x"))
     n_windows = len(window_grid(height, width))
-    return n_windows, n_windows * 28 * 28
+    side = 28 if base == "proxyclip" else 14
+    return n_windows, n_windows * side * side
 
 
 def machine_line() -> str:
@@ -319,7 +352,7 @@ def print_result(r: dict) -> None:
     f = r["flops"]
     runs = ", ".join(f"{x:.2f}" for x in r["seconds_all"])
     print(
-        f"{r['size']:>10} {r['impl']:>7}  L={r['windows']:<3d} N={r['tokens']:<6d} "
+        f"{r['size']:>10} {r['base']:>9} {r['impl']:>7}  L={r['windows']:<3d} N={r['tokens']:<6d} "
         f"{r['seconds']:7.2f} s  peak {_gib(r['peak_rss'])} GiB "
         f"(before call {_gib(r['rss_before'])})"
         + (f"  [runs: {runs}]" if len(r["seconds_all"]) > 1 else ""),
@@ -329,19 +362,51 @@ def print_result(r: dict) -> None:
         sec = t.get(stage, 0.0)
         fl = f.get(stage)
         extra = f"  {fl / 1e12:7.3f} TFLOP  {_rate(fl, sec):>5} GFLOP/s" if fl else ""
-        print(f"{'':>20}{stage:>10} {sec:7.2f} s{extra}")
+        print(f"{'':>30}{stage:>10} {sec:7.2f} s{extra}")
     parts = f["attention_parts"]
     print(
-        f"{'':>20}attention products: "
+        f"{'':>30}attention products: "
         + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in parts.items())
         + " TFLOP"
     )
     st = r["stats"]
     print(
-        f"{'':>20}sampled rows {st['sample_rows']}: mask density "
+        f"{'':>30}sampled rows {st['sample_rows']}: mask density "
         + " / ".join(f"{x:.3f}" for x in st["mask_density"])
         + f", weight density {st['weight_density']:.3f}, "
         f"single-entry rows {st['single_row_fraction']:.3f}, block {r['block']}"
+    )
+
+
+def run_configuration(args: argparse.Namespace, size: str, base: str, impl: str) -> dict | None:
+    """One configuration in a fresh subprocess; its result, or None (printed why)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--size", size, "--base", base]
+    cmd += ["--impl", impl, "--classes", args.classes, "--text-cache", args.text_cache]
+    cmd += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
+    cmd += ["--warmup", str(args.warmup)]
+    for pair in args.set:
+        cmd += ["--set", pair]
+    env = dict(os.environ, **dict(pair.split("=", 1) for pair in args.env))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{size:>10} {base:>9} {impl:>7}  FAILED (exit {proc.returncode})")
+        print(proc.stderr[-3000:])
+        return None
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def print_blocked_vs_dense(size: str, base: str, b: dict, d: dict) -> None:
+    att_b, att_d = b["timings"]["attention"], d["timings"]["attention"]
+    # everything but the attention is the same work in both: its run-to-run noise (mostly the
+    # backbones) moves the plain ratio, so also print it with their mean
+    shared = (b["seconds"] - att_b + d["seconds"] - att_d) / 2
+    print(
+        f"{size:>10} {base:>9}: blocked / dense time {b['seconds'] / d['seconds']:.2f}x "
+        f"({b['seconds']:.1f} s vs {d['seconds']:.1f} s; with the shared stages equal "
+        f"({shared:.1f} s): {(shared + att_b) / (shared + att_d):.2f}x), attention "
+        f"{att_b / att_d:.2f}x, peak memory {b['peak_rss'] / d['peak_rss']:.2f}x "
+        f"({_gib(b['peak_rss'])} vs {_gib(d['peak_rss'])} GiB)"
     )
 
 
@@ -349,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="336x448,560x1120,1024x1024", help="HxW,HxW,...")
     parser.add_argument("--impl", default="blocked,dense", help="blocked,dense or one of them")
+    parser.add_argument(
+        "--bases", default="proxyclip,clearclip", help="base methods: proxyclip,clearclip"
+    )
     parser.add_argument("--classes", default="cityscapes", help="packaged class file name")
     parser.add_argument(
         "--text-cache",
@@ -377,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write all results to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--base", default="proxyclip", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
@@ -387,49 +456,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python {' '.join([os.path.relpath(__file__)] + (argv or sys.argv[1:]))}")
     results: list[dict] = []
     for size in args.sizes.split(","):
-        n_windows, n = tokens_for(size)
-        for impl in args.impl.split(","):
-            if impl == "dense":
-                ok, why = dense_fits(n)
-                if not ok:
-                    print(f"{size:>10} {'dense':>7}  skipped: {why}", flush=True)
-                    continue
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--size", size]
-            cmd += ["--impl", impl, "--classes", args.classes, "--text-cache", args.text_cache]
-            cmd += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
-            cmd += ["--warmup", str(args.warmup)]
-            for pair in args.set:
-                cmd += ["--set", pair]
-            env = dict(os.environ, **dict(pair.split("=", 1) for pair in args.env))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(f"{size:>10} {impl:>7}  FAILED (exit {proc.returncode})")
-                print(proc.stderr[-3000:])
-                continue
-            r = json.loads(lines[-1][len("RESULT ") :])
-            results.append(r)
-            print_result(r)
+        for base in args.bases.split(","):
+            n_windows, n = tokens_for(size, base)
+            for impl in args.impl.split(","):
+                if impl == "dense":
+                    ok, why = dense_fits(n)
+                    if not ok:
+                        print(f"{size:>10} {base:>9} {'dense':>7}  skipped: {why}", flush=True)
+                        continue
+                r = run_configuration(args, size, base, impl)
+                if r is not None:
+                    results.append(r)
+                    print_result(r)
     print()
-    print("ratios blocked / dense (same run):")
-    by = {(r["size"], r["impl"]): r for r in results}
+    print("ratios (same run):")
+    by = {(r["size"], r["base"], r["impl"]): r for r in results}
     for size in args.sizes.split(","):
-        b, d = by.get((size, "blocked")), by.get((size, "dense"))
-        if b and d:
-            att_b, att_d = b["timings"]["attention"], d["timings"]["attention"]
-            # everything but the attention is the same work in both: its run-to-run noise
-            # (mostly the VFM) moves the plain ratio, so also print it with their mean
-            shared = (b["seconds"] - att_b + d["seconds"] - att_d) / 2
+        for base in args.bases.split(","):
+            b, d = by.get((size, base, "blocked")), by.get((size, base, "dense"))
+            if b and d:
+                print_blocked_vs_dense(size, base, b, d)
+        p, c = by.get((size, "proxyclip", "blocked")), by.get((size, "clearclip", "blocked"))
+        if p and c:
             print(
-                f"{size:>10}: time {b['seconds'] / d['seconds']:.2f}x "
-                f"({b['seconds']:.1f} s vs {d['seconds']:.1f} s; with the shared stages "
-                f"equal ({shared:.1f} s): {(shared + att_b) / (shared + att_d):.2f}x), "
-                f"attention {att_b / att_d:.2f}x, peak memory "
-                f"{b['peak_rss'] / d['peak_rss']:.2f}x "
-                f"({_gib(b['peak_rss'])} vs {_gib(d['peak_rss'])} GiB)"
+                f"{size:>10}: clearclip / proxyclip (blocked): time "
+                f"{c['seconds'] / p['seconds']:.2f}x ({c['seconds']:.1f} s vs "
+                f"{p['seconds']:.1f} s), peak memory {_gib(c['peak_rss'])} vs "
+                f"{_gib(p['peak_rss'])} GiB"
             )
-        elif b:
-            print(f"{size:>10}: no dense oracle in this run")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": machine_line(), "results": results}, fh, indent=1)

@@ -32,7 +32,7 @@ CLEARCLIP_CASES = [
     "clearclip_baseline",
     "clearclip_iters0",
 ]
-GOLDEN_CASES = PROXYCLIP_CASES
+GOLDEN_CASES = PROXYCLIP_CASES + CLEARCLIP_CASES
 
 LOGIT_ATOL = 1e-4  # "close" for one logit
 CLOSE_FRACTION = 0.995  # share of logits that must be close
@@ -40,9 +40,17 @@ LOGIT_MAX = 1e-2  # no logit may be further off than this
 LABEL_FRACTION = 0.999  # share of pixels whose label must agree
 
 
+def is_clearclip(params: dict) -> bool:
+    """Whether a case was made with the ClearCLIP base (SPEC 12): no VFM."""
+    return params.get("clip_type", "ProxyCLIP") == "ClearCLIP"
+
+
 def settings_of(params: dict) -> dict:
-    """A golden case's ``params`` as glaclip's flat settings."""
+    """A golden case's ``params`` as glaclip's flat settings (cases without ``clip_type`` are
+    ProxyCLIP, without ``no_dyn_beta`` have a dynamic beta)."""
     return {
+        "base": "clearclip" if is_clearclip(params) else "proxyclip",
+        "dynamic_beta": not params.get("no_dyn_beta", False),
         "kv_extension": not params["no_kv"],
         "proxy_anchor": not params["no_proxy"],
         "dynamic_norm": not params["no_dyn"],

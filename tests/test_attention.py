@@ -305,3 +305,114 @@ def test_golden_default_through_both_paths(extra, golden_dir, golden_modules):
     seg = Segmenter.from_modules(clip, vfm, tokenizer, **settings_of(g["params"]), **extra)
     out = seg.segment_tensor(g["image"], g["class_lines"])
     assert_matches_golden(out.query_logits, out.labels, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ClearCLIP base (SPEC 12)
+
+
+def _literal_initial_proxies(q, positions):
+    """SPEC 12.2 as written: the N x N candidate mask, then the plain mean."""
+    n_win, gh, gw, d = q.shape
+    flat = q.reshape(-1, d)
+    pos = positions.reshape(-1)
+    win = torch.arange(n_win).view(-1, 1, 1).expand(n_win, gh, gw).reshape(-1)
+    ii = torch.arange(gh).view(1, -1, 1).expand(n_win, gh, gw).reshape(-1)
+    jj = torch.arange(gw).view(1, 1, -1).expand(n_win, gh, gw).reshape(-1)
+    same = pos[:, None] == pos[None, :]
+    near = (
+        (win[:, None] == win[None, :])
+        & ((ii[:, None] - ii[None, :]).abs() <= 1)
+        & ((jj[:, None] - jj[None, :]).abs() <= 1)
+    )
+    m = (same | near).to(q.dtype)
+    return (m @ flat) / m.sum(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize(("height", "width"), [(224, 336), (336, 500), (224, 224)])
+def test_initial_proxies_equal_the_literal_mask_mean(height, width):
+    from glaclip.bases import token_positions
+    from glaclip.windows import window_grid
+
+    windows = window_grid(height, width, 224, 112)
+    g = torch.Generator().manual_seed(height + width)
+    q = torch.randn(len(windows), 14, 14, 8, generator=g, dtype=torch.float64)
+    positions = token_positions(windows, (14, 14), (16, 16))
+    got = att.initial_proxies(q, positions)
+    ref = _literal_initial_proxies(q, positions)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_token_positions_by_hand():
+    from glaclip.bases import token_positions
+    from glaclip.windows import Window
+
+    wins = [Window(0, 32, 0, 32), Window(0, 32, 20, 52)]  # second window 20 px to the right
+    pos = token_positions(wins, (2, 2), (16, 16))
+    width = 52
+    assert pos[0].tolist() == [[0, 16], [16 * width, 16 * width + 16]]
+    assert pos[1].tolist() == [[20, 36], [16 * width + 20, 16 * width + 36]]
+
+
+def _initial_for(k, seed):
+    g = torch.Generator().manual_seed(seed)
+    noise = 0.3 * torch.randn(k.shape, generator=g, dtype=k.dtype)
+    return F.normalize(k + noise, dim=-1)
+
+
+INITIAL_SWITCHES = list(
+    itertools.product([True, False], [True, False], [True, False], [0, 1, 2])
+)  # proxy_anchor, dynamic_norm, dynamic_beta, proxy_iters
+
+
+@pytest.mark.parametrize(("proxy", "dynamic", "dyn_beta", "iters"), INITIAL_SWITCHES)
+def test_blocked_equals_dense_from_initial_proxies(proxy, dynamic, dyn_beta, iters):
+    k, v = clustered_keys(5), random_values(5)
+    initial = _initial_for(k, 5)
+    base = dict(proxy_anchor=proxy, dynamic_norm=dynamic, dynamic_beta=dyn_beta)
+    ref = att.global_attention_dense(k, v, N_WIN, GLAConfig(proxy_iters=iters, **base), initial)
+    for block in (7, 50, 120):
+        cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)
+        out = att.global_attention_blocked(k, v, N_WIN, cfg, initial=initial)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"block {block}")
+
+
+def test_initial_proxies_change_the_result_only_where_used():
+    k, v = clustered_keys(6), random_values(6)
+    initial = _initial_for(k, 6)
+    for cfg, used in [
+        (GLAConfig(), True),
+        (GLAConfig(proxy_anchor=False, dynamic_norm=False), False),  # A = K K^T, no mask
+    ]:
+        a = att.global_attention_dense(k, v, N_WIN, cfg)
+        b = att.global_attention_dense(k, v, N_WIN, cfg, initial)
+        assert (not torch.allclose(a, b)) == used
+
+
+def test_empty_masks_give_zero_rows():
+    """T = 0 from initial proxies: a row whose mask is empty has an infinite gamma; the
+    reference's NaN weights become 0, so the row's output is zero (SPEC 12.2)."""
+    k, v = clustered_keys(7), random_values(7)
+    initial = _initial_for(k, 7)
+    cfg = GLAConfig(proxy_iters=0, proxy_threshold=0.9)
+    empty = ((initial @ k.T) > 0.9).sum(dim=1) == 0
+    assert 0 < int(empty.sum()) < k.shape[0]
+    ref = att.global_attention_dense(k, v, N_WIN, cfg, initial)
+    out = att.global_attention_blocked(
+        k, v, N_WIN, GLAConfig(proxy_iters=0, proxy_threshold=0.9, block_size=16), initial=initial
+    )
+    assert torch.isfinite(ref).all() and torch.isfinite(out).all()
+    assert (ref[empty] == 0).all() and (ref[~empty].abs().sum(dim=1) > 0).all()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_query_attention_equals_scaled_dot_product_attention():
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(5, 17, 12, generator=g)
+    v = torch.randn(5, 17, 12, generator=g)
+    heads = 3
+    out = att.query_attention(q, v, heads, chunk=2)
+    qh = q.reshape(5, 17, heads, 4).transpose(1, 2)
+    vh = v.reshape(5, 17, heads, 4).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(qh, qh, vh).transpose(1, 2).reshape(5, 17, 12)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -143,13 +143,13 @@ def test_clip_patch14_values_resized_to_vfm_grid(golden_modules) -> None:
     """A /14 CLIP (ViT-L-14 structure) gives 16x16 values, resized to the 28x28 keys."""
     _, vfm, tok = golden_modules
     clip = _tiny_clip(14)
-    tower = backbones.ClipValueTower(clip.visual)
+    tower = backbones.ClipTower(clip.visual)
     assert tower.values(torch.zeros(1, 3, 224, 224)).shape == (1, 64, 16, 16)
     seg = Segmenter.from_modules(clip, vfm, tok)
     out = seg.segment_tensor(torch.randn(1, 3, 224, 224), ["a", "b"])
     assert out.query_logits.shape == (2, 224, 224)
 
 
-def test_clip_value_tower_rejects_non_vit() -> None:
+def test_clip_tower_rejects_non_vit() -> None:
     with pytest.raises(backbones.ModelLoadError, match="not an open_clip ViT"):
-        backbones.ClipValueTower(torch.nn.Linear(2, 2))
+        backbones.ClipTower(torch.nn.Linear(2, 2))

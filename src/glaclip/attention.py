@@ -1,4 +1,4 @@
-"""The method's attention (SPEC sections 5-7 and 10): pure tensors in, tensors out.
+"""The method's attention (SPEC sections 5-7, 10 and 12): pure tensors in, tensors out.
 
 Two implementations of the KV-extended attention compute the same thing:
 
@@ -10,8 +10,10 @@ Two implementations of the KV-extended attention compute the same thing:
   1. *Anchors.* The first proxy iteration needs ``M1 K`` with ``M1 = [K K^T > tau]``. ``K K^T``
      is symmetric, so it is computed in panels of the upper triangle only (half the similarity
      FLOPs): each panel's mask adds its rows' sums and, transposed, the sums of the rows below.
-     Further proxy iterations are row-local and run block by block. The result is one anchor
-     per token (the final proxy, or the key itself) and the last mask's row count.
+     When the iteration starts from initial proxies instead (the ClearCLIP base, SPEC 12.2),
+     ``P0 K^T`` is not symmetric and the first iteration runs row block by row block, like
+     every further iteration (they are row-local). The result is one anchor per token (the
+     final proxy, or the key itself) and the last mask's row count.
   2. *Attention.* Per block of query rows, in place in one buffer: scores ``anchors K^T``,
      the dynamic normalisation, the cut at ``min(rowmax, 0)`` and the softmax (normalised after
      the product with the values); then ``W V``. A row whose maximum is negative keeps a
@@ -26,7 +28,9 @@ Two implementations of the KV-extended attention compute the same thing:
   equal in exact arithmetic but rounds differently, and flipped the cut of a few rows whose
   maximum is near 0 (it is used for the one global mean of the "token norm off" ablation).
 
-``window_attention`` is the per-window baseline (ProxyCLIP, KV extension off).
+``window_attention`` is the per-window baseline of the ProxyCLIP base (KV extension off),
+``query_attention`` that of the ClearCLIP base (SPEC 12.1), and ``initial_proxies`` the
+ClearCLIP base's starting point of the proxy iteration (SPEC 12.2), in ``O(N x D)``.
 """
 
 from __future__ import annotations
@@ -55,14 +59,22 @@ _DROPPED = -80.0  # exp(-80) = 1.8e-35, a normal float32
 _DROPPED_EXP = 1e-30
 
 
-def attend(keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig) -> torch.Tensor:
+def attend(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    cfg: GLAConfig,
+    initial: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Attention output of every token of every window.
 
     Args:
-        keys: ``L x S x Ck`` VFM tokens per window (any scale; rows are L2-normalised here).
-        values: ``heads x L x S x d_h`` CLIP values per window, already on the VFM grid.
+        keys: ``L x S x Ck`` key tokens per window (any scale; rows are L2-normalised here).
+        values: ``heads x L x S x d_h`` CLIP values per window, on the keys' grid.
         cfg: the method's switches and numbers; ``cfg.attention_impl`` picks the blocked
             implementation (default) or the dense oracle.
+        initial: ``N x Ck`` initial proxies (any scale; ``N = L * S``) from which the proxy
+            iteration starts (SPEC 12.2); None starts from the keys themselves (SPEC 5).
+            Used with the KV extension only.
 
     Returns:
         ``L x S x (heads * d_h)`` float32 attention output, heads concatenated (head-major).
@@ -75,13 +87,33 @@ def attend(keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig) -> torch.Te
         return window_attention(keys, values, cfg)
     n = n_win * n_tok
     k = keys.reshape(n, -1)
+    if initial is not None:
+        initial = F.normalize(initial.float().reshape(n, -1), dim=-1)
     # one copy, token-major (N x heads*d_h); v is a heads x N x d_h view of it
     v = values.permute(1, 2, 0, 3).reshape(n, heads * d_h).view(n, heads, d_h).permute(1, 0, 2)
     if cfg.attention_impl == "dense":
-        out = global_attention_dense(k, v, n_win, cfg)
+        out = global_attention_dense(k, v, n_win, cfg, initial)
     else:
-        out = global_attention_blocked(k, v, n_win, cfg)
+        out = global_attention_blocked(k, v, n_win, cfg, initial=initial)
     return out.reshape(n_win, n_tok, heads * d_h)
+
+
+def needs_mask(cfg: GLAConfig) -> bool:
+    """Whether the proxy iteration has to run: for the proxies, or for the mask count that
+    the dynamic gamma divides by."""
+    return cfg.proxy_anchor or (cfg.dynamic_norm and cfg.token_norm)
+
+
+def normalisation(
+    cfg: GLAConfig, n_windows: int, count: torch.Tensor | None
+) -> tuple[float, float | torch.Tensor]:
+    """``(beta, gamma)`` of SPEC 6 with the token norm on; ``gamma`` per row (``R x 1``) when
+    dynamic (``count``: the last mask's row counts), a number otherwise."""
+    if not cfg.dynamic_norm:
+        return cfg.fixed_beta, cfg.fixed_gamma
+    beta = dynamic_beta(n_windows, cfg.beta_alpha) if cfg.dynamic_beta else cfg.fixed_beta
+    assert count is not None
+    return beta, 1.0 + cfg.gamma_alpha / count.reshape(-1, 1)
 
 
 def dynamic_beta(n_windows: int, beta_alpha: float) -> float:
@@ -104,26 +136,34 @@ def _sparse_softmax(z: torch.Tensor) -> torch.Tensor:
 
 
 def global_attention_dense(
-    k: torch.Tensor, v: torch.Tensor, n_windows: int, cfg: GLAConfig
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_windows: int,
+    cfg: GLAConfig,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SPEC 5-7 as written, with ``N x N`` matrices. The readable oracle.
+    """SPEC 5-7 (and 12.2) as written, with ``N x N`` matrices. The readable oracle.
 
     Args:
         k: ``N x Ck`` L2-normalised keys of all windows, window-major.
         v: ``heads x N x d_h`` values.
         n_windows: ``L`` (``N = L * S``).
+        initial: ``N x Ck`` L2-normalised initial proxies, or None for the keys themselves.
 
     Returns:
-        ``N x (heads * d_h)``.
+        ``N x (heads * d_h)``. A row whose last mask is empty (possible only with initial
+        proxies and ``T = 0``) has an infinite gamma; its weights are NaN in the reference,
+        which replaces them by 0, so its output is the zero vector.
     """
     n = k.shape[0]
     tau = cfg.proxy_threshold
-    a = k @ k.T
-    if cfg.proxy_iters == 0:
-        m = a > tau
-        scores = a
-    else:
-        cur = a
+    kk = k @ k.T
+    m = None
+    scores = kk
+    if needs_mask(cfg):
+        cur = kk if initial is None else initial @ k.T
+        if cfg.proxy_iters == 0:
+            m = cur > tau
         for _ in range(cfg.proxy_iters):
             m = cur > tau
             empty = ~m.any(dim=1)
@@ -132,20 +172,17 @@ def global_attention_dense(
             mf = m.to(k.dtype)
             p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + _EPS), dim=-1)
             cur = p @ k.T
-        scores = cur if cfg.proxy_anchor else a
-    count = m.sum(dim=1, keepdim=True).to(k.dtype)
+        if cfg.proxy_anchor:
+            scores = cur
     if not cfg.token_norm:
         mu = scores.mean()
         beta, gamma = cfg.fixed_beta, cfg.fixed_gamma
     else:
         mu = scores.mean(dim=1, keepdim=True).clamp_min(0.0)
-        if cfg.dynamic_norm:
-            beta = dynamic_beta(n_windows, cfg.beta_alpha)
-            gamma = 1.0 + cfg.gamma_alpha / count
-        else:
-            beta, gamma = cfg.fixed_beta, cfg.fixed_gamma
+        count = m.sum(dim=1).to(k.dtype) if m is not None else None
+        beta, gamma = normalisation(cfg, n_windows, count)
     z = (scores - beta * mu) * gamma
-    w = _sparse_softmax(z)
+    w = torch.nan_to_num(_sparse_softmax(z), nan=0.0)
     out = torch.einsum("nm,hmd->hnd", w, v)
     return out.permute(1, 0, 2).reshape(n, -1)
 
@@ -154,15 +191,18 @@ def global_attention_dense(
 # KV extension: exact, memory-bounded
 
 
-def auto_block_size(n: int, device: torch.device, budget_bytes: int | None = None) -> int:
+def auto_block_size(
+    n: int, device: torch.device, budget_bytes: int | None = None, symmetric: bool = True
+) -> int:
     """Query rows per block for ``N = n`` tokens.
 
     The blocked attention holds one ``block x N`` buffer (plus ``O(N x Ck)`` and small
     temporaries); twice its size must fit the budget, by default a quarter of the free memory
-    (CUDA: free device memory; CPU: available system memory). Within it: at most a quarter of
-    the rows (the first proxy step skips the lower triangle only across blocks) and, on the
-    CPU, about 96 MiB per buffer (larger blocks only add cache misses to the element-wise
-    passes, measured in BENCHMARKS.md). At least ``min(64, n)``, at most ``n``.
+    (CUDA: free device memory; CPU: available system memory). Within it: with ``symmetric``
+    (the first proxy step from the keys, which skips the lower triangle only across blocks)
+    at most a quarter of the rows, and, on the CPU, about 96 MiB per buffer (larger blocks only
+    add cache misses to the element-wise passes, measured in BENCHMARKS.md). At least
+    ``min(64, n)``, at most ``n``.
     """
     if budget_bytes is None:
         if device.type == "cuda":
@@ -170,7 +210,9 @@ def auto_block_size(n: int, device: torch.device, budget_bytes: int | None = Non
             budget_bytes = free // 4
         else:
             budget_bytes = _available_memory() // 4
-    rows = min(budget_bytes // max(1, n * 4 * 2), max(256, -(-n // 4)))
+    rows = budget_bytes // max(1, n * 4 * 2)
+    if symmetric:
+        rows = min(rows, max(256, -(-n // 4)))
     if device.type != "cuda":
         rows = min(rows, _TARGET_BUFFER_BYTES // max(1, n * 4))
     return int(max(min(64, n), min(n, rows)))
@@ -196,6 +238,7 @@ def global_attention_blocked(
     n_windows: int,
     cfg: GLAConfig,
     sparse_density: float = SPARSE_MASK_DENSITY,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same result as ``global_attention_dense`` with ``O(block x N)`` extra memory.
 
@@ -206,43 +249,46 @@ def global_attention_blocked(
         cfg: the method's settings; ``cfg.block_size`` rows per block (None: from memory).
         sparse_density: mask density below which a mask-times-keys product is sparse
             (0: always dense; 1: always sparse). Changes speed and round-off, not decisions.
+        initial: ``N x Ck`` L2-normalised initial proxies, or None for the keys themselves.
 
     Returns:
-        ``N x (heads * d_h)`` float32.
+        ``N x (heads * d_h)`` float32; zero rows where the last mask is empty (see
+        ``global_attention_dense``).
     """
     n, c = k.shape
     heads, _, d_h = v.shape
-    block = min(n, cfg.block_size or auto_block_size(n, k.device))
-    work = _Workspace(k, block, sparse_density)
-    anchors, count = _anchors(work, cfg)
+    block = cfg.block_size or auto_block_size(n, k.device, symmetric=initial is None)
+    work = _Workspace(k, min(n, block), sparse_density)
+    anchors, count = _anchors(work, cfg, initial)
     v_flat = v.permute(1, 0, 2).reshape(n, heads * d_h)  # N x D: heads side by side
-    k_mean = k.mean(dim=0)
     global_mu = None
     if not cfg.token_norm:
         # mean of all entries of anchors K^T = mean over rows of (anchor . mean key)
-        global_mu = (anchors @ k_mean).mean()
+        global_mu = (anchors @ k.mean(dim=0)).mean()
+    dynamic = cfg.token_norm and cfg.dynamic_norm
     out = k.new_empty(n, heads * d_h)
-    beta_dyn = dynamic_beta(n_windows, cfg.beta_alpha)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
         x = work.scores(anchors[rows], work.k)  # B x N similarities
-        if cfg.proxy_iters == 0:
-            count_b = work.mask_count(x, cfg.proxy_threshold)
-        else:
-            count_b = count[rows]
+        count_b = None
+        if dynamic:  # the mask count: from these scores when phase 1 left it to them
+            count_b = work.mask_count(x, cfg.proxy_threshold) if count is None else count[rows]
         if global_mu is not None:
             bm, gamma = cfg.fixed_beta * global_mu, cfg.fixed_gamma
         else:
             # the row mean of x; (anchors @ k_mean) is equal in exact arithmetic but rounds
             # differently and flips cut decisions of rows whose maximum is near 0
             mu = x.mean(dim=1, keepdim=True).clamp_min_(0.0)
-            if cfg.dynamic_norm:
-                bm = beta_dyn * mu
-                gamma = 1.0 + cfg.gamma_alpha / count_b.unsqueeze(1)
-            else:
-                bm, gamma = cfg.fixed_beta * mu, cfg.fixed_gamma
+            beta, gamma = normalisation(cfg, n_windows, count_b)
+            bm = beta * mu
+        empty = None
+        if count_b is not None and bool((count_b == 0).any()):
+            empty = count_b == 0  # infinite gamma: the reference's NaN weights become 0
+            gamma = gamma.masked_fill(empty.unsqueeze(1), 1.0)
         x.sub_(bm).mul_(gamma)  # Z, bit for bit as in the dense oracle
         _softmax_times_values(x, v_flat, out[rows])
+        if empty is not None:
+            out[rows][empty] = 0.0
     return out
 
 
@@ -310,29 +356,36 @@ def _add_mask_product(work: _Workspace, acc: torch.Tensor, mask: torch.Tensor, r
         acc.addmm_(mask, rhs)
 
 
-def _anchors(work: _Workspace, cfg: GLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phase 1: the final anchors (``N x Ck``) and the last mask's row counts (``N``).
+def _anchors(
+    work: _Workspace, cfg: GLAConfig, initial: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Phase 1: the anchors the scores are taken with (``N x Ck``: the final proxies, or the
+    keys) and the last mask's row counts (``N``), or None where phase 2 counts the mask from
+    its own scores (``T = 0`` with the scores equal to the mask's similarities) or no mask is
+    needed (``needs_mask``).
 
-    With ``proxy_iters == 0`` the anchors are the keys and the counts are computed later, with
-    the scores.
+    The iteration starts from ``initial`` (SPEC 12.2) or from the keys (SPEC 5). From the keys,
+    the first similarities ``K K^T`` are symmetric and are computed in upper-triangle panels,
+    each used twice; from initial proxies, ``P0 K^T`` is not symmetric, so the first iteration
+    runs row block by row block like the later ones.
     """
     n, c, block, tau = work.n, work.c, work.block, cfg.proxy_threshold
     k = work.k
+    if not needs_mask(cfg):
+        return k, None
     if cfg.proxy_iters == 0:
-        return k, k.new_empty(0)
-    # First iteration, M1 = [K K^T > tau]: upper-triangle panels, each used twice.
-    sums = work.k_aug.new_zeros(n, work.k_aug.shape[1])
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
-        x = work.scores(k[i0:i1], k[i0:])  # rows i0:i1 against columns i0:n
-        torch.gt(x, tau, out=x)
-        _add_mask_product(work, sums[i0:i1], x, work.k_aug[i0:])
-        if i1 < n:  # the same entries seen from the rows below (A is symmetric)
-            _add_mask_product(work, sums[i1:], x[:, i1 - i0 :].T, work.k_aug[i0:i1])
-    proxies = _proxies_from_sums(work, sums, 0)  # a view into sums
-    count = sums[:, c].clone()
-    # Further iterations: row-local, block by block, in place.
-    for _ in range(cfg.proxy_iters - 1):
+        if initial is None or cfg.proxy_anchor:
+            return (k if initial is None else initial), None
+        # proxy anchors off: the scores are K K^T, the mask [P0 K^T > tau]
+        return k, _mask_counts(work, initial, tau)
+    if initial is None:
+        proxies, count = _first_iteration_symmetric(work, tau)
+        remaining = cfg.proxy_iters - 1
+    else:
+        proxies, count = initial.clone(), k.new_empty(n)
+        remaining = cfg.proxy_iters
+    # Row-local iterations, block by block, in place.
+    for _ in range(remaining):
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
             x = work.scores(proxies[i0:i1], k)
@@ -342,6 +395,33 @@ def _anchors(work: _Workspace, cfg: GLAConfig) -> tuple[torch.Tensor, torch.Tens
             proxies[i0:i1] = _proxies_from_sums(work, part, i0)
             count[i0:i1] = part[:, c]
     return (proxies if cfg.proxy_anchor else k), count
+
+
+def _first_iteration_symmetric(work: _Workspace, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first proxy iteration from the keys, ``M1 = [K K^T > tau]``: upper-triangle
+    panels, each panel's mask added to its rows and, transposed, to the rows below.
+    Returns the proxies (a view into a work buffer) and the mask's row counts."""
+    n, c, block = work.n, work.c, work.block
+    k = work.k
+    sums = work.k_aug.new_zeros(n, work.k_aug.shape[1])
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        x = work.scores(k[i0:i1], k[i0:])  # rows i0:i1 against columns i0:n
+        torch.gt(x, tau, out=x)
+        _add_mask_product(work, sums[i0:i1], x, work.k_aug[i0:])
+        if i1 < n:  # the same entries seen from the rows below (A is symmetric)
+            _add_mask_product(work, sums[i1:], x[:, i1 - i0 :].T, work.k_aug[i0:i1])
+    proxies = _proxies_from_sums(work, sums, 0)  # a view into sums
+    return proxies, sums[:, c].clone()
+
+
+def _mask_counts(work: _Workspace, a: torch.Tensor, tau: float) -> torch.Tensor:
+    """Row counts of ``[a K^T > tau]`` (``N``), block by block."""
+    count = work.k.new_empty(work.n)
+    for i0 in range(0, work.n, work.block):
+        i1 = min(work.n, i0 + work.block)
+        count[i0:i1] = work.mask_count(work.scores(a[i0:i1], work.k), tau)
+    return count
 
 
 def _proxies_from_sums(work: _Workspace, sums: torch.Tensor, start: int) -> torch.Tensor:
@@ -456,4 +536,71 @@ def window_attention(
             mu = a.mean(dim=(-2, -1), keepdim=True)
         z = (a - cfg.fixed_beta * mu) * cfg.fixed_gamma
         out[part] = _sparse_softmax(z) @ v[part]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ClearCLIP base (SPEC 12)
+
+
+def initial_proxies(q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """SPEC 12.2's initial proxies, without an ``N x N`` mask.
+
+    Token ``r``'s candidates are every token at the same position (in any window, ``r``
+    included) and its 8 grid neighbours in its own window (fewer at the window's border); its
+    proxy is the plain mean of the candidates' rows. The same-position sums come from one
+    scatter-add by position, the neighbour sums from a 3x3 box sum over each window's grid:
+    ``O(N x D)`` time and memory.
+
+    Args:
+        q: ``L x gh x gw x D`` unnormalised key rows on each window's token grid.
+        positions: ``L x gh x gw`` integer position of each token (equal numbers = the same
+            pixel of the image).
+
+    Returns:
+        ``N x D`` float32 (``N = L*gh*gw``, window-major), not normalised.
+    """
+    n_win, gh, gw, d = q.shape
+    q = q.float()
+    flat = q.reshape(-1, d)
+    _, group = torch.unique(positions.reshape(-1), return_inverse=True)
+    n_groups = int(group.max()) + 1
+    same_sum = flat.new_zeros(n_groups, d).index_add_(0, group, flat)
+    same_count = torch.bincount(group, minlength=n_groups).to(flat.dtype)
+    padded = F.pad(q, (0, 0, 1, 1, 1, 1))  # L x (gh+2) x (gw+2) x D, zero border
+    ones = F.pad(q.new_ones(1, gh, gw), (1, 1, 1, 1))
+    box = torch.zeros_like(q)
+    box_count = q.new_zeros(1, gh, gw)
+    for dy in range(3):
+        for dx in range(3):
+            if dy == 1 and dx == 1:
+                continue
+            box += padded[:, dy : dy + gh, dx : dx + gw]
+            box_count += ones[:, dy : dy + gh, dx : dx + gw]
+    total = same_sum[group] + box.reshape(-1, d)
+    count = same_count[group] + box_count.expand(n_win, gh, gw).reshape(-1)
+    return total / count.unsqueeze(1)
+
+
+def query_attention(q: torch.Tensor, v: torch.Tensor, heads: int, chunk: int = 16) -> torch.Tensor:
+    """SPEC 12.1, ClearCLIP inside each window: ``softmax(q q^T / sqrt(d_h)) v`` per head.
+
+    Args:
+        q, v: ``L x T x D`` queries and values of every token of each window (class token
+            included), heads side by side (``D = heads * d_h``).
+        heads: the number of heads.
+        chunk: windows computed together (memory ``O(chunk x heads x T x T)``).
+
+    Returns:
+        ``L x T x D`` float32, heads concatenated.
+    """
+    n_win, n_tok, d = q.shape
+    d_h = d // heads
+    out = q.new_empty(n_win, n_tok, d, dtype=torch.float32)
+    for start in range(0, n_win, chunk):
+        part = slice(start, min(n_win, start + chunk))
+        qh = q[part].float().reshape(-1, n_tok, heads, d_h).transpose(1, 2)
+        vh = v[part].float().reshape(-1, n_tok, heads, d_h).transpose(1, 2)
+        w = torch.softmax((qh @ qh.transpose(-1, -2)) * d_h**-0.5, dim=-1)
+        out[part] = (w @ vh).transpose(1, 2).reshape(-1, n_tok, d)
     return out

@@ -1,8 +1,9 @@
 """CLIP (open_clip) and the vision foundation model (timm): loading and the two feature maps.
 
-Nothing here patches open_clip or timm: ``ClipValueTower`` runs the CLIP image tower's own
-modules up to the last block and reads that block's weights to compute the values and the
-output projection (SPEC 4, 7); ``VFMKeyTower`` calls timm's ``forward_features`` (SPEC 3).
+Nothing here patches open_clip or timm: ``ClipTower`` runs the CLIP image tower's own
+modules up to the last block and reads that block's weights to compute its queries and values
+and the output projection (SPEC 4, 7, 12); ``VFMKeyTower`` calls timm's ``forward_features``
+(SPEC 3).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class ModelInfo:
 # CLIP image tower
 
 
-class ClipValueTower(nn.Module):
-    """CLIP ViT image tower read as values (SPEC 4) and output projection (SPEC 7).
+class ClipTower(nn.Module):
+    """CLIP ViT image tower read at its last block: queries and values (SPEC 4, 12) and the
+    output projection (SPEC 7).
 
     Wraps an open_clip ``VisionTransformer`` (``model.visual``) without changing it.
     """
@@ -88,14 +90,14 @@ class ClipValueTower(nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
         return torch.cat([cls_pos, patch_pos], dim=0)
 
-    def values(self, x: torch.Tensor) -> torch.Tensor:
-        """Values of the last block.
+    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The last block's normalised input ``ln_1(tokens)``, class token first.
 
         Args:
             x: ``B x 3 x h x w`` CLIP-normalised crops.
 
         Returns:
-            ``B x D x gh x gw`` value maps (``D = heads * d_h``, heads in channel order).
+            ``(B x (1 + gh*gw) x D tokens, (gh, gw) patch grid)``.
         """
         v = self.visual
         t = v.conv1(x)
@@ -113,12 +115,35 @@ class ClipValueTower(nn.Module):
             t = block(t)
         if not batch_first:
             t = t.transpose(0, 1)
-        y = self.last.ln_1(t[:, 1:])
+        return self.last.ln_1(t), (gh, gw)
+
+    def projection(self, y: torch.Tensor, part: str) -> torch.Tensor:
+        """One third of the last block's input projection: ``part`` = ``q``, ``k`` or ``v``.
+
+        Args:
+            y: ``... x D`` output of ``last_block_input``.
+
+        Returns:
+            ``... x D`` (heads side by side, ``d_h`` numbers each).
+        """
+        index = "qkv".index(part)
         attn = self.last.attn
-        w_v = attn.in_proj_weight[2 * d :]
-        b_v = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
-        val = F.linear(y, w_v, b_v)
-        return val.permute(0, 2, 1).reshape(b, d, gh, gw)
+        rows = slice(index * self.width, (index + 1) * self.width)
+        bias = attn.in_proj_bias[rows] if attn.in_proj_bias is not None else None
+        return F.linear(y, attn.in_proj_weight[rows], bias)
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """Values of the last block's patch tokens (SPEC 4).
+
+        Args:
+            x: ``B x 3 x h x w`` CLIP-normalised crops.
+
+        Returns:
+            ``B x D x gh x gw`` value maps (``D = heads * d_h``, heads in channel order).
+        """
+        y, (gh, gw) = self.last_block_input(x)
+        val = self.projection(y[:, 1:], "v")
+        return val.permute(0, 2, 1).reshape(val.shape[0], self.width, gh, gw)
 
     def project(self, o: torch.Tensor) -> torch.Tensor:
         """``... x D`` attention output -> ``... x E`` embeddings: out_proj, ln_post, proj."""

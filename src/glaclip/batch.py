@@ -111,7 +111,7 @@ def segment_files(
     report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
     settings = segmenter.settings.to_dict()
-    models = models or {"clip": segmenter.clip_info.name, "vfm": segmenter.vfm_info.name}
+    models = models or segmenter.model_names()
     n_classes = len(class_lines)
     palette = make_palette(256)
     bar = tqdm(jobs, desc="segment", unit="img", disable=not progress or len(jobs) < 2)

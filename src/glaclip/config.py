@@ -26,13 +26,18 @@ class WindowConfig:
                 raise ValueError(f"{name} must be a positive number of pixels")
 
 
+BASES = ("proxyclip", "clearclip")
+
+
 @dataclass(frozen=True)
 class GLAConfig:
-    """The global-local attention (SPEC 5-7, 10)."""
+    """The base method and the global-local attention (SPEC 5-7, 10, 12)."""
 
-    kv_extension: bool = True  # attend across all windows (off: per-window ProxyCLIP)
+    base: str = "proxyclip"  # where the keys come from: proxyclip (VFM) | clearclip (CLIP q)
+    kv_extension: bool = True  # attend across all windows (off: the base's per-window method)
     proxy_anchor: bool = True  # proxy anchors (SPEC 5)
     dynamic_norm: bool = True  # dynamic beta and gamma (SPEC 6)
+    dynamic_beta: bool = True  # with dynamic_norm: beta from the window count (off: fixed_beta)
     token_norm: bool = True  # per-row mean (off: one mean over the whole matrix)
     proxy_iters: int = 2  # T
     proxy_threshold: float = 0.6  # tau (the reference's eval script uses 0.55)
@@ -44,6 +49,8 @@ class GLAConfig:
     attention_impl: str = "blocked"  # blocked (exact, O(block x N) memory) | dense (N x N oracle)
 
     def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {', '.join(BASES)}, got {self.base!r}")
         if self.proxy_iters < 0:
             raise ValueError(f"proxy_iters must be >= 0, got {self.proxy_iters}")
         if self.block_size is not None and self.block_size <= 0:
@@ -113,13 +120,13 @@ def setting_names() -> list[str]:
     return [f.name for cls in _PARTS.values() for f in dataclasses.fields(cls)]
 
 
-def settings_from_kwargs(base: Settings | None = None, **kwargs: Any) -> Settings:
-    """Build ``Settings`` from flat keyword settings, starting from ``base`` (or the defaults).
+def settings_from_kwargs(start: Settings | None = None, /, **kwargs: Any) -> Settings:
+    """Build ``Settings`` from flat keyword settings, starting from ``start`` (or the defaults).
 
     Raises:
         TypeError: for a name that is not a setting (the message lists the valid ones).
     """
-    base = base or Settings()
+    start = start or Settings()
     updates: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
     for name, value in kwargs.items():
         for part, cls in _PARTS.items():
@@ -132,7 +139,7 @@ def settings_from_kwargs(base: Settings | None = None, **kwargs: Any) -> Setting
             )
     return Settings(
         **{
-            part: dataclasses.replace(getattr(base, part), **changes)
+            part: dataclasses.replace(getattr(start, part), **changes)
             for part, changes in updates.items()
         }
     )

@@ -327,7 +327,7 @@ def evaluate(
     out = Path(out_dir)
     state_dir = out / STATE_DIR
     settings = segmenter.settings.to_dict()
-    models = models or {"clip": segmenter.clip_info.name, "vfm": segmenter.vfm_info.name}
+    models = models or segmenter.model_names()
     config = state_config(task, settings, models)
     num_classes = len(task.class_lines)
     counts_len = 4 * num_classes + 2

@@ -10,6 +10,8 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
+from glaclip.bases import needs_vfm
+from glaclip.config import BASES, GLAConfig
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -36,6 +38,7 @@ SWITCHES: list[tuple[str, str]] = [
     ("kv_extension", "attend across all windows (off: per-window ProxyCLIP baseline)"),
     ("proxy_anchor", "proxy anchors"),
     ("dynamic_norm", "dynamic beta and gamma"),
+    ("dynamic_beta", "with --dynamic-norm: beta from the window count (off: --fixed-beta)"),
     ("token_norm", "per-token mean in the normalisation"),
 ]
 
@@ -60,7 +63,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--vfm",
         default=DEFAULT_VFM,
-        help=f"timm model name with tag, or local-dir:DIR (default: {DEFAULT_VFM})",
+        help=f"timm model name with tag, or local-dir:DIR (default: {DEFAULT_VFM}; "
+        "unused with --base clearclip)",
     )
     g.add_argument("--vfm-checkpoint", help="local weight file for the --vfm architecture")
     g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
@@ -76,6 +80,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """Every switch and number of the method (unset flags keep the paper's or preset's value)."""
     g = p.add_argument_group("method (defaults: the paper's)")
+    g.add_argument(
+        "--base",
+        choices=list(BASES),
+        help="base method: proxyclip (keys from the VFM; default) or clearclip (keys from "
+        "CLIP itself: no VFM is loaded)",
+    )
     for name, help_text in SWITCHES:
         g.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
     for name, typ, help_text in NUMBERS:
@@ -102,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flat settings given on the command line (unset flags are left out)."""
     out: dict[str, Any] = {}
     names = [n for n, _ in SWITCHES] + [n for n, _, _ in NUMBERS]
-    names += ["prob_threshold", "background_index", "precision", "attention_impl"]
+    names += ["base", "prob_threshold", "background_index", "precision", "attention_impl"]
     for name in names:
         value = getattr(args, name, None)
         if value is not None:
@@ -128,12 +138,14 @@ def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]) -> Segme
 
 
 def model_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """The backbones as named on the command line (for result files)."""
+    """The backbones as named on the command line (for result files); the VFM is None for a
+    base method that uses none."""
+    uses_vfm = needs_vfm(getattr(args, "base", None) or GLAConfig.base)
     return {
         "clip": args.clip,
         "clip_pretrained": None
         if args.clip.startswith(("hf-hub:", "local-dir:"))
         else args.clip_pretrained,
-        "vfm": args.vfm,
-        "vfm_checkpoint": args.vfm_checkpoint,
+        "vfm": args.vfm if uses_vfm else None,
+        "vfm_checkpoint": args.vfm_checkpoint if uses_vfm else None,
     }

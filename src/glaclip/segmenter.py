@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from glaclip import backbones
-from glaclip.attention import attend
+from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, settings_from_kwargs
 from glaclip.device import StageTimer, autocast, resolve_device, strict_fp32
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
-from glaclip.windows import Window, network_size, stitch, window_grid
+from glaclip.windows import network_size, stitch, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -77,7 +77,8 @@ class Segmentation:
 
 
 class Segmenter:
-    """GLA-CLIP segmenter: a CLIP image tower for values, a VFM for keys, CLIP text for queries.
+    """GLA-CLIP segmenter: CLIP's image tower for values, a base method's keys (a VFM's tokens,
+    or CLIP's own queries), CLIP's text tower for the class queries.
 
     Build it with ``from_pretrained`` (names of weights) or ``from_modules`` (models in hand),
     then call ``segment`` on images or ``segment_tensor`` on prepared tensors. Query embeddings
@@ -87,7 +88,7 @@ class Segmenter:
     def __init__(
         self,
         clip_model: torch.nn.Module,
-        vfm_model: torch.nn.Module,
+        vfm_model: torch.nn.Module | None,
         tokenizer: Any,
         settings: Settings | None = None,
         device: str | torch.device | None = None,
@@ -100,15 +101,20 @@ class Segmenter:
         self.settings = settings or Settings()
         self.device = resolve_device(device or next(clip_model.parameters()).device.type)
         self.clip_model = clip_model.to(self.device).eval()
-        self.values_tower = backbones.ClipValueTower(self.clip_model.visual)
-        self.keys_tower = backbones.VFMKeyTower(
-            vfm_model.to(self.device).eval(),
-            fused_attention=self.settings.runtime.fused_attention,
-        )
+        self.clip_tower = backbones.ClipTower(self.clip_model.visual)
+        self.vfm_tower = None
+        if vfm_model is not None:
+            self.vfm_tower = backbones.VFMKeyTower(
+                vfm_model.to(self.device).eval(),
+                fused_attention=self.settings.runtime.fused_attention,
+            )
         self.clip_info = clip_info or backbones.ModelInfo(type(clip_model).__name__, None)
-        self.vfm_info = vfm_info or backbones.ModelInfo(type(vfm_model).__name__, None)
+        self.vfm_info = vfm_info or (
+            backbones.ModelInfo(type(vfm_model).__name__, None) if vfm_model is not None else None
+        )
         self.clip_mean = torch.tensor(clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(clip_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.base = self._make_base()
         model_id = _weights_identity(self.clip_info)
         self.text = TextEncoder(self.clip_model, tokenizer, model_id, cache_dir=text_cache_dir)
 
@@ -117,7 +123,7 @@ class Segmenter:
     def from_modules(
         cls,
         clip_model: torch.nn.Module,
-        vfm_model: torch.nn.Module,
+        vfm_model: torch.nn.Module | None,
         tokenizer: Any,
         **settings: Any,
     ) -> Segmenter:
@@ -125,6 +131,7 @@ class Segmenter:
 
         ``settings`` are flat keyword settings (see ``glaclip.config``), e.g.
         ``kv_extension=False, prob_threshold=0.1``. Runs on the models' device.
+        ``vfm_model`` may be None with ``base="clearclip"``, which takes its keys from CLIP.
         """
         return cls(clip_model, vfm_model, tokenizer, settings_from_kwargs(**settings))
 
@@ -141,6 +148,8 @@ class Segmenter:
     ) -> Segmenter:
         """Load the backbones by name (weights download on first use, then come from the cache).
 
+        With ``base="clearclip"`` no VFM is loaded (``vfm`` and ``vfm_checkpoint`` are unused).
+
         Args:
             clip: open_clip model name, ``hf-hub:`` or ``local-dir:`` name.
             clip_pretrained: open_clip tag (``openai``) or a local checkpoint file.
@@ -154,7 +163,9 @@ class Segmenter:
         settings_obj = settings_from_kwargs(**settings)
         dev = resolve_device(device)
         clip_model, tokenizer, mean, std = backbones.load_clip(clip, clip_pretrained, dev)
-        vfm_model = backbones.load_vfm(vfm, vfm_checkpoint, dev)
+        vfm_model = None
+        if needs_vfm(settings_obj.gla.base):
+            vfm_model = backbones.load_vfm(vfm, vfm_checkpoint, dev)
         if text_cache_dir == "default":
             text_cache_dir = default_cache_dir()
         return cls(
@@ -166,7 +177,7 @@ class Segmenter:
             backbones.ModelInfo(
                 clip, None if clip.startswith(("hf-hub:", "local-dir:")) else clip_pretrained
             ),
-            backbones.ModelInfo(vfm, vfm_checkpoint),
+            backbones.ModelInfo(vfm, vfm_checkpoint) if vfm_model is not None else None,
             mean,
             std,
             text_cache_dir,
@@ -179,7 +190,24 @@ class Segmenter:
         other.settings = self.settings.replace(**settings)
         if other.settings.runtime.fused_attention != self.settings.runtime.fused_attention:
             raise ValueError("fused_attention cannot be changed on a built Segmenter")
+        other.base = other._make_base()
         return other
+
+    def model_names(self) -> dict[str, str | None]:
+        """The backbones in use, for result files: ``{"clip", "clip_pretrained", "vfm",
+        "vfm_checkpoint"}``; the VFM entries are None when the base method uses no VFM."""
+        vfm = self.vfm_info if self.base.needs_vfm else None
+        return {
+            "clip": self.clip_info.name,
+            "clip_pretrained": self.clip_info.pretrained,
+            "vfm": vfm.name if vfm else None,
+            "vfm_checkpoint": vfm.pretrained if vfm else None,
+        }
+
+    def _make_base(self) -> BaseMethod:
+        return make_base(
+            self.settings.gla.base, self.clip_tower, self.vfm_tower, self.clip_mean, self.clip_std
+        )
 
     # ------------------------------------------------------------------------------ pieces
     def query_embeddings(
@@ -189,35 +217,6 @@ class Segmenter:
         classes = parse_class_lines(class_lines)
         names, owner = expand_queries(classes)
         return self.text.encode(names).to(self.device), classes, names, owner
-
-    def _features(
-        self, x: torch.Tensor, windows: Sequence[Window], timer: StageTimer
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Keys ``L x S x Ck``, values ``heads x L x S x d_h`` and the VFM grid ``(h, w)``."""
-        batch = self.settings.runtime.window_batch
-        mean = self.clip_mean.to(x.device)
-        std = self.clip_std.to(x.device)
-        keys, values = [], []
-        with autocast(self.device, self.settings.runtime.precision):
-            for start in range(0, len(windows), batch):
-                crops = torch.cat(
-                    [x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows[start : start + batch]]
-                )
-                with timer("vfm"):
-                    k = self.keys_tower.keys(crops, mean, std).float()  # b x h x w x Ck
-                gh, gw = k.shape[1], k.shape[2]
-                with timer("clip"):
-                    v = self.values_tower.values(crops).float()  # b x D x gh' x gw'
-                    if v.shape[-2:] != (gh, gw):
-                        v = F.interpolate(v, size=(gh, gw), mode="bilinear", align_corners=False)
-                keys.append(k.reshape(k.shape[0], gh * gw, -1))
-                values.append(v.reshape(v.shape[0], v.shape[1], gh * gw))
-        keys_t = torch.cat(keys)  # L x S x Ck
-        vals = torch.cat(values)  # L x D x S
-        heads = self.values_tower.heads
-        n_win, d, s = vals.shape
-        vals = vals.reshape(n_win, heads, d // heads, s).permute(1, 0, 3, 2)  # heads x L x S x dh
-        return keys_t, vals, (gh, gw)
 
     # ------------------------------------------------------------------------------ segment
     def prepare(self, image: ImageSource) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -307,11 +306,13 @@ class Segmenter:
         cfg = self.settings
         h, w = x.shape[-2:]
         windows = window_grid(h, w, cfg.window.crop, cfg.window.stride)
-        keys, values, (gh, gw) = self._features(x, windows, timer)
+        with autocast(self.device, cfg.runtime.precision):
+            feats = self.base.window_features(x, windows, cfg.gla, cfg.runtime.window_batch, timer)
+        gh, gw = feats.grid
         with timer("attention"):
-            out = attend(keys, values, cfg.gla)  # L x S x D
+            out = self.base.attend(feats, windows, cfg.gla)  # L x S x D
         with timer("stitch"):
-            feats = F.normalize(self.values_tower.project(out), dim=-1)  # L x S x E
+            feats = F.normalize(self.clip_tower.project(out), dim=-1)  # L x S x E
             logits = feats @ text.T  # L x S x Q
             logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
             crop = (cfg.window.crop, cfg.window.crop)
