@@ -28,8 +28,9 @@ def test_path_pil_array_agree_at_original_size(seg: Segmenter, tmp_path) -> None
     path = tmp_path / "x.png"
     Image.fromarray(rgb).save(path)
     classes = ["sky", "tree", "person; man"]
-    a = seg.segment(rgb, classes)
+    a = seg.segment(rgb, classes, return_scores=True)
     b = seg.segment(Image.fromarray(rgb), classes)
+    assert b.scores is None  # only when asked for
     c = seg.segment(str(path), "sky, tree, person; man")
     assert a.labels.shape == (300, 400) and a.image_size == (300, 400)
     assert a.resized_size == (336, 448)
@@ -61,7 +62,7 @@ def test_text_embeddings_reused(seg: Segmenter) -> None:
 
 def test_synonyms_take_the_max(seg: Segmenter) -> None:
     x = torch.randn(1, 3, 224, 224)
-    out = seg.segment_tensor(x, ["a", "b; c"])
+    out = seg.segment_tensor(x, ["a", "b; c"], return_scores=True)
     probs = torch.softmax(out.query_logits * 40.0, dim=0)
     assert torch.allclose(out.scores[1], torch.maximum(probs[1], probs[2]))
     assert torch.allclose(out.scores[0], probs[0])
@@ -89,7 +90,9 @@ def test_panorama(golden_modules) -> None:
 def test_prob_threshold_background(golden_modules) -> None:
     clip, vfm, tok = golden_modules
     x = torch.randn(1, 3, 224, 224)
-    base = Segmenter.from_modules(clip, vfm, tok).segment_tensor(x, ["a", "b", "c"])
+    base = Segmenter.from_modules(clip, vfm, tok).segment_tensor(
+        x, ["a", "b", "c"], return_scores=True
+    )
     best = base.scores.max(dim=0).values
     thd = float(best.median())
     strict = Segmenter.from_modules(clip, vfm, tok, prob_threshold=thd, background_index=255)

@@ -17,7 +17,9 @@ from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, settings_from_kwargs
 from glaclip.device import StageTimer, autocast, resolve_device, strict_fp32
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
+from glaclip.postprocess import labels_from_logits
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
+from glaclip.viz import pixel_shares
 from glaclip.windows import network_size, stitch, window_grid
 
 if TYPE_CHECKING:
@@ -34,16 +36,17 @@ class SegmentationOutput:
     Attributes:
         query_logits: ``Q x H x W`` float32 stitched cosine logits, one map per query name
             (SPEC 9.1-9.2), at the input tensor's size.
-        labels: ``h x w`` int64 labels (SPEC 9.4) at ``output_size`` (default: ``H x W``).
+        labels: ``h x w`` int32 labels (SPEC 9.4) at ``output_size`` (default: ``H x W``).
         scores: ``C x h x w`` float32 class probabilities (the softmax over query names,
-            maximum over each class's synonyms), at the labels' size.
+            maximum over each class's synonyms), at the labels' size; None unless asked for
+            (``return_scores=True``).
         class_names: the ``C`` classes, each as its synonym list.
         query_names: the ``Q`` query names, and ``query_class`` the class of each.
     """
 
     query_logits: torch.Tensor
     labels: torch.Tensor
-    scores: torch.Tensor
+    scores: torch.Tensor | None
     class_names: list[list[str]]
     query_names: list[str]
     query_class: list[int]
@@ -59,21 +62,23 @@ class Segmentation:
             the class list), or ``background_index`` where the winning probability is below
             ``prob_threshold``.
         class_names: the classes, each as its list of query names (synonyms).
-        scores: ``C x H0 x W0`` float32 tensor of class probabilities in [0, 1].
+        scores: ``C x H0 x W0`` float32 tensor of class probabilities in [0, 1], or None
+            unless ``segment(..., return_scores=True)`` asked for it (it takes
+            ``4 x C x H0 x W0`` bytes: 5 GB for 100 classes on a 12-megapixel photo).
         image_size: ``(H0, W0)``; ``resized_size``: ``(H, W)`` the network saw.
     """
 
     labels: np.ndarray
     class_names: list[list[str]]
-    scores: torch.Tensor
+    scores: torch.Tensor | None
     image_size: tuple[int, int]
     resized_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
 
     def pixel_shares(self) -> list[float]:
-        """Fraction of the image's pixels given to each class."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
-        return (counts[: len(self.class_names)] / self.labels.size).tolist()
+        """Fraction of the image's pixels given to each class (unlabelled pixels count in the
+        denominator only)."""
+        return pixel_shares(self.labels, len(self.class_names))
 
 
 class Segmenter:
@@ -239,24 +244,30 @@ class Segmenter:
         )
         return x, (h0, w0)
 
-    def segment(self, image: ImageSource, classes: Sequence[str] | str) -> Segmentation:
+    def segment(
+        self,
+        image: ImageSource,
+        classes: Sequence[str] | str,
+        return_scores: bool = False,
+    ) -> Segmentation:
         """Segment one image into the given classes.
 
         Args:
             image: a path, a PIL image or an ``H x W x 3`` uint8 RGB array.
             classes: class lines (``["sky", "person; man"]``: synonyms separated by ``;``) or
                 one string with commas between classes (``"sky, person; man"``).
+            return_scores: also return the ``C x H0 x W0`` class probabilities.
 
         Returns:
             A ``Segmentation`` at the image's original size.
         """
         lines = parse_classes_arg(classes) if isinstance(classes, str) else list(classes)
         x, size = self.prepare(image)
-        out = self.segment_tensor(x, lines, output_size=size)
+        out = self.segment_tensor(x, lines, output_size=size, return_scores=return_scores)
         return Segmentation(
             labels=to_numpy_labels(out.labels),
             class_names=out.class_names,
-            scores=out.scores.cpu(),
+            scores=None if out.scores is None else out.scores.cpu(),
             image_size=size,
             resized_size=(x.shape[-2], x.shape[-1]),
             timings=out.timings,
@@ -268,6 +279,7 @@ class Segmenter:
         x: torch.Tensor,
         class_lines: Sequence[str],
         output_size: tuple[int, int] | None = None,
+        return_scores: bool = False,
     ) -> SegmentationOutput:
         """Segment a prepared image tensor.
 
@@ -276,6 +288,7 @@ class Segmenter:
             class_lines: one class per entry, synonyms separated by ``;``.
             output_size: ``(H0, W0)`` to resize the logits to before labelling (SPEC 9.3);
                 default the input size.
+            return_scores: also return the class probabilities at ``output_size``.
 
         Returns:
             A ``SegmentationOutput``. An input side shorter than the window is first upscaled
@@ -297,7 +310,9 @@ class Segmenter:
         with timer("labels"):
             if logits.shape[-2:] != (height, width):
                 logits = _resize(logits, (height, width))
-            labels, scores = self.labels_from_logits(logits, owner, len(classes), output_size)
+            labels, scores = self.labels_from_logits(
+                logits, owner, len(classes), output_size, return_scores
+            )
         return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
 
     def _stitched_logits(
@@ -325,26 +340,16 @@ class Segmenter:
         query_class: Sequence[int],
         num_classes: int,
         output_size: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SPEC 9.3-9.4: resize, softmax over queries, max over synonyms, argmax, threshold.
+        return_scores: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SPEC 9.3-9.4 with this Segmenter's settings (``postprocess.labels_from_logits``):
+        resize, softmax over queries, max over synonyms, argmax, threshold, in bands of rows.
 
-        Returns ``(labels h x w int64, class probabilities C x h x w)``.
+        Returns ``(labels h x w int32, class probabilities C x h x w or None)``.
         """
-        post = self.settings.post
-        if output_size is not None and tuple(output_size) != tuple(logits.shape[-2:]):
-            logits = _resize(logits, tuple(output_size))
-        probs = torch.softmax(logits * post.logit_scale, dim=0)
-        if len(set(query_class)) == len(query_class):
-            scores = probs
-        else:
-            groups: list[list[int]] = [[] for _ in range(num_classes)]
-            for q, c in enumerate(query_class):
-                groups[c].append(q)
-            scores = torch.stack([probs[g].amax(dim=0) for g in groups])
-        best, labels = scores.max(dim=0)
-        if post.prob_threshold > 0:
-            labels[best < post.prob_threshold] = post.background_index
-        return labels, scores
+        return labels_from_logits(
+            logits, query_class, num_classes, self.settings.post, output_size, return_scores
+        )
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

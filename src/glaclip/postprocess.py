@@ -1,0 +1,155 @@
+"""Logits to labels (SPEC 9.3-9.4) in tiles of rows, so that memory does not grow with
+classes x original pixels.
+
+The network's stitched logits are small (``Q x H x W`` at the network size, 336 px on the short
+side); the labels are wanted at the original size ``H0 x W0``, which may be 12 or 64
+megapixels. Resizing all ``Q`` logit maps to that size at once (``F.interpolate``) and taking
+the softmax there holds several ``Q x H0 x W0`` tensors: 16 GB for an 8000 x 8000 image with
+20 classes. Here every step runs on a band of output rows at a time: the bilinear resize, the
+softmax over the query names, the maximum over each class's synonyms, the argmax and the
+probability threshold. Every one of them is per pixel, so the bands partition the work exactly.
+
+The resize reproduces ``F.interpolate(mode="bilinear", align_corners=False)``: each axis's
+source indices and weights are read off PyTorch's own kernel (``axis_weights``) and combined in
+its order of operations, ``fma(a, w_a, b * w_b)`` per axis, width first. On the CPUs this was
+checked on, the result is bit for bit that of ``F.interpolate``; elsewhere it can differ in the
+last bit of a logit, which can only change a label where two classes' probabilities tie to
+float32 precision.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from glaclip.config import PostConfig
+
+# Rows per band are chosen so that one band of logits (Q x rows x W0 float32) has about this
+# many bytes; the band's temporaries take a few times that.
+TILE_BYTES = 16 << 20
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_weights(n_in: int, n_out: int, device: str) -> tuple[torch.Tensor, ...]:
+    dev = torch.device(device)
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    real = (scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5).clamp_min(0.0)
+    i0 = real.to(torch.int64).clamp_max(n_in - 1)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    # one-hot patterns through the kernel itself: even source positions set, then odd ones;
+    # each output is then exactly one of its two weights (or their sum where i0 == i1)
+    even = (torch.arange(n_in) % 2 == 0).to(torch.float32)
+    pattern = torch.stack([even, 1.0 - even]).view(1, 2, 1, n_in).to(dev)
+    seen = F.interpolate(pattern, size=(1, n_out), mode="bilinear", align_corners=False)
+    w_even, w_odd = seen[0, 0, 0].cpu(), seen[0, 1, 0].cpu()
+    first_even = i0 % 2 == 0
+    same = i0 == i1
+    w0 = torch.where(same, w_even + w_odd, torch.where(first_even, w_even, w_odd))
+    w1 = torch.where(same, torch.zeros_like(w0), torch.where(first_even, w_odd, w_even))
+    return tuple(t.to(dev) for t in (i0, i1, w0, w1))
+
+
+def axis_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Source indices and weights of one axis of a bilinear resize (``align_corners=False``).
+
+    Returns:
+        ``(i0, i1, w0, w1)``, each of length ``n_out``: output ``j`` is
+        ``w0[j] * x[i0[j]] + w1[j] * x[i1[j]]``, with PyTorch's own float32 weights.
+    """
+    return _axis_weights(n_in, n_out, str(device))
+
+
+def _fma(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """``a * wa + b * wb`` with the first product fused into the addition (one rounding), as
+    PyTorch's CPU kernel computes it; plain float32 where float64 is not available (MPS)."""
+    second = b * wb
+    if a.device.type == "mps":
+        return a * wa + second
+    return (a.double() * wa.double() + second.double()).float()
+
+
+def resize_rows(logits: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``F.interpolate(logits[None], size, mode="bilinear")[0]``.
+
+    Args:
+        logits: ``Q x H x W`` float32.
+        size: the full output size ``(H0, W0)``.
+
+    Returns:
+        ``Q x (r1 - r0) x W0`` float32.
+    """
+    _, height, width = logits.shape
+    out_h, out_w = size
+    if height == out_h:  # weights 1 and 0: the rows themselves
+        lo, hi = r0, r1
+    else:
+        h0, h1, hw0, hw1 = (t[r0:r1] for t in axis_weights(height, out_h, logits.device))
+        lo, hi = int(h0.min()), int(h1.max()) + 1
+    slab = logits[:, lo:hi]  # the source rows this band reads
+    if width != out_w:
+        w0, w1, ww0, ww1 = axis_weights(width, out_w, logits.device)
+        slab = _fma(slab[:, :, w0], ww0, slab[:, :, w1], ww1)
+    if height == out_h:
+        return slab
+    top, bottom = slab[:, h0 - lo], slab[:, h1 - lo]
+    return _fma(top, hw0.view(1, -1, 1), bottom, hw1.view(1, -1, 1))
+
+
+def band_rows(queries: int, width: int, tile_bytes: int = TILE_BYTES) -> int:
+    """Rows per band for ``queries`` logit maps of ``width`` columns (at least 1)."""
+    return max(1, tile_bytes // max(1, 4 * queries * width))
+
+
+def labels_from_logits(
+    logits: torch.Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    post: PostConfig,
+    output_size: tuple[int, int] | None = None,
+    return_scores: bool = False,
+    tile_bytes: int = TILE_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SPEC 9.3-9.4: resize, softmax over query names, max over synonyms, argmax, threshold.
+
+    Args:
+        logits: ``Q x H x W`` float32 stitched logits.
+        query_class: the class of each query name (``Q`` entries in ``[0, C)``).
+        num_classes: ``C``.
+        post: the logit scale, probability threshold and background index.
+        output_size: ``(H0, W0)``; default ``(H, W)``.
+        return_scores: also return the ``C x H0 x W0`` class probabilities (memory
+            ``C x H0 x W0`` floats; without it, only ``O(Q x band)``).
+
+    Returns:
+        ``(labels H0 x W0 int32, scores or None)`` on the logits' device. Labels are class
+        indices, or ``post.background_index`` where the winning probability is below
+        ``post.prob_threshold``.
+    """
+    queries = logits.shape[0]
+    out_h, out_w = output_size or tuple(logits.shape[-2:])
+    labels = torch.empty(out_h, out_w, dtype=torch.int32, device=logits.device)
+    scores = None
+    if return_scores:
+        scores = torch.empty(num_classes, out_h, out_w, device=logits.device)
+    groups: list[list[int]] | None = None
+    if len(set(query_class)) != len(query_class):
+        groups = [[] for _ in range(num_classes)]
+        for q, c in enumerate(query_class):
+            groups[c].append(q)
+    step = band_rows(queries, out_w, tile_bytes)
+    for r0 in range(0, out_h, step):
+        r1 = min(out_h, r0 + step)
+        band = resize_rows(logits, (out_h, out_w), r0, r1)
+        probs = torch.softmax(band * post.logit_scale, dim=0)
+        if groups is not None:
+            probs = torch.stack([probs[g].amax(dim=0) for g in groups])
+        best, index = probs.max(dim=0)
+        if post.prob_threshold > 0:
+            index[best < post.prob_threshold] = post.background_index
+        labels[r0:r1] = index
+        if scores is not None:
+            scores[:, r0:r1] = probs
+    return labels, scores

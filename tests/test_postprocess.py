@@ -1,0 +1,95 @@
+"""Logits to labels at the original size, in bands of rows (SPEC 9.3-9.4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glaclip import Segmenter
+from glaclip.config import PostConfig
+from glaclip.postprocess import band_rows, labels_from_logits, resize_rows
+
+
+def _bilinear_numpy(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize, align_corners=False, written out in float64 (an independent check)."""
+
+    def axis(n_in: int, n_out: int):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        frac = src - i0
+        return i0, i1, 1.0 - frac, frac
+
+    h0, h1, a0, a1 = axis(x.shape[1], size[0])
+    w0, w1, b0, b1 = axis(x.shape[2], size[1])
+    rows = x[:, h0] * a0[None, :, None] + x[:, h1] * a1[None, :, None]
+    return rows[:, :, w0] * b0 + rows[:, :, w1] * b1
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((4, 36, 48), (300, 41)),
+        ((3, 50, 40), (50, 97)),
+        ((2, 30, 30), (71, 30)),
+        ((2, 8, 9), (8, 9)),
+    ],
+)
+def test_bands_resize_like_interpolate(shape, size) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    ref = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    for step in (1, 7, size[0]):
+        bands = [resize_rows(x, size, r, min(size[0], r + step)) for r in range(0, size[0], step)]
+        got = torch.cat(bands, dim=1)
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max().item() <= 1e-6
+    numpy_ref = _bilinear_numpy(x.double().numpy(), size)
+    assert np.abs(got.double().numpy() - numpy_ref).max() <= 1e-4  # float32 source indices
+
+
+def test_labels_do_not_depend_on_the_band_height() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = 0.05 * torch.randn(5, 40, 60, generator=g)
+    post = PostConfig(prob_threshold=0.35, background_index=255)
+    owner = [0, 1, 1, 2, 3]
+    full, scores = labels_from_logits(logits, owner, 4, post, (333, 500), return_scores=True)
+    for tile in (1, 4 * 5 * 500 * 3, 10**9):  # one row per band, three rows, everything
+        labels, none = labels_from_logits(logits, owner, 4, post, (333, 500), tile_bytes=tile)
+        assert none is None
+        assert torch.equal(labels, full)
+    assert full.dtype == torch.int32 and set(full.unique().tolist()) <= {0, 1, 2, 3, 255}
+    # the label is the best class (max over synonyms) unless its probability is below 0.35
+    best, arg = scores.max(dim=0)
+    expect = torch.where(best < 0.35, torch.tensor(255), arg).to(torch.int32)
+    assert torch.equal(full, expect)
+
+
+def test_band_rows() -> None:
+    assert band_rows(100, 4032, tile_bytes=16 << 20) == (16 << 20) // (4 * 100 * 4032)
+    assert band_rows(10**6, 10**6) == 1
+
+
+def test_final_resize_against_an_independent_computation(golden_modules) -> None:
+    """``segment`` at an original size other than the network's: its labels equal a float64
+    resize of ``segment_tensor``'s logits, softmax, maximum over synonyms and argmax."""
+    clip, vfm, tok = golden_modules
+    seg = Segmenter.from_modules(clip, vfm, tok)
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, size=(15, 20, 3), dtype=np.uint8)
+    rgb = np.ascontiguousarray(np.kron(base, np.ones((20, 20, 1), np.uint8))[:290, :390])
+    classes = ["sky", "tree; bush", "road"]
+    res = seg.segment(rgb, classes)
+    assert res.labels.shape == (290, 390) and res.resized_size == (336, 452)
+    x, _ = seg.prepare(rgb)
+    logits = seg.segment_tensor(x, classes).query_logits.double().numpy()
+    big = _bilinear_numpy(logits, (290, 390)) * 40.0
+    probs = np.exp(big - big.max(axis=0)) / np.exp(big - big.max(axis=0)).sum(axis=0)
+    scores = np.stack([probs[0], np.maximum(probs[1], probs[2]), probs[3]])
+    expect = scores.argmax(axis=0)
+    top2 = np.sort(scores, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-5  # pixels where float32 round-off cannot decide
+    assert clear.mean() > 0.99
+    assert np.array_equal(res.labels[clear], expect[clear])
