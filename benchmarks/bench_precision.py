@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     x = _common.synthetic_image(height, width)
     windows = window_grid(height, width)
     with torch.inference_mode():
-        feats = seg.base.window_features(x, windows, seg.settings.gla, 4, StageTimer(seg.device))
+        feats = seg.base.window_features(x, windows, seg.settings, StageTimer(seg.device))
         n_win = len(windows)
         k = F.normalize(feats.keys.reshape(-1, feats.keys.shape[-1]), dim=-1)
         heads = feats.values.shape[0]

@@ -94,7 +94,7 @@ def tower_flops(seg, crop) -> tuple[float, float]:
                 seg.vfm_tower.keys(crop, seg.clip_mean, seg.clip_std)
             vfm = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
-            seg.base.features(crop, seg.settings.gla, timer)
+            seg.base.features(crop, seg.settings, timer)
         clip = fc.get_total_flops() - vfm
     return float(vfm), float(clip)
 

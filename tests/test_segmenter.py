@@ -129,3 +129,32 @@ def test_with_settings_shares_models_and_text(golden_modules) -> None:
     before = seg.text.encoded_count
     other.segment_tensor(x, ["cat", "dog"])
     assert seg.text.encoded_count == before  # no name embedded twice
+
+
+def test_callers_models_are_left_alone(golden_modules) -> None:
+    """Building and running a Segmenter changes nothing the caller owns: the VFM's attention
+    switches and the weights' dtype (bf16 runs on cast copies)."""
+    clip, vfm, tok = golden_modules
+    attn = [m for m in vfm.modules() if hasattr(m, "fused_attn")]
+    assert attn
+    original = [m.fused_attn for m in attn]
+    before = [True if i % 2 else False for i in range(len(attn))]
+    for m, value in zip(attn, before, strict=True):
+        m.fused_attn = value
+    x = torch.randn(1, 3, 224, 224)
+    try:
+        fp32 = Segmenter.from_modules(clip, vfm, tok)
+        ref = fp32.segment_tensor(x, ["a", "b"]).query_logits
+        for other in (
+            fp32.with_settings(fused_attention=True),
+            fp32.with_settings(precision="bf16"),
+        ):
+            out = other.segment_tensor(x, ["a", "b"]).query_logits
+            assert [m.fused_attn for m in attn] == before
+            assert not torch.equal(out, ref)  # the setting took effect
+            assert (out - ref).abs().max().item() < 0.05
+        assert all(p.dtype == torch.float32 for p in clip.parameters())
+        assert all(p.dtype == torch.float32 for p in vfm.parameters())
+    finally:
+        for m, value in zip(attn, original, strict=True):
+            m.fused_attn = value

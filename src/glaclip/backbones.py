@@ -8,8 +8,10 @@ and the output projection (SPEC 4, 7, 12); ``VFMKeyTower`` calls timm's ``forwar
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +102,7 @@ class ClipTower(nn.Module):
             ``(B x (1 + gh*gw) x D tokens, (gh, gw) patch grid)``.
         """
         v = self.visual
-        t = v.conv1(x)
+        t = v.conv1(x.to(v.conv1.weight.dtype))
         b, d, gh, gw = t.shape
         t = t.reshape(b, d, gh * gw).permute(0, 2, 1)
         cls = v.class_embedding.to(t.dtype).expand(b, 1, d)
@@ -165,11 +167,9 @@ class VFMKeyTower(nn.Module):
         model: nn.Module,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
-        fused_attention: bool = False,
     ) -> None:
-        """Wrap ``model``; ``fused_attention=False`` makes its attention blocks compute
-        ``softmax(q k^T) v`` explicitly, the arithmetic of the reference implementation (the
-        fused kernel rounds differently and can flip the method's thresholds)."""
+        """Wrap ``model`` without changing it (see ``keys`` for the one attribute a call
+        overrides while it runs)."""
         super().__init__()
         if not hasattr(model, "forward_features") or not hasattr(model, "patch_embed"):
             raise ModelLoadError(
@@ -177,32 +177,61 @@ class VFMKeyTower(nn.Module):
                 "(forward_features and patch_embed are needed)"
             )
         self.model = model
-        for module in model.modules():
-            if hasattr(module, "fused_attn"):
-                module.fused_attn = fused_attention
+        self._attention_modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
         self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.patch_size = _pair(model.patch_embed.patch_size)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.register_buffer("mean", torch.tensor(cfg.get("mean", mean)).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(cfg.get("std", std)).view(1, 3, 1, 1), False)
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype of the model's weights (the crops are cast to it)."""
+        param = next(self.model.parameters(), None)
+        return None if param is None else param.dtype
+
     def grid(self, h: int, w: int) -> tuple[int, int]:
         """The token grid for an ``h x w`` crop."""
         return h // self.patch_size[0], w // self.patch_size[1]
 
+    @contextlib.contextmanager
+    def attention_mode(self, fused: bool) -> Iterator[None]:
+        """timm's attention blocks take ``fused_attn`` (SDPA) or the explicit
+        ``softmax(q k^T) v``; for the duration of the block, every block takes ``fused``, and
+        each one's own value is restored afterwards (also on errors)."""
+        saved = [m.fused_attn for m in self._attention_modules]
+        try:
+            for m in self._attention_modules:
+                m.fused_attn = fused
+            yield
+        finally:
+            for m, value in zip(self._attention_modules, saved, strict=True):
+                m.fused_attn = value
+
     def keys(
-        self, x: torch.Tensor, clip_mean: torch.Tensor, clip_std: torch.Tensor
+        self,
+        x: torch.Tensor,
+        clip_mean: torch.Tensor,
+        clip_std: torch.Tensor,
+        fused_attention: bool = False,
     ) -> torch.Tensor:
         """Keys of CLIP-normalised crops.
 
         Args:
             x: ``B x 3 x h x w`` crops normalised with ``clip_mean`` / ``clip_std`` (``1x3x1x1``).
+            fused_attention: False computes each attention block as an explicit
+                ``softmax(q k^T) v``, the arithmetic of the reference implementation (a fused
+                kernel rounds differently and can flip the method's thresholds); True uses
+                timm's fused kernel. The model's own setting is restored after the call.
 
         Returns:
-            ``B x gh x gw x C`` patch tokens (not yet L2-normalised).
+            ``B x gh x gw x C`` patch tokens (not yet L2-normalised), in the weights' dtype.
         """
-        x = ((x * clip_std + clip_mean) - self.mean) / self.std
-        tokens = self.model.forward_features(x)
+        x = ((x.float() * clip_std + clip_mean) - self.mean) / self.std
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        with self.attention_mode(fused_attention):
+            tokens = self.model.forward_features(x)
         if tokens.ndim == 4:  # NHWC output of some timm models
             return tokens
         gh, gw = self.grid(x.shape[-2], x.shape[-1])

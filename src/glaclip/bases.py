@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from glaclip.attention import attend, initial_proxies, query_attention
 from glaclip.backbones import ClipTower, VFMKeyTower
-from glaclip.config import GLAConfig
+from glaclip.config import GLAConfig, Settings
 from glaclip.device import StageTimer
 from glaclip.windows import Window
 
@@ -58,10 +58,11 @@ class BaseMethod:
         self.clip = clip
 
     def features(
-        self, crops: torch.Tensor, cfg: GLAConfig, timer: StageTimer
+        self, crops: torch.Tensor, settings: Settings, timer: StageTimer
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], torch.Tensor | None]:
-        """Features of a batch of windows: ``(keys b x S x Ck, values b x D x S, grid,
-        class tokens b x 2 x D or None)``."""
+        """Features of a batch of windows (``B x 3 x c x c`` CLIP-normalised float32 crops):
+        ``(keys B x S x Ck, values B x D x S, grid, class tokens B x 2 x D or None)``, in the
+        backbones' dtype."""
         raise NotImplementedError
 
     def attend(
@@ -74,18 +75,19 @@ class BaseMethod:
         self,
         x: torch.Tensor,
         windows: Sequence[Window],
-        cfg: GLAConfig,
-        batch: int,
+        settings: Settings,
         timer: StageTimer,
     ) -> WindowFeatures:
-        """Run ``features`` over the windows of ``x`` (``1 x 3 x H x W``), ``batch`` at a time."""
+        """Run ``features`` over the windows of ``x`` (``1 x 3 x H x W``),
+        ``settings.runtime.window_batch`` at a time; float32 results."""
+        batch = settings.runtime.window_batch
         keys, values, cls = [], [], []
         grid = (0, 0)
         for start in range(0, len(windows), batch):
             crops = torch.cat(
                 [x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows[start : start + batch]]
             )
-            k, v, grid, c = self.features(crops, cfg, timer)
+            k, v, grid, c = self.features(crops, settings, timer)
             keys.append(k.float())
             values.append(v.float())
             if c is not None:
@@ -115,10 +117,11 @@ class ProxyCLIPBase(BaseMethod):
         self.clip_mean = clip_mean  # 1 x 3 x 1 x 1
         self.clip_std = clip_std
 
-    def features(self, crops, cfg, timer):
+    def features(self, crops, settings, timer):
         with timer("vfm"):
             mean, std = self.clip_mean.to(crops.device), self.clip_std.to(crops.device)
-            k = self.vfm.keys(crops, mean, std)  # b x gh x gw x Ck
+            fused = settings.runtime.fused_attention
+            k = self.vfm.keys(crops, mean, std, fused_attention=fused)  # b x gh x gw x Ck
         gh, gw = k.shape[1], k.shape[2]
         with timer("clip"):
             v = self.clip.values(crops)  # b x D x gh' x gw'
@@ -140,12 +143,12 @@ class ClearCLIPBase(BaseMethod):
 
     name = "clearclip"
 
-    def features(self, crops, cfg, timer):
+    def features(self, crops, settings, timer):
         with timer("clip"):
             y, grid = self.clip.last_block_input(crops)  # b x (1+S) x D
             q = self.clip.projection(y, "q")
             v = self.clip.projection(y, "v")
-        cls = None if cfg.kv_extension else torch.stack([q[:, 0], v[:, 0]], dim=1)
+        cls = None if settings.gla.kv_extension else torch.stack([q[:, 0], v[:, 0]], dim=1)
         return q[:, 1:], v[:, 1:].transpose(1, 2), grid, cls
 
     def attend(self, feats, windows, cfg):

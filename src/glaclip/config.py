@@ -78,10 +78,17 @@ class PostConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How the computation runs; never changes what is computed in float32."""
+    """How the computation runs.
+
+    ``window_batch`` never changes what is computed. ``precision`` and ``fused_attention`` do:
+    other than ``fp32`` the backbones run with weights in bfloat16/float16, and the fused
+    attention kernel rounds differently from the reference's explicit attention; either can
+    flip the method's thresholds (``A > tau``) and so change labels. The method's own attention
+    always runs in float32.
+    """
 
     window_batch: int = 4  # windows per backbone batch (larger batches are not faster on CPU)
-    precision: str = "fp32"  # backbone autocast: fp32 | bf16 | fp16
+    precision: str = "fp32"  # backbone weights: fp32 | bf16 | fp16
     fused_attention: bool = False  # fused SDPA in the VFM (faster on GPUs, other round-off)
 
     def __post_init__(self) -> None:

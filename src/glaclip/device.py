@@ -41,14 +41,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device: torch.device, precision: str):
-    """Autocast context for the backbones; a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+def precision_dtype(precision: str) -> torch.dtype:
+    """``fp32`` / ``bf16`` / ``fp16`` -> the torch dtype of the backbones' weights."""
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}") from None
 
 
 @contextlib.contextmanager
@@ -56,7 +57,11 @@ def strict_fp32(device: torch.device) -> Iterator[None]:
     """On CUDA, true float32 products and convolutions (no TF32) for the duration.
 
     cuDNN uses TF32 for float32 convolutions by default, which rounds the patch embeddings
-    differently and can flip the method's thresholds. The previous flags are restored.
+    differently and can flip the method's thresholds. PyTorch offers these switches only as
+    process-wide flags (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.backends.cudnn.allow_tf32``): they are set for the duration of the block and
+    restored exactly afterwards, also on errors. Other threads using CUDA during that time see
+    them too. Off CUDA nothing is touched.
     """
     if device.type != "cuda":
         yield

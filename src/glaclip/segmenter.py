@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from glaclip import backbones
 from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, settings_from_kwargs
-from glaclip.device import StageTimer, autocast, resolve_device, strict_fp32
+from glaclip.device import StageTimer, precision_dtype, resolve_device, strict_fp32
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
@@ -109,10 +109,12 @@ class Segmenter:
         self.clip_tower = backbones.ClipTower(self.clip_model.visual)
         self.vfm_tower = None
         if vfm_model is not None:
-            self.vfm_tower = backbones.VFMKeyTower(
-                vfm_model.to(self.device).eval(),
-                fused_attention=self.settings.runtime.fused_attention,
-            )
+            self.vfm_tower = backbones.VFMKeyTower(vfm_model.to(self.device).eval())
+        # backbone towers per precision: fp32 wraps the models; bf16/fp16 are cast copies
+        # (made on first use, shared with with_settings copies)
+        self._towers: dict[str, tuple[backbones.ClipTower, backbones.VFMKeyTower | None]] = {
+            "fp32": (self.clip_tower, self.vfm_tower)
+        }
         self.clip_info = clip_info or backbones.ModelInfo(type(clip_model).__name__, None)
         self.vfm_info = vfm_info or (
             backbones.ModelInfo(type(vfm_model).__name__, None) if vfm_model is not None else None
@@ -193,8 +195,6 @@ class Segmenter:
         changed (``kv_extension=False``, ``prob_threshold=0.2``, ...). Loads nothing."""
         other = copy.copy(self)
         other.settings = self.settings.replace(**settings)
-        if other.settings.runtime.fused_attention != self.settings.runtime.fused_attention:
-            raise ValueError("fused_attention cannot be changed on a built Segmenter")
         other.base = other._make_base()
         return other
 
@@ -210,9 +210,24 @@ class Segmenter:
         }
 
     def _make_base(self) -> BaseMethod:
-        return make_base(
-            self.settings.gla.base, self.clip_tower, self.vfm_tower, self.clip_mean, self.clip_std
-        )
+        clip, vfm = self._towers_for(self.settings.runtime.precision)
+        return make_base(self.settings.gla.base, clip, vfm, self.clip_mean, self.clip_std)
+
+    def _towers_for(
+        self, precision: str
+    ) -> tuple[backbones.ClipTower, backbones.VFMKeyTower | None]:
+        """The backbone towers for a precision: the models themselves for fp32, copies of the
+        image towers cast to bf16/fp16 otherwise (the caller's models and the text tower are
+        left in float32). Cast weights, not autocast: on the CPU, autocast turns the attention's
+        input projection into a slow batched product."""
+        if precision not in self._towers:
+            dtype = precision_dtype(precision)
+            clip = backbones.ClipTower(copy.deepcopy(self.clip_model.visual).to(dtype))
+            vfm = None
+            if self.vfm_tower is not None:
+                vfm = backbones.VFMKeyTower(copy.deepcopy(self.vfm_tower.model).to(dtype))
+            self._towers[precision] = (clip, vfm)
+        return self._towers[precision]
 
     # ------------------------------------------------------------------------------ pieces
     def query_embeddings(
@@ -321,8 +336,7 @@ class Segmenter:
         cfg = self.settings
         h, w = x.shape[-2:]
         windows = window_grid(h, w, cfg.window.crop, cfg.window.stride)
-        with autocast(self.device, cfg.runtime.precision):
-            feats = self.base.window_features(x, windows, cfg.gla, cfg.runtime.window_batch, timer)
+        feats = self.base.window_features(x, windows, cfg, timer)
         gh, gw = feats.grid
         with timer("attention"):
             out = self.base.attend(feats, windows, cfg.gla)  # L x S x D
