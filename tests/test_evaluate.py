@@ -406,7 +406,7 @@ def test_out_naming_a_file_is_a_clear_error(
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     base = ["eval", "--dataset", "voc21", "--data-root", str(root), "--no-progress"]
-    for dataset in ("voc21",):
+    for dataset in ("voc21", "all"):
         for out in (a_file, a_file / "sub"):
             argv = base + ["--out", str(out)] + tiny_model_args
             argv[argv.index("voc21")] = dataset

@@ -25,18 +25,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dataset",
         required=True,
-        choices=list(PRESETS),
-        help="benchmark preset",
+        choices=[*PRESETS, "all"],
+        help="benchmark preset, or all: every benchmark found under --data-root (Table 1)",
     )
     g.add_argument(
         "--data-root",
         required=True,
-        help="the dataset's root folder",
+        help="the dataset's root folder (with --dataset all: the folder holding them all)",
     )
     g.add_argument(
         "--out",
         required=True,
-        help="folder for results.json, results.md, state",
+        help="folder for results.json, results.md, state (all: OUT/<preset>/ and table1.*)",
     )
     g.add_argument("--class-file", help="custom vocabulary in label order (default: preset's)")
     g.add_argument(
@@ -47,7 +47,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--limit",
         type=int,
-        help="evaluate only the first N images; writes results_limitN.*",
+        help="evaluate only the first N images (of each benchmark); writes results_limitN.*",
     )
     g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
     g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
@@ -122,7 +122,6 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from glaclip.config import settings_from_kwargs
     from glaclip.distributed import process_group
     from glaclip.evaluate import (
         check_output_folder,
@@ -133,6 +132,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         results_stem,
         write_results,
     )
+
+    if args.dataset == "all":
+        return _run_eval_all(args)
+    from glaclip.config import settings_from_kwargs
 
     out = check_output_folder(args.out)
     if args.save_predictions:
@@ -177,6 +180,82 @@ def _print_result(name: str, results: dict, path: Path) -> None:
     if outside:
         note = outside_note(outside, len(results["per_class"]))
         print(f"glaclip: warning: {name}: {note}", file=sys.stderr)
+
+
+def _run_eval_all(args: argparse.Namespace) -> int:
+    """``--dataset all``: every benchmark under --data-root, then table1.json/md."""
+    from glaclip.distributed import process_group
+    from glaclip.evaluate import (
+        check_limit,
+        check_output_folder,
+        format_percent,
+        results_stem,
+    )
+    from glaclip.table import (
+        Benchmark,
+        check_states,
+        evaluate_benchmarks,
+        find_benchmarks,
+        write_table,
+    )
+
+    for flag_name, value in (
+        ("--class-file", args.class_file),
+        ("--[no-]reduce-zero-label", args.reduce_zero_label),
+    ):
+        if value is not None:
+            raise ValueError(
+                f"{flag_name} belongs to one benchmark: use it with --dataset NAME (with "
+                "--dataset all, each benchmark uses its preset's class file and labels)"
+            )
+    check_limit(args.limit)
+    out = check_output_folder(args.out)
+    if args.save_predictions:
+        check_output_folder(args.save_predictions, "--save-predictions")
+    benchmarks = find_benchmarks(args.data_root, args.limit)
+    settings = settings_from_args(args)
+    models = model_identity(args)
+    if not args.restart:  # refuse a foreign state before loading any model
+        check_states(benchmarks, out, settings, models)
+
+    def report(bench: Benchmark, results: dict | None, error: Exception | None) -> None:
+        name = bench.preset.name
+        if error is not None:  # every rank has it (the others' messages in OtherRankFailed)
+            if info.is_main:
+                print(f"glaclip: error: {bench.preset.title}: {error}", file=sys.stderr)
+        elif info.is_main and results is not None:
+            _print_result(name, results, out / name / f"{results_stem(args.limit)}.json")
+
+    with process_group(args.device) as (info, args.device):
+        for bench in benchmarks:
+            if bench.status == "failed" and info.is_main:
+                print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
+        ready = any(b.task is not None for b in benchmarks)
+        table = evaluate_benchmarks(
+            build_segmenter(args, settings) if ready else None,
+            benchmarks,
+            out,
+            settings,
+            models,
+            save_predictions=args.save_predictions,
+            restart=args.restart,
+            dist=info,
+            progress=not args.no_progress,
+            report=report,
+            limit=args.limit,
+            data_root=args.data_root,
+        )
+        if info.is_main:
+            _, md_path = write_table(out, table)
+    if info.is_main:
+        avg = table["average"]
+        print(
+            f"Table 1: average mIoU {format_percent(avg['mIoU'])} over {avg['benchmarks']} "
+            f"benchmark(s); {len(table['not_run'])} not found, {len(table['failed'])} failed; "
+            f"wrote {md_path}",
+            file=sys.stderr,
+        )
+    return 1 if table["failed"] else 0
 
 
 def _fail(message: str) -> int:
