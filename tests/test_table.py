@@ -45,6 +45,7 @@ RAN = {
     "coco_stuff164k": ("coco_stuff164k", "coco_stuff", False, 336),
 }
 Suite = tuple[Path, dict[str, dict[str, tuple[int, int]]], Path]
+Run = tuple[Path, int, str, int, list[str]]  # out folder, exit code, stderr, model loads, argv
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def count_builds(mp: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture(scope="module")
 def suite_run(
     suite_root: Suite, tiny_model_args: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, int, str, int, list[str]]:
+) -> Run:
     """One ``--dataset all`` run: (out folder, exit code, stderr, model loads, argv)."""
     root, _, _ = suite_root
     base = tmp_path_factory.mktemp("suite")
@@ -91,9 +92,7 @@ def suite_run(
     return base, code, err.getvalue(), len(calls), argv
 
 
-def test_all_runs_the_benchmarks_found_and_writes_table1(
-    suite_root: Suite, suite_run: tuple[Path, int, str, int, list[str]]
-) -> None:
+def test_all_runs_the_benchmarks_found_and_writes_table1(suite_root: Suite, suite_run: Run) -> None:
     root, made, bad = suite_root
     base, code, err, loads, _ = suite_run
     assert code == 1, err  # ADE20K failed; the others ran
@@ -148,9 +147,7 @@ def test_all_runs_the_benchmarks_found_and_writes_table1(
     assert "Table 1: average mIoU" in err and str(base / "runs" / "table1.md") in err
 
 
-def test_all_resumes_every_benchmark(
-    suite_run: tuple[Path, int, str, int, list[str]], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_all_resumes_every_benchmark(suite_run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     base, _, _, _, argv = suite_run
     first = json.loads((base / "runs" / "table1.json").read_text())
     assert main(argv) == 1  # ADE20K is still broken
@@ -165,7 +162,7 @@ def test_all_resumes_every_benchmark(
 
 def test_all_ablation_shows_no_paper_column_and_limit_keeps_both(
     suite_root: Suite,
-    suite_run: tuple[Path, int, str, int, list[str]],
+    suite_run: Run,
     tiny_model_args: list[str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -242,7 +239,7 @@ def test_benchmark_settings_and_paper_differences() -> None:
 
 def test_all_refuses_before_loading_models(
     suite_root: Suite,
-    suite_run: tuple[Path, int, str, int, list[str]],
+    suite_run: Run,
     tiny_model_args: list[str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
