@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,25 @@ from glaclip.data import (
     list_samples,
     load_label,
     preset_classes,
+    preset_display_names,
     read_class_file,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_CLASSES = Path(
+    os.environ.get("GLACLIP_REFERENCE_CLASSES", REPO.parent / "shared" / "reference_classes")
+)
+# preset -> the reference implementation's class file
+REFERENCE_FILES = {
+    "voc21": "cls_voc21.txt",
+    "context60": "cls_context60.txt",
+    "coco_object": "cls_coco_object.txt",
+    "voc20": "cls_voc20.txt",
+    "context59": "cls_context59.txt",
+    "coco_stuff164k": "cls_coco_stuff.txt",
+    "cityscapes": "cls_city_scapes.txt",
+    "ade20k": "cls_ade20k.txt",
+}
 
 
 def _image(path: Path) -> None:
@@ -210,8 +228,12 @@ def test_protocol_renamings() -> None:
     assert coco[0] == BACKGROUND
     assert coco[1] == PERSON + "; body"
     stuff = preset_classes("coco_stuff164k")
-    assert coco[2:] == stuff[1:80]
+    # the reference queries COCO-Object's things with spaces, COCO-Stuff's joined
+    assert [c.replace(" ", "") for c in coco[2:]] == [c.replace(" ", "") for c in stuff[1:80]]
+    assert coco[10] == "traffic light" and stuff[9] == "trafficlight"
     assert stuff[80] == "banner" and stuff[-1] == "wood"
+    # COCO-Object's class "bed" is also one of the background's words (see the README)
+    assert coco[60] == "bed" and "bed" in coco[0].split("; ")
     ctx = preset_classes("context60")
     assert ctx[0] == "background" and preset_classes("context59") == ctx[1:]
     assert preset_classes("cityscapes")[0] == "road"
@@ -279,9 +301,49 @@ def test_display_names_are_the_datasets_own() -> None:
     assert preset_display_names("voc20") == voc[1:]
     coco = preset_display_names("coco_object")
     assert coco[:2] == ["background", "person"] and len(coco) == 81
+    assert coco[10] == "traffic light" and coco[63] == "tv"
     # presets without renamings name each class by its first query name
-    assert preset_display_names("ade20k") == [
-        line.split(";")[0] for line in preset_classes("ade20k")
-    ]
-    for name in ("voc21", "voc20", "coco_object", "context60", "cityscapes"):
-        assert len(preset_display_names(name)) == len(preset_classes(name))
+    assert preset_display_names("context60") == preset_classes("context60")
+    assert preset_display_names("context59") == preset_classes("context60")[1:]
+    for name in PRESETS:
+        names = preset_display_names(name)
+        assert len(names) == len(preset_classes(name))
+        assert len(set(names)) == len(names), name
+
+
+# mmsegmentation's class names (METAINFO) where the reference joined the words
+STANDARD = {
+    "ade20k": {7: "bed", 44: "chest of drawers", 56: "pool table", 136: "traffic light"},
+    "coco_stuff164k": {
+        9: "traffic light",
+        10: "fire hydrant",
+        79: "toothbrush",
+        84: "building-other",
+    },
+    "cityscapes": {6: "traffic light", 7: "traffic sign", 18: "bicycle"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STANDARD))
+def test_display_names_undo_the_joined_query_words(name: str) -> None:
+    names = preset_display_names(name)
+    queries = preset_classes(name)
+    for index, standard in STANDARD[name].items():
+        assert names[index] == standard
+    # line for line, the query word is the standard name with its spaces removed
+    assert [n.replace(" ", "") for n in names] == queries
+    assert (
+        sum(" " in n for n in names) == {"ade20k": 15, "coco_stuff164k": 15, "cityscapes": 2}[name]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_FILES))
+def test_class_files_are_the_reference_words_line_for_line(name: str) -> None:
+    reference = REFERENCE_CLASSES / REFERENCE_FILES[name]
+    if not reference.is_file():
+        raise FileNotFoundError(
+            f"reference class file {reference} not found: check out ../shared beside the "
+            "repository or set GLACLIP_REFERENCE_CLASSES"
+        )
+    bundled = class_file_path(name).read_text(encoding="utf-8").splitlines()
+    assert bundled == reference.read_text(encoding="utf-8").splitlines()

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from glaclip.cli import main
 from glaclip.distributed import DistInfo, all_reduce_sum, dist_info_from_env, shard
@@ -113,6 +115,37 @@ def test_eval_two_processes_equals_one(
     assert again["resumed_images"] == 1 and again["processed_per_rank"] == [1, 1]
     for key in METRIC_KEYS:
         assert again[key] == single[key], key
+
+
+def test_eval_all_two_processes_equals_one(tiny_model_args: list[str], tmp_path: Path) -> None:
+    """Every rank runs the same sequence, through a benchmark that fails on one rank only."""
+    root = tmp_path / "data"
+    make_dataset(root / "VOCdevkit/VOC2012", "voc", [0, 1, 15, 20], count=3)
+    make_dataset(root / "VOCdevkit/VOC2010", "context", [0, 1, 59], count=3)
+    bad = root / "VOCdevkit/VOC2010/SegmentationClassContext/2008_000001.png"
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(bad)  # image 2 of 3: rank 1's
+    common = ["eval", "--dataset", "all", "--data-root", str(root), "--short-side", "224"]
+    common += ["--no-progress"] + tiny_model_args
+    assert one_thread(common + ["--out", str(tmp_path / "one")]) == 1
+    single = json.loads((tmp_path / "one" / "table1.json").read_text())
+
+    proc = torchrun(common + ["--out", str(tmp_path / "two")])
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "table1.json").read_text())
+    ran = ["voc21", "voc20"]  # Context60 fails before VOC20 runs, Context59 after
+    assert [r["dataset"] for r in single["benchmarks"]] == ran
+    assert [r["dataset"] for r in double["benchmarks"]] == ran
+    for one, two in zip(single["benchmarks"], double["benchmarks"], strict=True):
+        for key in ("mIoU", "aAcc", "BER", "num_images"):
+            assert two[key] == one[key], key
+    assert double["average"] == single["average"]
+    assert [f["dataset"] for f in double["failed"]] == ["context60", "context59"]
+    for failure in double["failed"]:  # rank 1's message, in rank 0's table
+        assert failure["error"].startswith("rank 1: label ") and str(bad) in failure["error"]
+    assert proc.stderr.count(str(bad)) == 2  # printed by rank 0, once per benchmark
+    assert proc.stderr.count("Table 1: average mIoU") == 1  # rank 0 alone
+    voc20 = json.loads((tmp_path / "two" / "voc20" / "results.json").read_text())
+    assert voc20["processed_per_rank"] == [2, 1]
 
 
 def test_segment_two_processes_write_each_image_once(

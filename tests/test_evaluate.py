@@ -102,13 +102,18 @@ def ground_truth(path: Path, reduce_zero_label: bool) -> np.ndarray:
 
 
 def rescore(preds: list[np.ndarray], labels: list[np.ndarray], c: int) -> dict[str, float]:
-    """mIoU, mAcc, aAcc in percent from a numpy confusion matrix (rows: label, cols: pred)."""
+    """mIoU, mAcc, aAcc in percent from a numpy confusion matrix (rows: label, cols: pred).
+
+    Labelled pixels outside ``[0, c)`` follow mmseg: no label, but their predictions count.
+    """
     cm = np.zeros((c, c), dtype=np.int64)
+    stray = np.zeros(c, dtype=np.int64)  # predictions on labels outside the classes
     for pred, label in zip(preds, labels, strict=True):
-        keep = label != 255
+        keep = (label != 255) & (label < c)
         cm += np.bincount(label[keep] * c + pred[keep], minlength=c * c).reshape(c, c)
+        stray += np.bincount(pred[(label != 255) & (label >= c)], minlength=c)[:c]
     inter = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - inter
+    union = cm.sum(0) + stray + cm.sum(1) - inter
     rows = cm.sum(1)
     return {
         "mIoU": float(np.mean(100.0 * inter[union > 0] / union[union > 0])),
@@ -127,9 +132,16 @@ def tiles(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
 
 
 def ber_pairs(
-    pred: np.ndarray, label: np.ndarray, short_side: int, crop: int = 224, stride: int = 112
+    pred: np.ndarray,
+    label: np.ndarray,
+    short_side: int,
+    num_classes: int,
+    crop: int = 224,
+    stride: int = 112,
 ) -> tuple[int, int]:
-    """BER ``(differ, total)`` from the definition: neighbours across a window seam."""
+    """BER ``(differ, total)`` from the definition: neighbours across a window seam with the
+    same class label (ignored labels and labels outside the classes left out)."""
+    label = np.where(label < num_classes, label, 255)
     h0, w0 = label.shape
     s = min(2048 / max(h0, w0), short_side / min(h0, w0))
     h, w = int(h0 * s + 0.5), int(w0 * s + 0.5)
@@ -164,10 +176,12 @@ def fast_text() -> Iterator[None]:
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict | None]:
-    """``main(argv)`` -> (exit code, stderr, results.json or None)."""
+    """``main(argv)`` -> (exit code, stderr, results.json -- results_limitN.json for
+    ``--limit N`` -- or None)."""
     code = main(argv)
     err = capsys.readouterr().err
-    out = Path(argv[argv.index("--out") + 1]) / "results.json"
+    name = f"results_limit{argv[argv.index('--limit') + 1]}" if "--limit" in argv else "results"
+    out = Path(argv[argv.index("--out") + 1]) / f"{name}.json"
     return code, err, json.loads(out.read_text()) if out.is_file() and code == 0 else None
 
 
@@ -202,8 +216,9 @@ def check_run(
     pred_dir: Path,
     reduce_zero_label: bool,
     short_side: int,
-) -> None:
-    """Keys, sizes, class names, and metrics recomputed independently."""
+) -> dict[str, float]:
+    """Keys, sizes, class names, and metrics recomputed independently (returned: mIoU, mAcc,
+    aAcc and BER in percent, from the saved predictions)."""
     for key in ("mIoU", "mAcc", "aAcc", "BER", "num_images", "per_class", "settings", "models"):
         assert key in results
     assert results["dataset"] == preset
@@ -218,7 +233,7 @@ def check_run(
         assert names[0] == "background" and names[4] == "boat"
     assert results["settings"]["short_side"] == short_side
     assert results["models"]["clip"].startswith("local-dir:")
-    preds, labels, differ, total = [], [], 0, 0
+    preds, labels, differ, total, outside = [], [], 0, 0, 0
     for sid, (h, w) in made.items():
         saved = Image.open(pred_dir / f"{sid}.png")
         pred = np.array(saved).astype(np.int64)
@@ -227,7 +242,8 @@ def check_run(
         label = ground_truth(label_path, reduce_zero_label)
         preds.append(pred)
         labels.append(label)
-        d, t = ber_pairs(pred, label, short_side)
+        outside += int(((label != 255) & (label >= len(names))).sum())
+        d, t = ber_pairs(pred, label, short_side, len(names))
         differ, total = differ + d, total + t
     expected = rescore(preds, labels, len(names))
     for key, value in expected.items():
@@ -235,7 +251,9 @@ def check_run(
     assert total > 0
     assert results["ber_pairs"] == {"differ": differ, "total": total}
     assert results["BER"] == pytest.approx(100.0 * differ / total, abs=1e-9)
+    assert results["label_pixels_outside_classes"] == outside
     assert sorted(p.name for p in pred_dir.iterdir()) == sorted(f"{s}.png" for s in made)
+    return {**expected, "BER": 100.0 * differ / total}
 
 
 # ------------------------------------------------------------------------ end to end
@@ -253,7 +271,7 @@ def test_voc21_end_to_end(voc: Dataset, voc_fresh: tuple[Path, dict]) -> None:
     ("preset", "layout", "values", "reduce", "short_side"),
     [
         ("context59", "context", [0, 1, 5, 59], True, 224),
-        ("coco_object", "coco_object", [0, 1, 80], False, 224),
+        ("coco_object", "coco_object", [0, 1, 80, 90], False, 224),  # 90: no class
         ("coco_stuff164k", "coco_stuff", [0, 100, 170], False, 224),
         ("cityscapes", "cityscapes", [0, 10, 18], False, 224),
         ("ade20k", "ade20k", [0, 1, 150], True, 160),  # 160 < crop: the upscaled canvas
@@ -280,6 +298,11 @@ def test_layouts_end_to_end(
     assert code == 0, err
     assert results is not None and results["reduce_zero_label"] is reduce
     check_run(results, preset, root, made, layout, tmp_path / "p", reduce, short_side)
+    if preset == "coco_object":  # label 90 is outside the 81 classes: counted, reported
+        assert results["label_pixels_outside_classes"] > 0
+        assert "outside [0, 81)" in err
+        md = (tmp_path / "o" / "results.md").read_text()
+        assert str(results["label_pixels_outside_classes"]) in md
 
 
 def test_limit_class_file_and_override(
@@ -347,6 +370,53 @@ def test_resume_matches_fresh_run(
     assert code == 0, err
     assert third is not None and third["resumed_images"] == 0
     assert len(state.read_text().splitlines()) == 2  # header + the one image
+    assert json.loads((out / "results.json").read_text()) == second  # not replaced
+
+
+def test_limit_into_a_finished_run_keeps_its_results(
+    voc: Dataset,
+    voc_fresh: tuple[Path, dict],
+    tiny_model_args: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = voc
+    out, fresh = voc_fresh
+    before = (out / "res" / "results.json").read_bytes()
+    code, err, limited = run(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out / "res")]
+        + ["--limit", "2", "--no-progress"]
+        + tiny_model_args,
+        capsys,
+    )
+    assert code == 0, err
+    assert (out / "res" / "results.json").read_bytes() == before  # the full run's, untouched
+    assert limited is not None  # results_limit2.json, from the finished images' counters
+    assert limited["num_images"] == 2 and limited["limit"] == 2
+    assert limited["resumed_images"] == 2 and limited["processed_images"] == 0
+    assert fresh["num_images"] == 3 and fresh["limit"] is None
+    assert str(out / "res" / "results_limit2.json") in err
+    md = (out / "res" / "results_limit2.md").read_text()
+    assert "the first 2 of 3 images" in md
+
+
+def test_out_naming_a_file_is_a_clear_error(
+    voc: Dataset, tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = voc
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    base = ["eval", "--dataset", "voc21", "--data-root", str(root), "--no-progress"]
+    for dataset in ("voc21", "all"):
+        for out in (a_file, a_file / "sub"):
+            argv = base + ["--out", str(out)] + tiny_model_args
+            argv[argv.index("voc21")] = dataset
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert f"--out {out}" in err and "is a file" in err and "Traceback" not in err
+    code = main(base + ["--out", str(tmp_path / "o"), "--save-predictions", str(a_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--save-predictions {a_file}" in err
+    assert a_file.read_text() == "mine"
 
 
 def test_missing_data_root_and_label(
@@ -385,6 +455,7 @@ def test_network_size() -> None:
 def test_state_file_torn_and_damaged(tmp_path: Path) -> None:
     config = {"task": {"dataset": "x"}, "settings": {"crop": 224}}
     m = SegMetric(2)
+    n = SegMetric.tensor_length(2)
     m.update(np.array([[0, 1]]), np.array([[0, 0]]))
     writer = StateWriter(tmp_path, 0, config)
     writer.add("a", m)
@@ -392,18 +463,23 @@ def test_state_file_torn_and_damaged(tmp_path: Path) -> None:
     path = tmp_path / "rank0.jsonl"
     with open(path, "a") as f:
         f.write('{"id": "b", "cou')
-    done = read_state(tmp_path, config, 10)
+    done = read_state(tmp_path, config, n)
     assert list(done) == ["a"] and done["a"] == m.to_tensor().tolist()
     writer = StateWriter(tmp_path, 0, config)  # cuts the torn tail, appends cleanly
     writer.add("b", m)
     writer.close()
-    assert list(read_state(tmp_path, config, 10)) == ["a", "b"]
+    assert list(read_state(tmp_path, config, n)) == ["a", "b"]
     with pytest.raises(ValueError, match="different evaluation.*settings.crop"):
         read_state(tmp_path, {**config, "settings": {"crop": 112}}, 10)
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "{oops", lines[1]]) + "\n")
     with pytest.raises(ValueError, match="damaged at line 2"):
-        read_state(tmp_path, config, 10)
+        read_state(tmp_path, config, n)
+    # a state file of the version before the out-of-range label counter
+    old = json.loads(lines[0]) | {"glaclip_eval_state": 1}
+    path.write_text(json.dumps(old) + "\n")
+    with pytest.raises(ValueError, match="another glaclip version .*--restart"):
+        read_state(tmp_path, config, n)
 
 
 def test_evaluation_library_does_not_import_the_cli() -> None:

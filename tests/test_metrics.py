@@ -72,12 +72,73 @@ def test_errors() -> None:
     m = SegMetric(3)
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
         m.update(np.zeros((2, 3), np.int64), np.zeros((3, 2), np.int64))
-    with pytest.raises(ValueError, match="label value 7"):
-        m.update(np.zeros((1, 2), np.int64), np.array([[0, 7]]))
     with pytest.raises(ValueError, match="2 class names"):
         m.summary(["a", "b"])
     with pytest.raises(ValueError, match="integer"):
         m.update(np.zeros((1, 2)), np.zeros((1, 2), np.int64))
+
+
+def test_labels_outside_the_classes_count_as_in_mmseg() -> None:
+    # C = 3. Kept pixels (label != 255), as (pred, label):
+    # (0,0) (1,7) (1,1) (7,7) (2,2) (5,9) (0,-1); the (2,255) pixel is ignored.
+    label = np.array([[0, 7, 1, 7], [255, 2, 9, -1]], dtype=np.int64)
+    pred = np.array([[0, 1, 1, 7], [2, 2, 5, 0]], dtype=np.int64)
+    m = SegMetric(3)
+    m.update(pred, label)
+    assert m.label_area.tolist() == [1, 1, 1]  # 7, 9 and -1 are in no class's label area
+    assert m.intersect.tolist() == [1, 1, 1]  # (7,7) agrees but 7 is no class
+    assert m.pred_area.tolist() == [2, 2, 1]  # the 0 on label -1 and the 1 on label 7 count
+    assert m.union.tolist() == [2, 2, 1]
+    assert m.label_outside == 4
+    s = m.summary(["a", "b", "c"])
+    assert s["mIoU"] == pytest.approx((50 + 50 + 100) / 3)
+    assert s["aAcc"] == pytest.approx(100.0)  # 3 of the 3 pixels with a class label
+    assert s["mAcc"] == pytest.approx(100.0)
+
+
+def _mmseg_intersect_and_union(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
+) -> list[torch.Tensor]:
+    """mmsegmentation 1.x ``IoUMetric.intersect_and_union``, as published (torch.histc)."""
+    mask = label != ignore_index
+    pred, label = pred[mask], label[mask]
+    intersect = pred[pred == label]
+
+    def hist(t: torch.Tensor) -> torch.Tensor:
+        return torch.histc(t.float(), bins=num_classes, min=0, max=num_classes - 1)
+
+    area_i, area_p, area_l = hist(intersect), hist(pred), hist(label)
+    return [area_i, area_p + area_l - area_i, area_p, area_l]
+
+
+def test_matches_mmseg_histc_with_labels_outside_the_classes() -> None:
+    rng = np.random.default_rng(3)
+    total = SegMetric(6)
+    expected = [torch.zeros(6) for _ in range(4)]
+    for _ in range(5):
+        label = rng.integers(-2, 9, size=(30, 40))  # -2, -1, 6, 7, 8 are outside [0, 6)
+        label[rng.random(label.shape) < 0.1] = 255
+        pred = rng.integers(0, 9, size=(30, 40))
+        total.update(pred, label)
+        parts = _mmseg_intersect_and_union(torch.from_numpy(pred), torch.from_numpy(label), 6, 255)
+        expected = [e + p for e, p in zip(expected, parts, strict=True)]
+    got = [total.intersect, total.union, total.pred_area, total.label_area]
+    for g, e in zip(got, expected, strict=True):
+        assert g.tolist() == e.long().tolist()
+    assert total.label_outside > 0
+
+
+def test_ber_leaves_out_labels_outside_the_classes() -> None:
+    # 224x336: seams x=112 and x=224, 224 pairs each.
+    label = np.zeros((224, 336), np.int64)
+    pred = np.zeros((224, 336), np.int64)
+    label[0:10, 111:113] = 7  # 10 pairs at seam 112 whose equal labels name no class
+    pred[0:10, 112] = 1  # ... predicted differently
+    assert boundary_counts(pred, label, resized_hw=(224, 336)) == (10, 448)
+    assert boundary_counts(pred, label, resized_hw=(224, 336), num_classes=3) == (0, 438)
+    m = SegMetric(3)
+    m.update_ber(pred, label, resized_hw=(224, 336))
+    assert (m.ber_diff, m.ber_total) == (0, 438)
 
 
 def test_reduce_zero_label() -> None:
@@ -98,6 +159,7 @@ def _random_pairs(seed: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     for _ in range(n):
         label = rng.integers(0, 5, size=(40, 60))
         label[rng.random(label.shape) < 0.1] = 255
+        label[rng.random(label.shape) < 0.05] = 7  # outside the 5 classes
         out.append((rng.integers(0, 5, size=(40, 60)), label))
     return out
 
@@ -114,12 +176,13 @@ def test_merge_and_tensor_round_trip_equal_single_accumulation() -> None:
     merged.merge(b)
     reduced = SegMetric.from_tensor(a.to_tensor() + b.to_tensor(), 5)  # as all_reduce(SUM)
     from_float = SegMetric.from_tensor((a.to_tensor() + b.to_tensor()).double(), 5)
-    assert single.ber_total > 0 and single.intersect.sum() > 0
+    assert single.ber_total > 0 and single.intersect.sum() > 0 and single.label_outside > 0
     for m in (merged, reduced, from_float):
         assert torch.equal(m.to_tensor(), single.to_tensor())
         assert m.summary(list("abcde")) == single.summary(list("abcde"))
-    assert single.to_tensor().shape == (4 * 5 + 2,)
-    with pytest.raises(ValueError, match="22 entries"):
+    assert single.to_tensor().shape == (4 * 5 + 3,)
+    assert reduced.label_outside == a.label_outside + b.label_outside == single.label_outside
+    with pytest.raises(ValueError, match="23 entries"):
         SegMetric.from_tensor(torch.zeros(5), 5)
     with pytest.raises(ValueError, match="merge"):
         single.merge(SegMetric(4))

@@ -22,16 +22,33 @@ from glaclip.options import (
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The ``glaclip eval`` flags of the dataset side (model and method flags come apart)."""
     g = p.add_argument_group("evaluation")
-    g.add_argument("--dataset", required=True, choices=list(PRESETS), help="benchmark preset")
-    g.add_argument("--data-root", required=True, help="the dataset's root folder")
-    g.add_argument("--out", required=True, help="folder for results.json, results.md, state")
+    g.add_argument(
+        "--dataset",
+        required=True,
+        choices=[*PRESETS, "all"],
+        help="benchmark preset, or all: every benchmark found under --data-root (Table 1)",
+    )
+    g.add_argument(
+        "--data-root",
+        required=True,
+        help="the dataset's root folder (with --dataset all: the folder holding them all)",
+    )
+    g.add_argument(
+        "--out",
+        required=True,
+        help="folder for results.json, results.md, state (all: OUT/<preset>/ and table1.*)",
+    )
     g.add_argument("--class-file", help="custom vocabulary in label order (default: preset's)")
     g.add_argument(
         "--reduce-zero-label",
         action=argparse.BooleanOptionalAction,
         help="ground truth 0 -> ignored, others minus 1 (default: the preset's)",
     )
-    g.add_argument("--limit", type=int, help="evaluate only the first N images")
+    g.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate only the first N images (of each benchmark); writes results_limitN.*",
+    )
     g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
     g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,28 +122,31 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from glaclip.config import settings_from_kwargs
     from glaclip.distributed import process_group
     from glaclip.evaluate import (
-        STATE_DIR,
+        check_output_folder,
+        check_state,
         evaluate,
-        format_percent,
         make_task,
         preset_settings,
-        read_state,
-        state_config,
+        results_stem,
         write_results,
     )
 
+    if args.dataset == "all":
+        return _run_eval_all(args)
+    from glaclip.config import settings_from_kwargs
+
+    out = check_output_folder(args.out)
+    if args.save_predictions:
+        check_output_folder(args.save_predictions, "--save-predictions")
     task = make_task(
         args.dataset, args.data_root, args.class_file, args.limit, args.reduce_zero_label
     )
     settings = {**preset_settings(args.dataset), **settings_from_args(args)}
     models = model_identity(args)
-    out = Path(args.out)
     if not args.restart:  # refuse a foreign state before loading any model
-        config = state_config(task, settings_from_kwargs(**settings).to_dict(), models)
-        read_state(out / STATE_DIR, config, 4 * len(task.class_lines) + 2)
+        check_state(out, task, settings_from_kwargs(**settings).to_dict(), models)
     with process_group(args.device) as (info, args.device):
         segmenter = build_segmenter(args, settings)
         results = evaluate(
@@ -142,14 +162,100 @@ def _run_eval(args: argparse.Namespace) -> int:
         if info.is_main:
             write_results(out, results)
     if info.is_main:
+        _print_result(task.dataset, results, out / f"{results_stem(args.limit)}.json")
+    return 0
+
+
+def _print_result(name: str, results: dict, path: Path) -> None:
+    from glaclip.evaluate import format_percent, outside_note
+
+    print(
+        f"{name}: mIoU {format_percent(results['mIoU'])}, "
+        f"aAcc {format_percent(results['aAcc'])}, BER {format_percent(results['BER'])} "
+        f"on {results['num_images']} images ({results['resumed_images']} resumed); "
+        f"wrote {path}",
+        file=sys.stderr,
+    )
+    outside = results["label_pixels_outside_classes"]
+    if outside:
+        note = outside_note(outside, len(results["per_class"]))
+        print(f"glaclip: warning: {name}: {note}", file=sys.stderr)
+
+
+def _run_eval_all(args: argparse.Namespace) -> int:
+    """``--dataset all``: every benchmark under --data-root, then table1.json/md."""
+    from glaclip.distributed import process_group
+    from glaclip.evaluate import (
+        check_limit,
+        check_output_folder,
+        format_percent,
+        results_stem,
+    )
+    from glaclip.table import (
+        Benchmark,
+        check_states,
+        evaluate_benchmarks,
+        find_benchmarks,
+        write_table,
+    )
+
+    for flag_name, value in (
+        ("--class-file", args.class_file),
+        ("--[no-]reduce-zero-label", args.reduce_zero_label),
+    ):
+        if value is not None:
+            raise ValueError(
+                f"{flag_name} belongs to one benchmark: use it with --dataset NAME (with "
+                "--dataset all, each benchmark uses its preset's class file and labels)"
+            )
+    check_limit(args.limit)
+    out = check_output_folder(args.out)
+    if args.save_predictions:
+        check_output_folder(args.save_predictions, "--save-predictions")
+    benchmarks = find_benchmarks(args.data_root, args.limit)
+    settings = settings_from_args(args)
+    models = model_identity(args)
+    if not args.restart:  # refuse a foreign state before loading any model
+        check_states(benchmarks, out, settings, models)
+
+    def report(bench: Benchmark, results: dict | None, error: Exception | None) -> None:
+        name = bench.preset.name
+        if error is not None:  # every rank has it (the others' messages in OtherRankFailed)
+            if info.is_main:
+                print(f"glaclip: error: {bench.preset.title}: {error}", file=sys.stderr)
+        elif info.is_main and results is not None:
+            _print_result(name, results, out / name / f"{results_stem(args.limit)}.json")
+
+    with process_group(args.device) as (info, args.device):
+        for bench in benchmarks:
+            if bench.status == "failed" and info.is_main:
+                print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
+        ready = any(b.task is not None for b in benchmarks)
+        table = evaluate_benchmarks(
+            build_segmenter(args, settings) if ready else None,
+            benchmarks,
+            out,
+            settings,
+            models,
+            save_predictions=args.save_predictions,
+            restart=args.restart,
+            dist=info,
+            progress=not args.no_progress,
+            report=report,
+            limit=args.limit,
+            data_root=args.data_root,
+        )
+        if info.is_main:
+            _, md_path = write_table(out, table)
+    if info.is_main:
+        avg = table["average"]
         print(
-            f"{task.dataset}: mIoU {format_percent(results['mIoU'])}, "
-            f"aAcc {format_percent(results['aAcc'])}, BER {format_percent(results['BER'])} "
-            f"on {results['num_images']} images ({results['resumed_images']} resumed); "
-            f"wrote {out / 'results.json'}",
+            f"Table 1: average mIoU {format_percent(avg['mIoU'])} over {avg['benchmarks']} "
+            f"benchmark(s); {len(table['not_run'])} not found, {len(table['failed'])} failed; "
+            f"wrote {md_path}",
             file=sys.stderr,
         )
-    return 0
+    return 1 if table["failed"] else 0
 
 
 def _fail(message: str) -> int:

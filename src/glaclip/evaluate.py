@@ -18,14 +18,20 @@ fingerprint of the evaluation (dataset, data root, class lines, label convention
 setting except ``window_batch`` and ``block_size`` — which only partition the work — and the
 model identities). A later run with the same fingerprint reads every state file, skips the
 ids listed there and adds their counters: integer sums, so the result is the one a fresh run
-gives. A torn last line (a crash mid-write) is ignored and cut off; a different fingerprint is
-refused unless ``--restart`` discards the state. Resume works with any world size; with
-several nodes, ``OUT`` must be a folder every node sees (checked: the ranks must agree).
+gives. ``--limit`` is not part of the fingerprint (an image's counters do not depend on it, so
+a run over the first N images can be continued by a run over all of them); instead, a run
+with ``--limit N`` writes ``results_limitN.json``/``.md`` and a run over the whole dataset
+``results.json``/``.md``, so that runs over different numbers of images never replace each
+other's results. A torn last line (a crash mid-write) is ignored and cut off; a different
+fingerprint is refused unless ``--restart`` discards the state (``--restart`` deletes no result
+file). Resume works with any world size; with several nodes, ``OUT`` must be a folder every
+node sees (checked: the ranks must agree).
 
 Distributed. The images still to do are split with ``distributed.shard`` (no padding, no
 duplicates); each rank writes its own predictions and state file; the per-rank counters are
-summed with ``distributed.all_reduce_sum`` and only rank 0 writes ``results.json`` and
-``results.md``.
+summed with ``distributed.all_reduce_sum`` and only rank 0 writes the result files. When an
+image fails on one rank, every rank raises (``OtherRankFailed`` where the images were fine), so
+that all ranks leave the evaluation together.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
 
 STATE_DIR = "eval_state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the image records hold SegMetric.tensor_length(C) = 4*C + 3 counters
 # settings that only decide how the work is partitioned, not what is computed
 _RUNTIME_ONLY = ("window_batch", "block_size")
 
@@ -80,6 +86,8 @@ class EvalTask:
         ignore_index: ground-truth value left out of the metrics.
         class_file: the custom class file, or None for the preset's bundled one.
         total_samples: the number of samples in the dataset before ``--limit``.
+        display_names: the dataset's standard class names (reports), None for a custom file.
+        limit: the ``--limit`` asked for (None: the whole dataset); names the result files.
     """
 
     dataset: str
@@ -91,6 +99,7 @@ class EvalTask:
     class_file: str | None = None
     total_samples: int = 0
     display_names: tuple[str, ...] | None = None
+    limit: int | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -132,8 +141,7 @@ def make_task(
         FileNotFoundError: missing data root, folder, split file, image, label or class file.
     """
     preset = get_preset(dataset)
-    if limit is not None and limit <= 0:
-        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    check_limit(limit)
     lines = read_class_file(class_file) if class_file else preset_classes(preset)
     samples = list_samples(preset.layout, data_root)
     total = len(samples)
@@ -150,7 +158,37 @@ def make_task(
         class_file=None if class_file is None else os.fspath(class_file),
         total_samples=total,
         display_names=None if class_file else tuple(preset_display_names(preset)),
+        limit=limit,
     )
+
+
+def check_limit(limit: int | None) -> None:
+    """ValueError unless ``limit`` is None or a positive number of images."""
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+
+
+def results_stem(limit: int | None) -> str:
+    """``results`` for a run over the whole dataset, ``results_limitN`` for ``--limit N``."""
+    return "results" if limit is None else f"results_limit{limit}"
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a Path, if it is a folder or can be made one.
+
+    Raises:
+        ValueError: ``path``, or the nearest of its parents that exists, is not a folder.
+    """
+    path = Path(path)
+    for where in (path, *path.parents):
+        if where.exists():
+            if not where.is_dir():
+                what = "is" if where == path else f"lies in {where}, which is"
+                raise ValueError(
+                    f"{flag} {path} {what} a file, not a folder: choose a folder for the results"
+                )
+            break
+    return path
 
 
 def preset_settings(dataset: str) -> dict[str, Any]:
@@ -173,9 +211,11 @@ def evaluate_image(
         ``(prediction, metric)``: the ``H0 x W0`` int64 labels at the original size and a
         ``SegMetric`` holding this image's IoU and BER counters alone.
 
+    Labels outside the classes (other than the ignore value) are counted as mmseg counts
+    them, in ``metric.label_outside``, not refused.
+
     Raises:
-        ValueError: unreadable image or label, label size different from the image's, or a
-            label value outside the classes (wrong vocabulary or reduce_zero_label).
+        ValueError: unreadable image or label, or a label size different from the image's.
     """
     label = load_label(sample.label, reduce_zero_label=task.reduce_zero_label)
     x, (h0, w0) = segmenter.prepare(sample.image)
@@ -188,10 +228,7 @@ def evaluate_image(
     pred = out.labels.to("cpu", torch.int64).numpy()
     win = segmenter.settings.window
     metric = SegMetric(len(task.class_lines))
-    try:
-        metric.update(pred, label, ignore_index=task.ignore_index)
-    except ValueError as err:
-        raise ValueError(f"{sample.label}: {err}") from err
+    metric.update(pred, label, ignore_index=task.ignore_index)
     canvas = network_size(x.shape[-2], x.shape[-1], win.crop)
     metric.update_ber(pred, label, canvas, win.crop, win.stride, task.ignore_index)
     return pred, metric
@@ -239,8 +276,15 @@ def read_state(state_dir: Path, config: dict[str, Any], counts_len: int) -> dict
                     "start over"
                 ) from None
             if number == 1:
-                if record.get("glaclip_eval_state") != STATE_VERSION:
-                    raise ValueError(f"{path} is not a glaclip eval state file (version 1)")
+                version = record.get("glaclip_eval_state") if isinstance(record, dict) else None
+                if version is None:
+                    raise ValueError(f"{path} is not a glaclip eval state file")
+                if version != STATE_VERSION:
+                    raise ValueError(
+                        f"{path} was written by another glaclip version (state version "
+                        f"{version}, this one reads {STATE_VERSION}): pass --restart to start "
+                        "over"
+                    )
                 if record.get("fingerprint") != want:
                     what = ", ".join(_differences(record.get("config", {}), config)) or "?"
                     raise ValueError(
@@ -256,6 +300,23 @@ def read_state(state_dir: Path, config: dict[str, Any], counts_len: int) -> dict
                 )
             done.setdefault(str(record["id"]), [int(c) for c in counts])
     return done
+
+
+def check_state(
+    out_dir: str | os.PathLike, task: EvalTask, settings: dict[str, Any], models: dict[str, Any]
+) -> None:
+    """Refuse, before any model work, an ``out_dir`` that cannot take this evaluation.
+
+    Args:
+        settings: the run's flat settings (``Settings.to_dict()``).
+
+    Raises:
+        ValueError: ``out_dir`` is a file, or holds the state of another evaluation (names
+            what differs) or a damaged one.
+    """
+    out = check_output_folder(out_dir)
+    config = state_config(task, settings, models)
+    read_state(out / STATE_DIR, config, SegMetric.tensor_length(len(task.class_lines)))
 
 
 class StateWriter:
@@ -291,6 +352,26 @@ class StateWriter:
         self._file.close()
 
 
+class OtherRankFailed(ValueError):
+    """Raised on the ranks of a distributed evaluation whose own images were fine when
+    another rank failed; the message holds the failed ranks' messages."""
+
+
+MESSAGE_BYTES = 2048  # the part of each rank's error message that gather_messages carries
+
+
+def gather_messages(message: str, dist: DistInfo) -> list[str]:
+    """Every rank's ``message`` (UTF-8, the first ``MESSAGE_BYTES`` bytes), on every rank.
+
+    A collective: every rank must call it. Uses ``all_reduce_sum`` (gloo and nccl alike).
+    """
+    data = message.encode("utf-8")[:MESSAGE_BYTES]
+    table = torch.zeros(dist.world_size, MESSAGE_BYTES, dtype=torch.int64)
+    table[dist.rank, : len(data)] = torch.tensor(list(data), dtype=torch.int64)
+    table = all_reduce_sum(table, dist)
+    return [bytes(row[row > 0].tolist()).decode("utf-8", "replace") for row in table]
+
+
 def _check_agreement(done_flags: np.ndarray, dist: DistInfo) -> None:
     """All ranks must see the same finished images (OUT shared by every node)."""
     if not dist.enabled:
@@ -320,17 +401,18 @@ def evaluate(
 
     Raises:
         ValueError: state of another evaluation in ``out_dir`` (without ``restart``), a bad
-            image or label on any rank.
+            image or label (``OtherRankFailed`` on the ranks where it was not), ``out_dir``
+            or ``save_predictions`` naming a file.
     """
     dist = dist or DistInfo()
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = check_output_folder(out_dir)
     state_dir = out / STATE_DIR
     settings = segmenter.settings.to_dict()
     models = models or segmenter.model_names()
     config = state_config(task, settings, models)
     num_classes = len(task.class_lines)
-    counts_len = 4 * num_classes + 2
+    counts_len = SegMetric.tensor_length(num_classes)
 
     if restart and dist.is_main and state_dir.is_dir():
         for path in state_dir.glob("rank*.jsonl"):
@@ -347,7 +429,9 @@ def evaluate(
             prior.merge(SegMetric.from_tensor(torch.tensor(done[sid]), num_classes))
     resumed = sum(i in done for i in ids)
     todo = shard([s for s in task.samples if s.id not in done], dist)
-    pred_dir = Path(save_predictions) if save_predictions else None
+    pred_dir = (
+        check_output_folder(save_predictions, "--save-predictions") if save_predictions else None
+    )
     if pred_dir is not None:
         pred_dir.mkdir(parents=True, exist_ok=True)
 
@@ -383,11 +467,12 @@ def evaluate(
         bar.close()
 
     if dist.enabled:
-        failed = all_reduce_sum(torch.tensor([1 if error else 0], dtype=torch.int64), dist)
+        messages = gather_messages("" if error is None else str(error) or repr(error), dist)
         if error is not None:
             raise error
-        if int(failed.item()):
-            raise ValueError(f"{int(failed.item())} other rank(s) failed: see their messages")
+        failures = [f"rank {r}: {m}" for r, m in enumerate(messages) if m]
+        if failures:
+            raise OtherRankFailed("; ".join(failures))
     per_rank = torch.zeros(dist.world_size, dtype=torch.int64)
     per_rank[dist.rank] = processed
     per_rank = all_reduce_sum(per_rank, dist)
@@ -441,8 +526,10 @@ def build_results(
             for i, c in enumerate(summary["per_class"])
         ],
         "ber_pairs": {"differ": metric.ber_diff, "total": metric.ber_total},
+        "label_pixels_outside_classes": metric.label_outside,
         "data_root": str(task.data_root),
         "dataset_images": task.total_samples,
+        "limit": task.limit,
         "class_file": task.class_file,
         "class_lines": list(task.class_lines),
         "reduce_zero_label": task.reduce_zero_label,
@@ -465,8 +552,11 @@ def format_percent(value: float | None) -> str:
 def format_markdown(results: dict[str, Any]) -> str:
     """A readable Markdown report: the headline metrics and a per-class table."""
     pct = format_percent
+    images = f"{results['num_images']} images"
+    if results.get("limit") is not None:
+        images = f"the first {results['num_images']} of {results['dataset_images']} images"
     lines = [
-        f"# {results['dataset']}: {results['num_images']} images",
+        f"# {results['dataset']}: {images}",
         "",
         "| mIoU | mAcc | aAcc | BER |",
         "|---:|---:|---:|---:|",
@@ -477,6 +567,9 @@ def format_markdown(results: dict[str, Any]) -> str:
     ]
     for i, c in enumerate(results["per_class"]):
         lines.append(f"| {i} | {c['name']} | {pct(c['IoU'])} | {pct(c['accuracy'])} |")
+    outside = results.get("label_pixels_outside_classes", 0)
+    if outside:
+        lines += ["", outside_note(outside, len(results["per_class"]))]
     models = results["models"]
     lines += ["", "Models: " + ", ".join(f"{k}={v}" for k, v in models.items() if v is not None)]
     changed = ", ".join(f"{k}={v}" for k, v in results["settings"].items())
@@ -484,10 +577,22 @@ def format_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def outside_note(pixels: int, num_classes: int) -> str:
+    """The report's sentence about labels outside ``[0, C)`` (see ``SegMetric.update``)."""
+    return (
+        f"{pixels} labelled pixels hold values outside [0, {num_classes}) (not the ignore "
+        "value): counted as mmsegmentation counts them (in no class's label area; their "
+        "predictions count in the prediction areas). Check the preset, the class file and "
+        "reduce_zero_label."
+    )
+
+
 def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` into ``out_dir`` (atomically)."""
+    """Write ``results.json`` and ``results.md`` (``results_limitN.*`` for a run with
+    ``limit`` N) into ``out_dir`` (atomically)."""
     out = Path(out_dir)
-    json_path = save_json(out / "results.json", results)
+    stem = results_stem(results.get("limit"))
+    json_path = save_json(out / f"{stem}.json", results)
     md = format_markdown(results)
-    md_path = atomic_write(out / "results.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    md_path = atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
     return json_path, md_path

@@ -5,6 +5,11 @@
 and the boundary error rate (BER) counts. All counters are int64, so a distributed evaluator
 can ``all_reduce(SUM)`` the tensor of ``to_tensor()`` and rebuild the metric exactly.
 
+Labels outside ``[0, C)`` that are not the ignore value are counted as mmseg counts them
+(its ``torch.histc`` over ``[0, C-1]`` drops them from the label and intersection areas,
+while the predictions on those pixels stay in the prediction area and so in the union), and
+their number is kept in ``SegMetric.label_outside`` so that a report can show it.
+
 No mmseg or mmcv dependency.
 """
 
@@ -66,6 +71,7 @@ def boundary_counts(
     crop: int = 224,
     stride: int = 112,
     ignore_index: int = 255,
+    num_classes: int | None = None,
 ) -> tuple[int, int]:
     """Boundary error rate counts of one image: ``(diff, total)``.
 
@@ -75,12 +81,14 @@ def boundary_counts(
     landing on 0 or on the border are dropped. A vertical seam ``e`` pairs pixels
     ``(y, e-1)`` and ``(y, e)`` on every row, a horizontal seam pairs ``(e-1, x)`` and ``(e, x)``
     on every column. ``total`` counts the pairs whose two labels are equal and not
-    ``ignore_index``; ``diff`` those of them whose two predictions differ.
+    ``ignore_index`` (nor, when ``num_classes`` is given, outside ``[0, num_classes)``);
+    ``diff`` those of them whose two predictions differ.
 
     Args:
         pred: ``H0 x W0`` integer predicted labels.
         label: ``H0 x W0`` integer ground truth.
         resized_hw: ``(H, W)``, the size the image was resized to for inference.
+        num_classes: C; labels outside ``[0, C)`` then count like ``ignore_index``.
     """
     pred, label = _check_pair(pred, label)
     if pred.ndim != 2:
@@ -97,6 +105,8 @@ def boundary_counts(
     )
     for la, lb, pa, pb in pairs:
         valid = (la == lb) & (la != ignore_index)
+        if num_classes is not None:
+            valid &= (la >= 0) & (la < num_classes)
         total += int(valid.sum())
         diff += int((valid & (pa != pb)).sum())
     return diff, total
@@ -114,6 +124,9 @@ class SegMetric:
         num_classes: C.
         intersect, union, pred_area, label_area: ``(C,)`` int64 pixel counts.
         ber_diff, ber_total: boundary-pair counts (see ``boundary_counts``).
+        label_outside: labelled pixels (not ``ignore_index``) whose label is outside
+            ``[0, C)``: in no class's label area (mmseg's rule); usually a sign of a wrong
+            preset, vocabulary or reduce_zero_label setting.
     """
 
     num_classes: int
@@ -123,6 +136,12 @@ class SegMetric:
     label_area: np.ndarray = field(default_factory=_zeros)
     ber_diff: int = 0
     ber_total: int = 0
+    label_outside: int = 0
+
+    @staticmethod
+    def tensor_length(num_classes: int) -> int:
+        """Length of ``to_tensor()`` for ``num_classes`` classes: ``4*C + 3``."""
+        return 4 * num_classes + 3
 
     def __post_init__(self) -> None:
         if self.num_classes <= 0:
@@ -137,38 +156,37 @@ class SegMetric:
             setattr(self, name, arr.copy())
 
     def update(self, pred: np.ndarray, label: np.ndarray, ignore_index: int = 255) -> None:
-        """Add one image, like mmseg's ``intersect_and_union``.
+        """Add one image, exactly like mmseg's ``IoUMetric.intersect_and_union``.
+
+        Pixels labelled ``ignore_index`` are dropped. Of the others, a label outside
+        ``[0, C)`` belongs to no class's label area and to no intersection, while the
+        prediction on that pixel still counts in its class's prediction area (hence union);
+        such pixels are counted in ``label_outside``.
 
         Args:
             pred: ``H x W`` integer predicted labels; values outside ``[0, C)`` (e.g. 255) are
                 wrong everywhere and belong to no class's predicted area.
-            label: ``H x W`` integer ground truth in ``[0, C)`` or ``ignore_index``.
+            label: ``H x W`` integer ground truth: ``[0, C)``, ``ignore_index``, or (counted
+                as above) anything else.
 
         Raises:
-            ValueError: shapes differ, non-integer input, or a label outside ``[0, C)`` that
-                is not ``ignore_index``.
+            ValueError: shapes differ or non-integer input.
         """
         pred, label = _check_pair(pred, label)
         c = self.num_classes
         keep = label != ignore_index
         pred = pred[keep]
         label = label[keep]
-        bad = (label < 0) | (label >= c)
-        if bad.any():
-            value = int(label[bad][0])
-            raise ValueError(
-                f"label value {value} is outside [0, {c}) and is not ignore_index "
-                f"{ignore_index}: wrong preset or reduce_zero_label setting?"
-            )
-        hit = label[pred == label]
-        inter = np.bincount(hit, minlength=c)[:c]
-        pred_in = pred[(pred >= 0) & (pred < c)]
-        p_area = np.bincount(pred_in, minlength=c)[:c]
-        l_area = np.bincount(label, minlength=c)[:c]
+        inside = (label >= 0) & (label < c)
+        hit = label[(pred == label) & inside]
+        inter = np.bincount(hit, minlength=c)
+        p_area = np.bincount(pred[(pred >= 0) & (pred < c)], minlength=c)
+        l_area = np.bincount(label[inside], minlength=c)
         self.intersect += inter
         self.pred_area += p_area
         self.label_area += l_area
         self.union += p_area + l_area - inter
+        self.label_outside += int(label.size - np.count_nonzero(inside))
 
     def update_ber(
         self,
@@ -180,7 +198,9 @@ class SegMetric:
         ignore_index: int = 255,
     ) -> None:
         """Add one image's boundary error rate counts (``boundary_counts``)."""
-        diff, total = boundary_counts(pred, label, resized_hw, crop, stride, ignore_index)
+        diff, total = boundary_counts(
+            pred, label, resized_hw, crop, stride, ignore_index, self.num_classes
+        )
         self.ber_diff += diff
         self.ber_total += total
 
@@ -196,24 +216,28 @@ class SegMetric:
         self.label_area += other.label_area
         self.ber_diff += other.ber_diff
         self.ber_total += other.ber_total
+        self.label_outside += other.label_outside
 
     def to_tensor(self) -> torch.Tensor:
-        """All counters as one 1-D int64 tensor of length ``4*C + 2``.
+        """All counters as one 1-D int64 tensor of length ``tensor_length(C) = 4*C + 3``.
 
-        Order: intersect, union, pred_area, label_area, then ber_diff, ber_total.
+        Order: intersect, union, pred_area, label_area, then ber_diff, ber_total,
+        label_outside.
         """
         parts = [self.intersect, self.union, self.pred_area, self.label_area]
-        flat = np.concatenate(parts + [np.array([self.ber_diff, self.ber_total], np.int64)])
+        tail = np.array([self.ber_diff, self.ber_total, self.label_outside], np.int64)
+        flat = np.concatenate(parts + [tail])
         return torch.from_numpy(flat.astype(np.int64))
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, num_classes: int) -> SegMetric:
         """Inverse of ``to_tensor`` (e.g. after ``all_reduce(SUM)``)."""
         flat = t.detach().cpu().reshape(-1)
-        if flat.numel() != 4 * num_classes + 2:
+        length = cls.tensor_length(num_classes)
+        if flat.numel() != length:
             raise ValueError(
-                f"a metric tensor for {num_classes} classes has {4 * num_classes + 2} "
-                f"entries, got {flat.numel()}"
+                f"a metric tensor for {num_classes} classes has {length} entries, "
+                f"got {flat.numel()}"
             )
         if flat.is_floating_point():
             arr = np.rint(flat.double().numpy()).astype(np.int64)
@@ -228,6 +252,7 @@ class SegMetric:
             label_area=arr[3 * c : 4 * c],
             ber_diff=int(arr[4 * c]),
             ber_total=int(arr[4 * c + 1]),
+            label_outside=int(arr[4 * c + 2]),
         )
 
     @property

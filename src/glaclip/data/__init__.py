@@ -3,6 +3,7 @@
 from glaclip.data.coco_object import convert_coco_object
 from glaclip.data.datasets import LAYOUTS, Sample, list_samples, load_label, resolve_layout
 from glaclip.data.presets import (
+    PAPER_AVERAGE_MIOU,
     PRESETS,
     Preset,
     class_file_path,
@@ -15,6 +16,7 @@ from glaclip.data.presets import (
 __all__ = [
     "LAYOUTS",
     "PRESETS",
+    "PAPER_AVERAGE_MIOU",
     "Preset",
     "Sample",
     "class_file_path",

@@ -3,7 +3,12 @@
 A preset ties a dataset layout (``glaclip.data.datasets``) to its class file, resize short
 side, probability threshold and label conventions. Class files live in
 ``glaclip/data/classes/<preset>.txt``: one class per line in the dataset's label order,
-synonyms (query names) separated by ``; ``.
+synonyms (query names) separated by ``; ``. They hold the query words of the paper's
+reference implementation, line for line (``trafficlight``, ``chestofdrawers``: the words
+Table 1's prompts were built from); ``<preset>.names.txt`` holds the dataset's standard
+names (mmsegmentation's) where they differ, for reports.
+
+``PRESETS`` is in the order of the paper's Table 1.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ class Preset:
         reduce_zero_label: apply mmseg's reduce_zero_label to the ground truth.
         background_index: label given to low-confidence pixels.
         ignore_index: ground-truth value excluded from the metrics.
+        title: the benchmark's name in tables (the paper's column title).
+        folder: where the dataset's root lies under the root of ``glaclip eval --dataset
+            all`` (the README's layout).
+        paper_miou: the paper's Table 1 mIoU in percent (ViT-B/16, GLA-CLIP's defaults).
     """
 
     name: str
@@ -39,21 +48,28 @@ class Preset:
     reduce_zero_label: bool
     background_index: int = 0
     ignore_index: int = 255
+    title: str = ""
+    folder: str = ""
+    paper_miou: float | None = None
 
 
+_VOC, _CONTEXT, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
+# name, layout, short side, prob_threshold, reduce_zero_label, title, folder, paper mIoU
+_TABLE1 = [
+    ("voc21", "voc", 336, 0.1, False, "VOC21", _VOC, 66.3),
+    ("context60", "context", 336, 0.1, False, "Context60", _CONTEXT, 36.1),
+    ("coco_object", "coco_object", 336, 0.1, False, "COCO-Object", _COCO, 37.7),
+    ("voc20", "voc", 336, 0.0, True, "VOC20", _VOC, 84.2),
+    ("context59", "context", 336, 0.0, True, "Context59", _CONTEXT, 39.9),
+    ("coco_stuff164k", "coco_stuff", 336, 0.0, False, "COCO-Stuff", _COCO, 26.9),
+    ("cityscapes", "cityscapes", 560, 0.0, False, "Cityscapes", "cityscapes", 40.8),
+    ("ade20k", "ade20k", 336, 0.0, True, "ADE20K", "ADEChallengeData2016", 20.0),
+]
 PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("voc21", "voc", "voc21.txt", 336, 0.1, False),
-        Preset("context60", "context", "context60.txt", 336, 0.1, False),
-        Preset("coco_object", "coco_object", "coco_object.txt", 336, 0.1, False),
-        Preset("voc20", "voc", "voc20.txt", 336, 0.0, True),
-        Preset("context59", "context", "context59.txt", 336, 0.0, True),
-        Preset("coco_stuff164k", "coco_stuff", "coco_stuff164k.txt", 336, 0.0, False),
-        Preset("cityscapes", "cityscapes", "cityscapes.txt", 560, 0.0, False),
-        Preset("ade20k", "ade20k", "ade20k.txt", 336, 0.0, True),
-    )
+    name: Preset(name, layout, f"{name}.txt", short, thd, rzl, title=t, folder=f, paper_miou=m)
+    for name, layout, short, thd, rzl, t, f, m in _TABLE1
 }
+PAPER_AVERAGE_MIOU = 44.0  # the paper's Table 1 average over the eight benchmarks
 
 
 def get_preset(name: str) -> Preset:
@@ -76,10 +92,11 @@ def class_file_path(preset: Preset | str) -> Path:
 def preset_display_names(preset: Preset | str) -> list[str]:
     """The dataset's standard class names, in label order, for reports.
 
-    The class files hold the names the protocol queries (VOC's boat is queried as "ship", the
-    background as 26 stuff words); where those differ from the dataset's own names, a
-    ``<preset>.names.txt`` file beside the class file gives the standard ones. Otherwise the
-    first query name of each class is its name.
+    The class files hold the words the protocol queries (VOC's boat is queried as "ship", the
+    background as 26 stuff words, ADE20K's "chest of drawers" as "chestofdrawers"); where
+    those differ from the dataset's own names, a ``<preset>.names.txt`` file beside the class
+    file gives the standard ones (mmsegmentation's class names). Otherwise the first query
+    name of each class is its name.
     """
     path = class_file_path(preset)
     names_file = path.with_name(path.stem + ".names.txt")
