@@ -18,7 +18,7 @@ from PIL import Image
 
 import glaclip
 from glaclip.cli import main
-from glaclip.evaluate import STATE_DIR, StateWriter, network_size, read_state
+from glaclip.evaluate import STATE_DIR, StateWriter, read_state
 from glaclip.metrics import SegMetric
 
 CLASS_DIR = Path(glaclip.__file__).resolve().parent / "data" / "classes"
@@ -445,11 +445,18 @@ def test_missing_data_root_and_label(
 
 
 # ------------------------------------------------------------------------ pieces
-def test_network_size() -> None:
-    assert network_size(336, 448, 224) == (336, 448)
-    assert network_size(224, 300, 224) == (224, 300)
-    assert network_size(160, 208, 224) == (224, 291)  # 208 * 1.4 = 291.2
-    assert network_size(100, 40, 224) == (560, 224)
+def test_network_canvas() -> None:
+    from glaclip.windows import network_canvas
+
+    assert network_canvas(336, 448, 224) == ((336, 448), (336, 448))
+    assert network_canvas(224, 300, 224) == ((224, 300), (224, 300))
+    assert network_canvas(160, 208, 224) == ((224, 291), (224, 291))  # 208 * 1.4 = 291.2
+    assert network_canvas(100, 40, 224) == ((560, 224), (560, 224))
+    # a panorama: enlarging stops at the long-side cap, then the short side is padded
+    assert network_canvas(64, 512, 224, max_long_side=512) == ((64, 512), (224, 512))
+    assert network_canvas(4, 2048, 224) == ((4, 2048), (224, 2048))
+    assert network_canvas(100, 1000, 224, max_long_side=1500) == ((150, 1500), (224, 1500))
+    assert network_canvas(100, 3000, 224, max_long_side=2048) == ((100, 3000), (224, 3000))
 
 
 def test_state_file_torn_and_damaged(tmp_path: Path) -> None:

@@ -232,3 +232,17 @@ def test_ber_drops_duplicate_and_border_edges() -> None:
     m = SegMetric(1)
     m.update_ber(np.zeros((3, 1), int), np.zeros((3, 1), int), (224, 336))
     assert m.ber_total == 0 and m.ber is None
+
+
+def test_ber_seams_of_a_padded_canvas() -> None:
+    """Windows tiled a 224 x 512 canvas whose image part is 64 x 512 (a padded panorama): the
+    seams are mapped with the image part's scale (x: 1000 / 512)."""
+    label = np.zeros((10, 1000), np.int64)
+    pred = np.zeros((10, 1000), np.int64)
+    pred[:, 219:] = 1  # a change exactly across the first seam, x = 112 -> 218.75 -> 219
+    # inner edges 112, 224, 288, 336, 448 -> 219, 438, 563, 656, 875; no horizontal seam
+    diff, total = boundary_counts(pred, label, (224, 512), content_hw=(64, 512))
+    assert (diff, total) == (10, 50)
+    pred[:, 219:] = 0
+    pred[:, 438:] = 1
+    assert boundary_counts(pred, label, (224, 512), content_hw=(64, 512)) == (10, 50)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -78,13 +80,26 @@ def test_small_image_is_upscaled_to_the_window(golden_modules) -> None:
     assert out.query_logits.shape == (2, 100, 130)
 
 
-def test_panorama(golden_modules) -> None:
-    """A wide panorama: the long-side cap makes the short side smaller than the window."""
+def test_panorama(golden_modules, monkeypatch) -> None:
+    """A wide panorama: the long-side cap makes the short side smaller than the window; the
+    canvas is padded, not enlarged past the cap (4 windows, not 15)."""
     clip, vfm, tok = golden_modules
     seg = Segmenter.from_modules(clip, vfm, tok, max_long_side=512)
+    seen = []
+    features = seg.base.window_features
+
+    def spy(x, windows, *rest):
+        seen.append((tuple(x.shape[-2:]), len(windows)))
+        return features(x, windows, *rest)
+
+    monkeypatch.setattr(seg.base, "window_features", spy)
     res = seg.segment(_image(200, 1600), ["a", "b"])
     assert res.resized_size == (64, 512)  # the cap on the long side
+    assert seen == [((224, 512), 4)]
     assert res.labels.shape == (200, 1600)
+    # a 10 x 5000 strip: 4 x 2048 after the protocol resize, a 224 x 2048 canvas
+    res = Segmenter.from_modules(clip, vfm, tok).segment(_image(10, 5000), ["a", "b"])
+    assert res.resized_size == (4, 2048) and res.labels.shape == (10, 5000)
 
 
 def test_prob_threshold_background(golden_modules) -> None:
@@ -158,3 +173,16 @@ def test_callers_models_are_left_alone(golden_modules) -> None:
     finally:
         for m, value in zip(attn, original, strict=True):
             m.fused_attn = value
+
+
+def test_low_precision_without_native_support_warns(golden_modules, monkeypatch) -> None:
+    import glaclip.segmenter as segmenter_module
+
+    clip, vfm, tok = golden_modules
+    monkeypatch.setattr(segmenter_module, "native_precision", lambda device, precision: False)
+    with pytest.warns(RuntimeWarning, match="slower than fp32"):
+        Segmenter.from_modules(clip, vfm, tok, precision="fp16")
+    monkeypatch.setattr(segmenter_module, "native_precision", lambda device, precision: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Segmenter.from_modules(clip, vfm, tok, precision="bf16")

@@ -52,6 +52,27 @@ def precision_dtype(precision: str) -> torch.dtype:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}") from None
 
 
+def native_precision(device: torch.device, precision: str) -> bool:
+    """Whether ``device`` computes ``precision`` (bf16/fp16) natively, so that casting the
+    backbones to it is faster than fp32. CPUs need AVX-512 BF16 / AVX-512 FP16 or AMX (read
+    from oneDNN); without them the low-precision products are emulated and slower."""
+    if precision == "fp32":
+        return True
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    if device.type == "mps":
+        return True
+    try:
+        check = (
+            torch.ops.mkldnn._is_mkldnn_bf16_supported
+            if precision == "bf16"
+            else torch.ops.mkldnn._is_mkldnn_fp16_supported
+        )
+        return bool(check())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 @contextlib.contextmanager
 def strict_fp32(device: torch.device) -> Iterator[None]:
     """On CUDA, true float32 products and convolutions (no TF32) for the duration.

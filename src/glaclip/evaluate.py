@@ -7,9 +7,10 @@ the preset says so) and feeds mmseg's IoU counters and the boundary error rate (
 
 BER windows. The seams are those of the windows the network actually saw. When both sides of
 the resized image are at least the crop, that is the protocol-resized size ``H x W``. When a
-side is shorter, ``Segmenter.segment_tensor`` first upscales the input so that its short side
-equals the crop (``network_size``); the windows then live on that upscaled canvas, and their
-edges are mapped from it straight to the original size (``metrics.boundary_counts``).
+side is shorter, ``Segmenter.segment_tensor`` first upscales the input (up to the long-side
+cap) and pads what is still too short (``network_canvas``); the windows then live on that
+canvas, and their edges are mapped from the image's part of it straight to the original size
+(``metrics.boundary_counts``).
 
 Resume. Every finished image appends one JSON line ``{"id", "counts"}`` (its own metric
 counters, ``SegMetric.to_tensor``) to ``OUT/eval_state/rank<r>.jsonl``, flushed and fsynced
@@ -61,7 +62,7 @@ from glaclip.distributed import DistInfo, all_reduce_sum, barrier, shard
 from glaclip.imageio import atomic_write, save_json, save_label_png
 from glaclip.metrics import SegMetric
 from glaclip.text import read_class_file
-from glaclip.windows import network_size
+from glaclip.windows import network_canvas
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -229,8 +230,10 @@ def evaluate_image(
     win = segmenter.settings.window
     metric = SegMetric(len(task.class_lines))
     metric.update(pred, label, ignore_index=task.ignore_index)
-    canvas = network_size(x.shape[-2], x.shape[-1], win.crop)
-    metric.update_ber(pred, label, canvas, win.crop, win.stride, task.ignore_index)
+    canvas = network_canvas(x.shape[-2], x.shape[-1], win.crop, win.max_long_side)
+    metric.update_ber(
+        pred, label, canvas.size, win.crop, win.stride, task.ignore_index, canvas.content
+    )
     return pred, metric
 
 

@@ -72,13 +72,16 @@ def boundary_counts(
     stride: int = 112,
     ignore_index: int = 255,
     num_classes: int | None = None,
+    content_hw: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
     """Boundary error rate counts of one image: ``(diff, total)``.
 
-    The seams are the inner edges of ``window_grid(H, W, crop, stride)`` for the resized size
-    ``(H, W) = resized_hw``, mapped to the original size ``(H0, W0) = label.shape`` with
-    ``int(e * W0 / W + 0.5)`` (x) and ``int(e * H0 / H + 0.5)`` (y); duplicates and edges
-    landing on 0 or on the border are dropped. A vertical seam ``e`` pairs pixels
+    The seams are the inner edges of ``window_grid(H, W, crop, stride)`` for the canvas the
+    windows tiled, ``(H, W) = resized_hw``; the image occupies its top-left ``content_hw =
+    (Hc, Wc)`` (default: all of it; less where a panorama was padded, ``network_canvas``).
+    They are mapped to the original size ``(H0, W0) = label.shape`` with
+    ``int(e * W0 / Wc + 0.5)`` (x) and ``int(e * H0 / Hc + 0.5)`` (y); duplicates and edges
+    landing on 0, on the border or beyond it are dropped. A vertical seam ``e`` pairs pixels
     ``(y, e-1)`` and ``(y, e)`` on every row, a horizontal seam pairs ``(e-1, x)`` and ``(e, x)``
     on every column. ``total`` counts the pairs whose two labels are equal and not
     ``ignore_index`` (nor, when ``num_classes`` is given, outside ``[0, num_classes)``);
@@ -87,17 +90,19 @@ def boundary_counts(
     Args:
         pred: ``H0 x W0`` integer predicted labels.
         label: ``H0 x W0`` integer ground truth.
-        resized_hw: ``(H, W)``, the size the image was resized to for inference.
+        resized_hw: ``(H, W)``, the canvas the windows tiled.
         num_classes: C; labels outside ``[0, C)`` then count like ``ignore_index``.
+        content_hw: ``(Hc, Wc)``, the image's part of the canvas (default ``resized_hw``).
     """
     pred, label = _check_pair(pred, label)
     if pred.ndim != 2:
         raise ValueError(f"expected H x W label maps, got shape {pred.shape}")
     h0, w0 = label.shape
     h, w = resized_hw
+    hc, wc = content_hw or resized_hw
     x_edges, y_edges = inner_edges(window_grid(h, w, crop, stride), h, w)
-    xs = np.asarray(_map_edges(x_edges, w, w0), dtype=np.int64)
-    ys = np.asarray(_map_edges(y_edges, h, h0), dtype=np.int64)
+    xs = np.asarray(_map_edges(x_edges, wc, w0), dtype=np.int64)
+    ys = np.asarray(_map_edges(y_edges, hc, h0), dtype=np.int64)
     diff = total = 0
     pairs = (
         (label[:, xs - 1], label[:, xs], pred[:, xs - 1], pred[:, xs]),
@@ -196,10 +201,11 @@ class SegMetric:
         crop: int = 224,
         stride: int = 112,
         ignore_index: int = 255,
+        content_hw: tuple[int, int] | None = None,
     ) -> None:
         """Add one image's boundary error rate counts (``boundary_counts``)."""
         diff, total = boundary_counts(
-            pred, label, resized_hw, crop, stride, ignore_index, self.num_classes
+            pred, label, resized_hw, crop, stride, ignore_index, self.num_classes, content_hw
         )
         self.ber_diff += diff
         self.ber_total += total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
@@ -15,12 +16,18 @@ import torch.nn.functional as F
 from glaclip import backbones
 from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, settings_from_kwargs
-from glaclip.device import StageTimer, precision_dtype, resolve_device, strict_fp32
+from glaclip.device import (
+    StageTimer,
+    native_precision,
+    precision_dtype,
+    resolve_device,
+    strict_fp32,
+)
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
 from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
 from glaclip.viz import pixel_shares
-from glaclip.windows import network_size, stitch, window_grid
+from glaclip.windows import network_canvas, stitch, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -222,6 +229,14 @@ class Segmenter:
         input projection into a slow batched product."""
         if precision not in self._towers:
             dtype = precision_dtype(precision)
+            if not native_precision(self.device, precision):
+                warnings.warn(
+                    f"precision {precision} on this {self.device.type.upper()} has no native "
+                    f"{precision} instructions (AVX-512 BF16/FP16 or AMX on CPUs): it is "
+                    "emulated and slower than fp32; use fp32 here",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             clip = backbones.ClipTower(copy.deepcopy(self.clip_model.visual).to(dtype))
             vfm = None
             if self.vfm_tower is not None:
@@ -307,7 +322,9 @@ class Segmenter:
 
         Returns:
             A ``SegmentationOutput``. An input side shorter than the window is first upscaled
-            (bilinear, aspect kept) so that it equals the window; the logits are scaled back.
+            (bilinear, aspect kept) until it equals the window, without taking the long side
+            past ``max_long_side``; a side still too short is padded (``network_canvas``). The
+            logits are cropped and scaled back to the input size.
         """
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(x.shape)}")
@@ -316,14 +333,19 @@ class Segmenter:
             text, classes, names, owner = self.query_embeddings(class_lines)
         x = x.to(self.device, torch.float32)
         height, width = x.shape[-2:]
-        canvas = network_size(height, width, self.settings.window.crop)
+        win = self.settings.window
+        canvas = network_canvas(height, width, win.crop, win.max_long_side)
+        (ch, cw), (canvas_h, canvas_w) = canvas
         work = x
-        if canvas != (height, width):
-            work = F.interpolate(x, size=canvas, mode="bilinear", align_corners=False)
+        if (ch, cw) != (height, width):
+            work = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False)
+        if (canvas_h, canvas_w) != (ch, cw):  # zeros: the mean colour after normalisation
+            work = F.pad(work, (0, canvas_w - cw, 0, canvas_h - ch))
         with strict_fp32(self.device):
             logits = self._stitched_logits(work, text, timer)
         with timer("labels"):
-            if logits.shape[-2:] != (height, width):
+            logits = logits[:, :ch, :cw]
+            if (ch, cw) != (height, width):
                 logits = _resize(logits, (height, width))
             labels, scores = self.labels_from_logits(
                 logits, owner, len(classes), output_size, return_scores

@@ -43,17 +43,32 @@ def window_grid(height: int, width: int, crop: int = 224, stride: int = 112) -> 
     return [Window(y1, y2, x1, x2) for (y1, y2) in rows for (x1, x2) in cols]
 
 
-def network_size(height: int, width: int, crop: int = 224) -> tuple[int, int]:
-    """The canvas the windows tile for an ``height x width`` input.
+class Canvas(NamedTuple):
+    """Where an input is segmented: the input scaled to ``content`` (aspect ratio kept), then
+    padded at the bottom and right to ``size``, the canvas the windows tile."""
 
-    The input itself when both sides are at least ``crop``; otherwise the input enlarged with
-    its aspect ratio kept until the short side equals ``crop`` (each side rounded, at least
-    ``crop``). ``Segmenter.segment_tensor`` segments on this canvas and scales back.
+    content: tuple[int, int]
+    size: tuple[int, int]
+
+
+def network_canvas(height: int, width: int, crop: int = 224, max_long_side: int = 2048) -> Canvas:
+    """The canvas for an ``height x width`` input (the protocol-resized image).
+
+    Both sides at least ``crop``: the input itself. Otherwise the input is enlarged, aspect
+    ratio kept, until its short side equals ``crop``, but never so far that its long side
+    passes ``max_long_side`` (nor is it ever shrunk). A side still shorter than ``crop`` after
+    that (a very wide panorama) is padded up to ``crop``; ``Segmenter.segment_tensor`` fills
+    the padding with zeros of the normalised image (the mean colour), crops the logits back to
+    the content and scales them to the input size.
     """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
     if min(height, width) >= crop:
-        return height, width
+        return Canvas((height, width), (height, width))
     scale = crop / min(height, width)
-    return max(crop, round(height * scale)), max(crop, round(width * scale))
+    scale = min(scale, max(1.0, max_long_side / max(height, width)))
+    content = (max(height, round(height * scale)), max(width, round(width * scale)))
+    return Canvas(content, (max(crop, content[0]), max(crop, content[1])))
 
 
 def grid_shape(height: int, width: int, crop: int = 224, stride: int = 112) -> tuple[int, int]:
