@@ -126,7 +126,8 @@ def test_progress_is_reported(segmenter, photo, tmp_path) -> None:
         ("photo", "   ", 0.0, "No classes"),
         ("photo", "sky, , tree", 0.0, "empty class between commas"),
         ("photo", "sky; ", 0.0, "empty synonym"),
-        ("photo", "sky", 1.5, "probability threshold must be in [0, 1]"),
+        ("photo", "sky", 1.5, "probability threshold must be a number in [0, 1], got 1.5"),
+        ("photo", "sky", "x", "probability threshold must be a number in [0, 1], got nan"),
         ("text", "sky", 0.0, "notes.jpg is not an image that can be read"),
         (
             "photo",
@@ -386,7 +387,7 @@ def _toasts(driver) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")]
 
 
-def test_page_in_headless_chromium(server, browser, tiny_model_args, tmp_path) -> None:
+def test_page_in_headless_chromium(browser, server, tiny_model_args, tmp_path) -> None:
     """Bad inputs get messages; then a run whose label PNG equals `glaclip segment`'s."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

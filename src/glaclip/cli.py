@@ -198,7 +198,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             max_megapixels=args.max_megapixels,
         )
     except OSError as err:
-        return _fail(f"cannot serve on {args.host}:{args.port}: {err}")
+        return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")
     return 0
 
 

@@ -221,9 +221,13 @@ def run_request(
         )
     name = name or Path(image_path).name
     lines = parse_page_classes(class_text)
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise DemoInputError(f"probability threshold must be in [0, 1], got {threshold}")
-    seg = segmenter.with_settings(**method_settings(method), prob_threshold=float(threshold))
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise DemoInputError(f"probability threshold must be a number in [0, 1], got {threshold}")
+    seg = segmenter.with_settings(**method_settings(method), prob_threshold=threshold)
     check_image(image_path, name, max_pixels)
     report(0.0, "Reading the image")
     try:
@@ -238,9 +242,7 @@ def run_request(
     report(0.9, "Writing the label PNG, the overlay and the JSON")
     files = write_outputs(result, rgb, out_dir, safe_stem(name), Path(name), seg.settings, models)
     seconds = time.perf_counter() - start
-    return DemoRun(
-        result, rgb, files, name, method, float(threshold), seconds, embedded, embed_seconds
-    )
+    return DemoRun(result, rgb, files, name, method, threshold, seconds, embedded, embed_seconds)
 
 
 # ------------------------------------------------------------------------------ page views
@@ -388,7 +390,7 @@ def build_app(
                 image_path,
                 class_text,
                 method,
-                float(threshold),
+                threshold,
                 folders.new(),
                 max_pixels,
                 name=name,
@@ -397,9 +399,9 @@ def build_app(
         except DemoInputError as err:
             raise _page_error(str(err)) from None
         names = [c[0] for c in run.result.class_names]
-        if threshold > 0 and not np.isin(run.result.labels, np.arange(len(names))).any():
+        if run.threshold > 0 and not np.isin(run.result.labels, np.arange(len(names))).any():
             gr.Warning(
-                f"No pixel reached the probability threshold {threshold:g}: the whole image "
+                f"No pixel reached the probability threshold {run.threshold:g}: the whole image "
                 "is unlabelled. Lower the threshold."
             )
         value, colours = annotation_view(run.rgb, run.result.labels, names)
@@ -416,7 +418,8 @@ def build_app(
         _model_label(segmenter.clip_info.name),
         _model_label(segmenter.vfm_info.name),
     )
-    with gr.Blocks(title="glaclip", analytics_enabled=False) as app:
+    # delete_cache: Gradio's copies of uploads and results live an hour (and not past a restart)
+    with gr.Blocks(title="glaclip", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(
             "## glaclip: segment an image into the classes you name\n"
             f"GLA-CLIP, training-free. CLIP `{clip_name}`, VFM `{vfm_name}`, "
