@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from glaclip.config import Settings
 from glaclip.distributed import DistInfo, shard
 from glaclip.imageio import (
     IMAGE_EXTENSIONS,
@@ -90,6 +91,60 @@ def describe(
     }
 
 
+@dataclass
+class WrittenOutputs:
+    """The files written for one image by ``write_outputs``."""
+
+    labels: Path
+    overlay: Path | None
+    record: Path
+
+
+def write_outputs(
+    result: Segmentation,
+    rgb: np.ndarray,
+    out_dir: Path,
+    stem: str,
+    source: Path,
+    settings: Settings,
+    models: dict[str, Any],
+    write_overlay: bool = True,
+) -> WrittenOutputs:
+    """Write ``<stem>.png``, ``<stem>_overlay.jpg`` and, last, ``<stem>.json`` into ``out_dir``.
+
+    Args:
+        result: the segmentation of ``rgb``.
+        rgb: ``H0 x W0 x 3`` uint8 image the result was computed from (for the overlay).
+        out_dir: an existing folder.
+        stem: file name stem of the three outputs.
+        source: the image's name as recorded in the JSON.
+        settings: the settings the result was computed with (recorded, and the label of
+            unlabelled pixels, which the overlay leaves uncoloured).
+        models: the backbones' names, recorded in the JSON.
+        write_overlay: write the overlay image.
+
+    The label PNG is indexed with ``make_palette(256)``; every file is written under a temporary
+    name and renamed when complete. The JSON comes last: it is the record of a finished image.
+    """
+    palette = make_palette(256)
+    labels_path = save_label_png(out_dir / f"{stem}.png", result.labels, palette)
+    overlay_path = None
+    if write_overlay:
+        names = [c[0] for c in result.class_names]
+        unl = settings.post.background_index
+        picture = overlay(
+            rgb,
+            result.labels,
+            names,
+            palette=palette,
+            unlabeled_index=unl if unl >= len(names) else None,
+        )
+        overlay_path = save_rgb(out_dir / f"{stem}_overlay.jpg", picture)
+    record = describe(result, source, settings.to_dict(), models)
+    record_path = save_json(out_dir / f"{stem}.json", record)
+    return WrittenOutputs(labels_path, overlay_path, record_path)
+
+
 def segment_files(
     segmenter: Segmenter,
     paths: Sequence[Path],
@@ -100,7 +155,7 @@ def segment_files(
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> BatchReport:
-    """Segment each image and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``<stem>.json``.
+    """Segment each image and write its outputs with ``write_outputs``.
 
     Under torchrun each process takes its share of the images (``distributed.shard``). An image
     that cannot be read is recorded in the report and skipped; nothing is written for it. Every
@@ -110,10 +165,7 @@ def segment_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
-    settings = segmenter.settings.to_dict()
     models = models or segmenter.model_names()
-    n_classes = len(class_lines)
-    palette = make_palette(256)
     bar = tqdm(jobs, desc="segment", unit="img", disable=not progress or len(jobs) < 2)
     for path, stem in bar:
         try:
@@ -122,18 +174,6 @@ def segment_files(
             report.failed.append((path, str(err)))
             continue
         result = segmenter.segment(rgb, class_lines)
-        save_label_png(out_dir / f"{stem}.png", result.labels, palette)
-        if write_overlay:
-            names = [c[0] for c in result.class_names]
-            unl = segmenter.settings.post.background_index
-            picture = overlay(
-                rgb,
-                result.labels,
-                names,
-                palette=palette,
-                unlabeled_index=unl if unl >= n_classes else None,
-            )
-            save_rgb(out_dir / f"{stem}_overlay.jpg", picture)
-        save_json(out_dir / f"{stem}.json", describe(result, path, settings, models))
+        write_outputs(result, rgb, out_dir, stem, path, segmenter.settings, models, write_overlay)
         report.done.append(path)
     return report

@@ -1,4 +1,4 @@
-"""Command line: ``glaclip segment``, ``glaclip eval``, ``glaclip prepare``. Thin: parse, call."""
+"""Command line: ``glaclip segment``, ``eval``, ``prepare`` and ``demo``. Thin: parse, call."""
 
 from __future__ import annotations
 
@@ -54,6 +54,25 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+DEMO_INSTALL = 'the demo needs Gradio: pip install "glaclip[demo]"'
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``glaclip demo`` flags of the web server (model and method flags come apart)."""
+    g = p.add_argument_group("web server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    g.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    g.add_argument(
+        "--share", action="store_true", help="also open a public link through Gradio's relay"
+    )
+    g.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=16.0,
+        help="refuse larger uploads (default: 16)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glaclip",
@@ -80,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(ev)
     add_model_arguments(ev)
     add_method_arguments(ev)
+
+    demo = sub.add_parser("demo", help='serve a browser demo (needs: pip install "glaclip[demo]")')
+    add_demo_arguments(demo)
+    add_model_arguments(demo)
+    add_method_arguments(demo)
 
     prep = sub.add_parser("prepare", help="convert dataset annotations")
     prep_sub = prep.add_subparsers(dest="what", required=True)
@@ -258,6 +282,32 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     return 1 if table["failed"] else 0
 
 
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        return _fail(DEMO_INSTALL)
+    if args.max_megapixels <= 0:
+        return _fail(f"--max-megapixels must be positive, got {args.max_megapixels}")
+    from glaclip.demo import serve
+
+    settings = settings_from_args(args)
+    settings.setdefault("background_index", UNLABELLED)
+    segmenter = build_segmenter(args, settings)
+    try:
+        serve(
+            segmenter,
+            model_identity(args),
+            host=args.host,
+            port=args.port,
+            share=args.share,
+            max_megapixels=args.max_megapixels,
+        )
+    except OSError as err:
+        return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")
+    return 0
+
+
 def _fail(message: str) -> int:
     print(f"glaclip: error: {message}", file=sys.stderr)
     return 2
@@ -273,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_segment(args)
         if args.command == "eval":
             return _run_eval(args)
+        if args.command == "demo":
+            return _run_demo(args)
         if args.command == "prepare":
             from glaclip.data.coco_object import convert_coco_object
 

@@ -1,0 +1,490 @@
+"""`glaclip demo`: the request logic, the shared writer, and the real page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glaclip import Segmenter, batch, demo
+from glaclip.batch import segment_files, write_outputs
+from glaclip.cli import build_parser, main
+from glaclip.data.presets import PRESETS, preset_classes
+from glaclip.text import parse_classes_arg
+from glaclip.viz import make_palette
+
+CHELSEA = demo.EXAMPLES_DIR / "chelsea.jpg"
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w])
+
+
+@pytest.fixture
+def segmenter(golden_modules) -> Segmenter:
+    clip, vfm, tok = golden_modules
+    return Segmenter.from_modules(clip, vfm, tok, background_index=255)
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "in" / "my photo.png"
+    path.parent.mkdir()
+    Image.fromarray(_rgb(200, 260, 3)).save(path)
+    return path
+
+
+MODELS = {"clip": "tiny-clip", "vfm": "tiny-vfm"}
+
+
+# ------------------------------------------------------------------------------ request logic
+def test_method_settings() -> None:
+    assert demo.method_settings("GLA-CLIP") == {"base": "proxyclip", "kv_extension": True}
+    assert demo.method_settings("ProxyCLIP per window") == {
+        "base": "proxyclip",
+        "kv_extension": False,
+    }
+    assert demo.method_settings("GLA-CLIP on ClearCLIP (no VFM)") == {
+        "base": "clearclip",
+        "kv_extension": True,
+    }
+    with pytest.raises(demo.DemoInputError, match="GLA-CLIP, ProxyCLIP per window"):
+        demo.method_settings("SAM")
+
+
+def test_default_method_follows_the_flags(golden_modules) -> None:
+    clip, vfm, tok = golden_modules
+    assert demo.default_method(Segmenter.from_modules(clip, vfm, tok)) == "GLA-CLIP"
+    baseline = Segmenter.from_modules(clip, vfm, tok, kv_extension=False)
+    assert demo.default_method(baseline) == "ProxyCLIP per window"
+    clip_only = Segmenter.from_modules(clip, None, tok, base="clearclip", kv_extension=False)
+    assert demo.available_methods(clip_only) == [
+        "GLA-CLIP on ClearCLIP (no VFM)",
+        "ClearCLIP per window (no VFM)",
+    ]
+    assert demo.default_method(clip_only) == "ClearCLIP per window (no VFM)"
+    assert len(demo.available_methods(baseline)) == 4
+
+
+def test_request_writes_what_segment_files_writes(segmenter, photo, tmp_path) -> None:
+    lines = ["sky", "tree; bush", "person"]
+    out_demo, out_cli = tmp_path / "demo", tmp_path / "cli"
+    out_demo.mkdir()
+    run = demo.run_request(
+        segmenter, MODELS, photo, "sky, tree; bush, person", "ProxyCLIP per window", 0.4, out_demo
+    )
+    baseline = segmenter.with_settings(kv_extension=False, prob_threshold=0.4)
+    segment_files(baseline, [photo], lines, out_cli, models=MODELS, progress=False)
+    assert sorted(p.name for p in out_demo.iterdir()) == sorted(p.name for p in out_cli.iterdir())
+    assert run.files.labels.read_bytes() == (out_cli / "my photo.png").read_bytes()
+    got = json.loads(run.files.record.read_text())
+    want = json.loads((out_cli / "my photo.json").read_text())
+    assert got["image"] == "my photo.png" and want["image"] == str(photo)
+    for key in ("classes", "settings", "models", "image_size", "resized_size", "unlabelled_share"):
+        assert got[key] == want[key], key
+    assert got["settings"]["kv_extension"] is False and got["settings"]["prob_threshold"] == 0.4
+    labels = np.asarray(Image.open(run.files.labels))
+    assert 255 in labels and (labels < 3).any()  # the threshold is applied, not everything
+
+
+def test_second_request_embeds_no_class_again(segmenter, photo, tmp_path) -> None:
+    def request(text: str, method: str, k: int) -> demo.DemoRun:
+        out = tmp_path / str(k)
+        out.mkdir()
+        return demo.run_request(segmenter, MODELS, photo, text, method, 0.0, out)
+
+    assert segmenter.text.encoded_count == 0
+    first = request("sky, tree; bush", "GLA-CLIP", 1)
+    assert segmenter.text.encoded_count == 3 and first.embedded == 3
+    second = request("sky, tree; bush", "ProxyCLIP per window", 2)
+    assert segmenter.text.encoded_count == 3 and second.embedded == 0
+    third = request("bush, road", "GLA-CLIP", 3)
+    assert segmenter.text.encoded_count == 4 and third.embedded == 1
+
+
+def test_progress_is_reported(segmenter, photo, tmp_path) -> None:
+    seen: list[tuple[float, str]] = []
+    demo.run_request(
+        segmenter,
+        MODELS,
+        photo,
+        "a, b",
+        "GLA-CLIP",
+        0.0,
+        tmp_path,
+        progress=lambda f, m: seen.append((f, m)),
+    )
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and all(0.0 <= f <= 1.0 for f in fractions)
+    assert any("Embedding" in m for _, m in seen) and any("Segmenting" in m for _, m in seen)
+
+
+@pytest.mark.parametrize(
+    ("image", "classes", "threshold", "message"),
+    [
+        (None, "sky", 0.0, "No image: upload"),
+        ("photo", "", 0.0, "No classes: type the classes"),
+        ("photo", "   ", 0.0, "No classes"),
+        ("photo", "sky, , tree", 0.0, "empty class between commas"),
+        ("photo", "sky; ", 0.0, "empty synonym"),
+        ("photo", "sky", 1.5, "probability threshold must be a number in [0, 1], got 1.5"),
+        ("photo", "sky", "x", "probability threshold must be a number in [0, 1], got nan"),
+        ("text", "sky", 0.0, "notes.jpg is not an image that can be read"),
+        (
+            "photo",
+            "sky",
+            0.0,
+            "my photo.png is 260 x 200 pixels; this demo accepts images of up to",
+        ),
+    ],
+)
+def test_bad_requests_are_refused_with_a_message(
+    segmenter, photo, tmp_path, image, classes, threshold, message
+) -> None:
+    text_file = tmp_path / "notes.jpg"
+    text_file.write_text("this is not a picture")
+    path = {"photo": photo, "text": text_file, None: None}[image]
+    limit = 50_000 if "megapixels" in message or "accepts" in message else 10**8
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(demo.DemoInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        demo.run_request(segmenter, MODELS, path, classes, "GLA-CLIP", threshold, out, limit)
+    assert list(out.iterdir()) == []
+
+
+def test_decompression_bomb_is_refused(segmenter, photo, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 200 x 260 is over twice that
+    with pytest.raises(demo.DemoInputError, match="too large to open safely"):
+        demo.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path)
+
+
+def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkeypatch) -> None:
+    rgb = np.asarray(Image.open(photo))
+    result = segmenter.segment(rgb, ["sky", "tree"])
+    out = tmp_path / "out"
+    out.mkdir()
+    present_at_json: list[str] = []
+    real_save_json = batch.save_json
+
+    def spy(path, obj):
+        present_at_json.extend(sorted(p.name for p in out.iterdir()))
+        return real_save_json(path, obj)
+
+    monkeypatch.setattr(batch, "save_json", spy)
+    files = write_outputs(result, rgb, out, "x", photo, segmenter.settings, MODELS)
+    assert present_at_json == ["x.png", "x_overlay.jpg"]
+    assert (files.labels, files.overlay, files.record) == (
+        out / "x.png",
+        out / "x_overlay.jpg",
+        out / "x.json",
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["x.json", "x.png", "x_overlay.jpg"]
+
+
+# ------------------------------------------------------------------------------ page pieces
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_text_parses_back_to_the_preset(name) -> None:
+    assert parse_classes_arg(demo.preset_text(name)) == preset_classes(name)
+
+
+def test_preset_menu_names_every_benchmark() -> None:
+    labels = dict((value, label) for label, value in demo.preset_choices())
+    assert set(labels) == set(PRESETS)
+    assert labels["cityscapes"] == "Cityscapes (19)"
+    assert labels["ade20k"] == "ADE20K (150)"
+    assert labels["coco_stuff164k"] == "COCO-Stuff (171)"
+
+
+def test_annotation_view_masks_and_colours() -> None:
+    labels = np.array([[0, 0, 2, 255], [2, 2, 2, 255]], dtype=np.int32)
+    rgb = np.zeros((2, 4, 3), np.uint8)
+    (base, masks), colours = demo.annotation_view(rgb, labels, ["sky", "tree", "road"])
+    assert base.shape == (2, 4, 3)
+    assert [name for _, name in masks] == ["road", "sky"]  # present only, largest first
+    assert np.array_equal(masks[0][0], (labels == 2).astype(np.float32))
+    assert np.array_equal(masks[1][0], (labels == 0).astype(np.float32))
+    pal = make_palette(256)
+    assert colours == {
+        "road": "#{:02x}{:02x}{:02x}".format(*pal[2]),
+        "sky": "#{:02x}{:02x}{:02x}".format(*pal[0]),
+    }
+
+
+def test_annotation_view_is_reduced_for_display() -> None:
+    labels = np.zeros((300, 4000), np.int32)
+    labels[:, 1000:] = 1
+    (base, masks), _ = demo.annotation_view(np.zeros((300, 4000, 3), np.uint8), labels, ["a", "b"])
+    assert base.shape == (77, 1024, 3)
+    (mask_b, name_b), (mask_a, name_a) = masks
+    assert (name_b, name_a) == ("b", "a") and mask_b.shape == (77, 1024)
+    assert mask_b[:, :256].sum() == 0 and mask_b[:, 256:].all()  # column 1000 of 4000
+    assert np.array_equal(mask_a, 1.0 - mask_b)
+
+
+def test_shares_table_escapes_and_sorts(segmenter, photo) -> None:
+    result = segmenter.with_settings(prob_threshold=0.99).segment(photo, ["a|b", "<b>c</b>"])
+    table = demo.shares_table(result)
+    assert "a\\|b" in table and "&lt;b&gt;c&lt;/b&gt;" in table and "<b>" not in table
+    assert "*unlabelled*" in table
+
+
+def test_safe_stem() -> None:
+    assert demo.safe_stem("my photo.jpg") == "my photo"
+    assert demo.safe_stem("../../etc/passwd") == "passwd"
+    assert demo.safe_stem("a<b>:c?.png") == "a_b_c"
+    assert demo.safe_stem("....png") == "image"
+
+
+def test_upload_path_reads_gradio_file_data() -> None:
+    assert demo.upload_path(None) == (None, None)
+    assert demo.upload_path({"path": "/tmp/x/abc.jpg", "orig_name": "cat.jpg"}) == (
+        "/tmp/x/abc.jpg",
+        "cat.jpg",
+    )
+    assert demo.upload_path({"path": "/tmp/x/abc.jpg"}) == ("/tmp/x/abc.jpg", "abc.jpg")
+
+
+# ------------------------------------------------------------------------------ command line
+def _option_strings(parser, command: str) -> set[str]:
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {s for action in sub._actions for s in action.option_strings}
+
+
+def test_demo_has_every_model_and_method_flag_of_segment() -> None:
+    parser = build_parser()
+    segment_only = {"--classes", "--class-file", "--out", "--no-overlay"}
+    missing = _option_strings(parser, "segment") - segment_only - _option_strings(parser, "demo")
+    assert missing == set()
+    args = parser.parse_args(["demo"])
+    assert args.host == "127.0.0.1" and args.port == 7860 and args.share is False
+
+
+def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail
+    code = main(["demo", "--clip", "local-dir:/nonexistent", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert 'pip install "glaclip[demo]"' in err
+
+
+# ------------------------------------------------------------------------------ the browser
+def _browser_or_skip() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        driver = None
+    if chromium and driver:
+        return chromium, driver
+    reason = (
+        "the browser test needs Chromium, its driver and selenium: on Debian/Ubuntu "
+        '`apt-get install chromium chromium-driver`, and `pip install -e ".[dev]"`'
+    )
+    if os.environ.get("GLACLIP_REQUIRE_BROWSER"):
+        pytest.fail(reason + " (GLACLIP_REQUIRE_BROWSER is set)")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_model_args, tmp_path):
+    """The real `glaclip demo` on a free loopback port, with the tiny models."""
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glaclip", "demo", "--port", str(port), *tiny_model_args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"glaclip demo exited with {proc.returncode}:\n"
+                    + (tmp_path / "server.log").read_text()
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("glaclip demo did not answer within 240 s")
+            time.sleep(0.5)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium, driver_path = _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1700",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        opts.add_argument(flag)
+    opts.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.downloads = downloads
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _toasts(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")]
+
+
+def test_page_in_headless_chromium(browser, server, tiny_model_args, tmp_path) -> None:
+    """Bad inputs get messages; then a run whose label PNG equals `glaclip segment`'s."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, proc = server
+    d = browser
+    d.get(url)
+    _wait(lambda: d.find_elements(By.CSS_SELECTOR, "#glaclip-run"), 60, "the page")
+    upload = d.find_element(By.CSS_SELECTOR, "#glaclip-image input[type=file]")
+    box = d.find_element(By.CSS_SELECTOR, "#glaclip-classes textarea")
+    button = d.find_element(By.CSS_SELECTOR, "#glaclip-run")
+
+    # bad input 1: no image
+    box.send_keys("cat, floor; carpet, wall")
+    button.click()
+    _wait(lambda: any("No image" in t for t in _toasts(d)), 60, "the no-image message")
+
+    # bad input 2: a file that is not an image
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("this is not a picture")
+    upload.send_keys(str(broken))
+    time.sleep(1)
+    button.click()
+    _wait(
+        lambda: any("broken.jpg is not an image" in t for t in _toasts(d)),
+        60,
+        "the not-an-image message",
+    )
+    d.save_screenshot(str(tmp_path / "demo_error.png"))
+    assert proc.poll() is None
+
+    # a real run: ProxyCLIP per window at threshold 0.45
+    for close in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-close]"):
+        close.click()
+    d.find_element(By.CSS_SELECTOR, "#glaclip-image button[aria-label='Remove Image']").click()
+    upload = _wait(
+        lambda: d.find_elements(By.CSS_SELECTOR, "#glaclip-image input[type=file]"), 10, "upload"
+    )[0]
+    upload.send_keys(str(CHELSEA))
+    d.find_element(
+        By.XPATH, "//*[@id='glaclip-method']//label[contains(., 'ProxyCLIP per window')]"
+    ).click()
+    number = d.find_element(By.CSS_SELECTOR, "#glaclip-threshold input[type=number]")
+    number.send_keys(Keys.CONTROL, "a")
+    number.send_keys("0.45", Keys.TAB)
+    time.sleep(0.5)
+    button.click()
+    link = _wait(
+        lambda: d.find_elements(By.CSS_SELECTOR, "#glaclip-files a[download='chelsea.png']"),
+        180,
+        "the download links",
+    )[0]
+    overlay = d.find_element(By.CSS_SELECTOR, "#glaclip-overlay img")
+    assert d.execute_script("return arguments[0].naturalWidth", overlay) > 451  # with legend
+    legend = d.find_element(By.CSS_SELECTOR, "#glaclip-annotated").text
+    assert any(name in legend for name in ("cat", "floor", "wall"))
+    assert (
+        "ProxyCLIP per window, probability threshold 0.45"
+        in d.find_element(By.CSS_SELECTOR, "#glaclip-shares").text
+    )
+    assert "Seconds per stage" in d.find_element(By.CSS_SELECTOR, "#glaclip-timings").text
+    time.sleep(1)  # let the images settle before the screenshot
+    d.save_screenshot(str(tmp_path / "demo.png"))
+    if os.environ.get("GLACLIP_DEMO_SCREENSHOT"):
+        d.save_screenshot(os.environ["GLACLIP_DEMO_SCREENSHOT"])
+
+    link.click()
+    png = d.downloads / "chelsea.png"
+    _wait(png.is_file, 30, "the downloaded label PNG")
+    record_url = d.find_element(
+        By.CSS_SELECTOR, "#glaclip-files a[download='chelsea.json']"
+    ).get_attribute("href")
+    with urllib.request.urlopen(record_url, timeout=10) as r:
+        record = json.loads(r.read())
+
+    out = tmp_path / "cli"
+    args = ["segment", str(CHELSEA), "--classes", "cat, floor; carpet, wall", "--out", str(out)]
+    assert main(args + ["--no-kv-extension", "--prob-threshold", "0.45"] + tiny_model_args) == 0
+    assert png.read_bytes() == (out / "chelsea.png").read_bytes()
+    labels = np.asarray(Image.open(png))
+    assert 255 in labels and (labels < 3).any()
+    want = json.loads((out / "chelsea.json").read_text())
+    assert record["settings"] == want["settings"] and record["classes"] == want["classes"]
+    assert record["settings"]["kv_extension"] is False
+    assert record["models"] == want["models"] and record["image"] == "chelsea.jpg"
+    assert proc.poll() is None
