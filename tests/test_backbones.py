@@ -153,3 +153,60 @@ def test_clip_patch14_values_resized_to_vfm_grid(golden_modules) -> None:
 def test_clip_tower_rejects_non_vit() -> None:
     with pytest.raises(backbones.ModelLoadError, match="not an open_clip ViT"):
         backbones.ClipTower(torch.nn.Linear(2, 2))
+
+
+def test_checkpoint_path_typo_says_file_not_found(tmp_path) -> None:
+    with pytest.raises(backbones.ModelLoadError, match="checkpoint file .*typo.pt not found"):
+        backbones.load_clip("ViT-B-16", str(tmp_path / "typo.pt"))
+
+
+def test_checkpoint_of_another_architecture_is_summarised(golden_models_state, tmp_path):
+    """A checkpoint that does not fit: counts and three examples, not hundreds of key names."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny_vfm.safetensors"
+    save_file({k: v.contiguous() for k, v in golden_models_state["vfm_state_dict"].items()}, path)
+    with pytest.raises(backbones.ModelLoadError) as info:
+        backbones.load_vfm("vit_small_patch16_224", str(path))
+    message = str(info.value)
+    assert "do not fit the VFM architecture vit_small_patch16_224" in message
+    assert "of another shape (e.g." in message and "--vfm" in message
+    assert len(message) < 600 and message.count("blocks.") <= 6
+
+    clip_path = tmp_path / "tiny_clip.pt"
+    torch.save(golden_models_state["clip_state_dict"], clip_path)
+    with pytest.raises(backbones.ModelLoadError) as info:
+        backbones.load_clip("ViT-S-32", str(clip_path))
+    message = str(info.value)
+    assert "do not fit the CLIP architecture ViT-S-32" in message and len(message) < 600
+
+
+def test_no_network_fails_at_once(monkeypatch, tmp_path) -> None:
+    """Weights not in the cache and the hub unreachable: a clear error before any download
+    (open_clip and timm would retry for about a minute)."""
+    import socket
+
+    import open_clip
+    import timm
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no route")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(open_clip, "create_model", no_download)
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(backbones.ModelLoadError, match="cannot be reached .*local-dir:DIR"):
+        backbones.load_clip("ViT-B-16", "openai")
+    with pytest.raises(backbones.ModelLoadError, match="cannot be reached .*--vfm-checkpoint"):
+        backbones.load_vfm("vit_base_patch8_224.dino")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(backbones.ModelLoadError, match="HF_HUB_OFFLINE is set"):
+        backbones.load_vfm("vit_base_patch8_224.dino")

@@ -18,10 +18,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from glaclip import hub
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_VFM_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 DEFAULT_CLIP = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -254,7 +260,9 @@ def _pair(v) -> tuple[int, int]:
 # Loading
 
 
-def _offline_hint(kind: str, name: str, pretrained: str | None, err: Exception) -> ModelLoadError:
+def _offline_hint(
+    kind: str, name: str, pretrained: str | None, err: Exception | str
+) -> ModelLoadError:
     what = f"{name}" + (f" ({pretrained})" if pretrained else "")
     if kind == "clip":
         how = (
@@ -303,11 +311,25 @@ def load_clip(
         )
     if pretrained and not os.path.exists(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags and _looks_like_file(pretrained):
+            raise ModelLoadError(
+                f"CLIP checkpoint file {pretrained} not found: check the path, or pass an "
+                f"open_clip tag such as {', '.join(tags[:3]) or 'openai'}"
+            )
         if pretrained not in tags:
             raise ModelLoadError(
                 f"unknown pretrained tag {pretrained!r} for CLIP {name}; known tags: "
                 f"{', '.join(tags) or 'none'}; or pass a local checkpoint file"
             )
+        cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+        repo = (cfg.get("hf_hub") or "").strip("/") or None
+        reason = hub.check_download(repo, _CLIP_FILES)
+        if reason:
+            raise _offline_hint("clip", name, pretrained, reason)
+    elif name.startswith("hf-hub:"):
+        reason = hub.check_download(name.removeprefix("hf-hub:"), ("open_clip_config.json",))
+        if reason:
+            raise _offline_hint("clip", name, None, reason)
     quick_gelu = pretrained == "openai" or "quickgelu" in name.lower()
     try:
         model = open_clip.create_model(
@@ -320,6 +342,13 @@ def load_clip(
     except ModelLoadError:
         raise
     except Exception as err:  # download, cache and file errors come in many types
+        local = pretrained if pretrained and os.path.exists(pretrained) else None
+        if local or name.startswith("local-dir:"):
+            reason = hub.summarise_load_error(str(err)) or _first_line(err)
+            raise ModelLoadError(
+                f"the weights {local or name} do not fit the CLIP architecture {name}: "
+                f"{reason}. Is it a checkpoint of another model? Pass the matching --clip"
+            ) from None
         raise _offline_hint("clip", name, pretrained, err) from err
     tokenizer = open_clip.get_tokenizer(name)
     pp = getattr(model.visual, "preprocess_cfg", None) or {}
@@ -356,14 +385,37 @@ def load_vfm(
         if not os.path.isfile(checkpoint):
             raise ModelLoadError(f"VFM checkpoint file {checkpoint} does not exist")
         kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(checkpoint)}
+    elif not name.startswith("local-dir:"):
+        if name.startswith("hf-hub:"):
+            repo = name.removeprefix("hf-hub:")
+        else:
+            repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+        reason = hub.check_download(repo, _VFM_FILES)
+        if reason:
+            raise _offline_hint("vfm", name, None, reason)
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except TypeError:
-        kwargs.pop("dynamic_img_size")  # a model family without dynamic sizes
         try:
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        except TypeError:
+            kwargs.pop("dynamic_img_size")  # a model family without dynamic sizes
             model = timm.create_model(name, pretrained=True, img_size=224, **kwargs)
-        except Exception as err:
-            raise _offline_hint("vfm", name, checkpoint, err) from err
-    except Exception as err:
+    except Exception as err:  # download, cache and file errors come in many types
+        if checkpoint or name.startswith("local-dir:"):
+            reason = hub.summarise_load_error(str(err)) or _first_line(err)
+            raise ModelLoadError(
+                f"the weights {checkpoint or name} do not fit the VFM architecture "
+                f"{name.split('.')[0]}: {reason}. Is it a checkpoint of another model? Pass "
+                "the matching --vfm"
+            ) from None
         raise _offline_hint("vfm", name, checkpoint, err) from err
     return model.to(device).eval()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0][:300] if text else "") or type(err).__name__
+
+
+def _looks_like_file(text: str) -> bool:
+    """A name that is meant as a file path (a folder part or a checkpoint extension)."""
+    return os.sep in text or "/" in text or text.lower().endswith(_CHECKPOINT_SUFFIXES)
