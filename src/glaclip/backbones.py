@@ -413,7 +413,7 @@ def load_vfm(
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
-    return (text[0][:300] if text else "") or type(err).__name__
+    return (text[0][:300].rstrip(".!") if text else "") or type(err).__name__
 
 
 def _looks_like_file(text: str) -> bool:
