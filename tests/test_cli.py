@@ -241,3 +241,126 @@ def test_prepare_coco_object(tmp_path, capsys) -> None:
     assert main(["prepare", "coco-object", str(src), str(dst)]) == 0
     out = np.asarray(Image.open(dst / "1_instanceTrainIds.png"))
     assert out.tolist() == [[1, 80], [0, 0]]
+
+
+# ------------------------------------------------------------------ guards before any work
+def test_output_never_replaces_an_input(tiny_model_args, tmp_path, capsys) -> None:
+    """``segment folder/photo.png --out folder`` would write the label map over the photo."""
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(_rgb(224, 240, 1)).save(photo)
+    before = photo.read_bytes()
+    code = main(["segment", str(photo), "--classes", "a, b", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the input image" in err and "coffee.png" in err
+    assert photo.read_bytes() == before
+    assert not (tmp_path / "coffee.json").exists()
+
+
+def test_out_naming_a_file(tiny_model_args, inputs, tmp_path, capsys) -> None:
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    code = main(["segment", str(inputs["rgb"]), "--classes", "a", "--out", str(target)])
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--stride", "500"], "stride 500 is larger than crop 224"),
+        (["--crop", "100", "--stride", "50"], "multiple of 16 (the CLIP patch) and 8"),
+        (["--crop", "100000"], "larger than max_long_side"),
+        (["--background-index", "7"], "background_index 7 names no class of the 2"),
+    ],
+)
+def test_bad_numbers_are_refused_before_any_model_loads(
+    extra, message, inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    if "--crop" not in extra or "100000" in extra:  # these need no model to be refused
+        monkeypatch.setattr(
+            segmenter_module.Segmenter,
+            "from_pretrained",
+            lambda *a, **k: pytest.fail("a model was loaded"),
+        )
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "a, b", "--out", str(out)]
+    assert main(args + tiny_model_args + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_stride_larger_than_crop_in_the_api(golden_modules) -> None:
+    clip, vfm, tok = golden_modules
+    with pytest.raises(ValueError, match="stride 500 is larger than crop 224"):
+        Segmenter.from_modules(clip, vfm, tok, stride=500)
+    seg = Segmenter.from_modules(clip, vfm, tok, prob_threshold=0.5, background_index=7)
+    with pytest.raises(ValueError, match="background_index 7 names no class"):
+        seg.segment(_rgb(224, 224, 0), ["a", "b"])
+
+
+def test_more_than_255_classes_write_16_bit_labels(tiny_model_args, inputs, tmp_path) -> None:
+    """300 classes: a 16-bit label PNG, unlabelled pixels 65535 (255 is a class here)."""
+    classes = tmp_path / "many.txt"
+    classes.write_text("\n".join(f"thing{i}" for i in range(300)) + "\n")
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--class-file", str(classes), "--out", str(out)]
+    args += ["--prob-threshold", "0.5", "--no-progress"]
+    assert main(args + tiny_model_args) == 0
+    labels = Image.open(out / "rgb.png")
+    assert labels.mode.startswith("I;16")
+    values = set(np.unique(np.asarray(labels)).tolist())
+    assert values <= set(range(300)) | {65535} and 65535 in values
+    info = json.loads((out / "rgb.json").read_text())
+    assert info["settings"]["background_index"] == 65535 and len(info["classes"]) == 300
+
+
+def test_too_many_classes_before_any_model(tmp_path, capsys) -> None:
+    classes = tmp_path / "huge.txt"
+    classes.write_text("\n".join(f"c{i}" for i in range(65536)) + "\n")
+    photo = tmp_path / "p.png"
+    Image.fromarray(_rgb(224, 224, 0)).save(photo)
+    args = ["segment", str(photo), "--class-file", str(classes), "--out", str(tmp_path / "o")]
+    assert main(args + ["--clip", "local-dir:/nonexistent"]) == 2
+    assert "65536 classes: a label PNG holds at most 65535" in capsys.readouterr().err
+
+
+def test_first_class_has_a_visible_colour(tiny_model_args, inputs, tmp_path) -> None:
+    out = tmp_path / "o"
+    assert (
+        main(
+            ["segment", str(inputs["rgb"]), "--classes", "thing", "--out", str(out)]
+            + tiny_model_args
+        )
+        == 0
+    )
+    png = Image.open(out / "rgb.png")
+    palette = np.asarray(png.getpalette()[:6]).reshape(2, 3)
+    assert palette[0].sum() > 0  # class 0 is not black
+    overlay = np.asarray(Image.open(out / "rgb_overlay.jpg"))[:240, :320].astype(float)
+    photo = np.asarray(Image.open(inputs["rgb"])).astype(float)
+    # half the photo plus half the class colour; black would leave half the photo
+    tint = (overlay - 0.5 * photo).reshape(-1, 3).mean(axis=0)
+    assert np.abs(tint - 0.5 * palette[0]).max() < 8 and tint.max() > 40
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys) -> None:
+    import glaclip.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_segment", interrupted)
+    assert main(["segment", "x.png", "--classes", "a", "--out", "o"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_help_says_the_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-progress" in text
+    assert "(default: 0," in text and "(default: 255, unlabelled" in text

@@ -22,7 +22,7 @@ from glaclip.batch import segment_files, write_outputs
 from glaclip.cli import build_parser, main
 from glaclip.data.presets import PRESETS, preset_classes
 from glaclip.text import parse_classes_arg
-from glaclip.viz import make_palette
+from glaclip.viz import class_palette
 
 CHELSEA = demo.EXAMPLES_DIR / "chelsea.jpg"
 
@@ -216,7 +216,7 @@ def test_annotation_view_masks_and_colours() -> None:
     assert [name for _, name in masks] == ["road", "sky"]  # present only, largest first
     assert np.array_equal(masks[0][0], (labels == 2).astype(np.float32))
     assert np.array_equal(masks[1][0], (labels == 0).astype(np.float32))
-    pal = make_palette(256)
+    pal = class_palette(3)
     assert colours == {
         "road": "#{:02x}{:02x}{:02x}".format(*pal[2]),
         "sky": "#{:02x}{:02x}{:02x}".format(*pal[0]),
@@ -265,7 +265,7 @@ def _option_strings(parser, command: str) -> set[str]:
 
 def test_demo_has_every_model_and_method_flag_of_segment() -> None:
     parser = build_parser()
-    segment_only = {"--classes", "--class-file", "--out", "--no-overlay"}
+    segment_only = {"--classes", "--class-file", "--out", "--no-overlay", "--no-progress"}
     missing = _option_strings(parser, "segment") - segment_only - _option_strings(parser, "demo")
     assert missing == set()
     args = parser.parse_args(["demo"])

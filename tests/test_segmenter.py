@@ -186,3 +186,13 @@ def test_low_precision_without_native_support_warns(golden_modules, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Segmenter.from_modules(clip, vfm, tok, precision="bf16")
+
+
+def test_progress_reports_windows_and_attention(seg: Segmenter) -> None:
+    calls: list[tuple[str, int, int]] = []
+    seg.segment(_image(336, 448), ["a", "b"], progress=lambda *c: calls.append(c))
+    windows = [c for c in calls if c[0] == "windows"]
+    attention = [c for c in calls if c[0] == "attention"]
+    assert windows[-1] == ("windows", 6, 6) and len(windows) == 2  # batches of 4
+    assert attention and attention[-1] == ("attention", 6 * 784, 6 * 784)
+    assert [c[1] for c in attention] == sorted(c[1] for c in attention)

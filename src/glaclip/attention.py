@@ -38,11 +38,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from glaclip.config import GLAConfig
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 _EPS = 1e-6
 # Below this mask density (fraction of ones) a mask-times-keys product runs as a sparse CSR
@@ -64,6 +67,7 @@ def attend(
     values: torch.Tensor,
     cfg: GLAConfig,
     initial: torch.Tensor | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Attention output of every token of every window.
 
@@ -75,6 +79,8 @@ def attend(
         initial: ``N x Ck`` initial proxies (any scale; ``N = L * S``) from which the proxy
             iteration starts (SPEC 12.2); None starts from the keys themselves (SPEC 5).
             Used with the KV extension only.
+        progress: called as ``progress("attention", rows_done, N)`` by the blocked
+            implementation after each block of query rows.
 
     Returns:
         ``L x S x (heads * d_h)`` float32 attention output, heads concatenated (head-major).
@@ -94,7 +100,7 @@ def attend(
     if cfg.attention_impl == "dense":
         out = global_attention_dense(k, v, n_win, cfg, initial)
     else:
-        out = global_attention_blocked(k, v, n_win, cfg, initial=initial)
+        out = global_attention_blocked(k, v, n_win, cfg, initial=initial, progress=progress)
     return out.reshape(n_win, n_tok, heads * d_h)
 
 
@@ -239,6 +245,7 @@ def global_attention_blocked(
     cfg: GLAConfig,
     sparse_density: float = SPARSE_MASK_DENSITY,
     initial: torch.Tensor | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Same result as ``global_attention_dense`` with ``O(block x N)`` extra memory.
 
@@ -250,6 +257,7 @@ def global_attention_blocked(
         sparse_density: mask density below which a mask-times-keys product is sparse
             (0: always dense; 1: always sparse). Changes speed and round-off, not decisions.
         initial: ``N x Ck`` L2-normalised initial proxies, or None for the keys themselves.
+        progress: ``progress("attention", rows_done, N)`` after each block of rows.
 
     Returns:
         ``N x (heads * d_h)`` float32; zero rows where the last mask is empty (see
@@ -289,6 +297,8 @@ def global_attention_blocked(
         _softmax_times_values(x, v_flat, out[rows])
         if empty is not None:
             out[rows][empty] = 0.0
+        if progress is not None:
+            progress("attention", rows.stop, n)
     return out
 
 

@@ -19,9 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glaclip import hub
+from glaclip.imageio import CLIP_MEAN, CLIP_STD
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenAI CLIP's normalisation, defined once in imageio (where images are normalised)
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = CLIP_MEAN, CLIP_STD
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -17,13 +17,14 @@ A third base is one more class with ``features`` and ``attend`` and an entry in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from glaclip.attention import attend, initial_proxies, query_attention
+from glaclip.attention import Progress, attend, initial_proxies, query_attention
 from glaclip.backbones import ClipTower, VFMKeyTower
 from glaclip.config import GLAConfig, Settings
 from glaclip.device import StageTimer
@@ -57,6 +58,23 @@ class BaseMethod:
     def __init__(self, clip: ClipTower) -> None:
         self.clip = clip
 
+    def patch_sizes(self) -> dict[str, int]:
+        """The patch size of each backbone this base runs, by a name for messages."""
+        return {"the CLIP patch": self.clip.patch_size[0]}
+
+    def check_crop(self, crop: int) -> None:
+        """Raise ValueError unless the window side ``crop`` is a multiple of every patch size
+        (the token grids must cover the window exactly)."""
+        sizes = self.patch_sizes()
+        bad = {what: p for what, p in sizes.items() if crop % p}
+        if bad:
+            step = math.lcm(*sizes.values())
+            parts = " and ".join(f"{p} ({what})" for what, p in sizes.items())
+            raise ValueError(
+                f"crop {crop} must be a multiple of {parts}: e.g. {step * max(1, crop // step)}"
+                f" or {step * (crop // step + 1)} (the paper's is 224)"
+            )
+
     def features(
         self, crops: torch.Tensor, settings: Settings, timer: StageTimer
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], torch.Tensor | None]:
@@ -66,7 +84,11 @@ class BaseMethod:
         raise NotImplementedError
 
     def attend(
-        self, feats: WindowFeatures, windows: Sequence[Window], cfg: GLAConfig
+        self,
+        feats: WindowFeatures,
+        windows: Sequence[Window],
+        cfg: GLAConfig,
+        progress: Progress | None = None,
     ) -> torch.Tensor:
         """Attention output ``L x S x D`` (before CLIP's output projection)."""
         raise NotImplementedError
@@ -77,9 +99,11 @@ class BaseMethod:
         windows: Sequence[Window],
         settings: Settings,
         timer: StageTimer,
+        progress: Progress | None = None,
     ) -> WindowFeatures:
         """Run ``features`` over the windows of ``x`` (``1 x 3 x H x W``),
-        ``settings.runtime.window_batch`` at a time; float32 results."""
+        ``settings.runtime.window_batch`` at a time; float32 results. ``progress("windows",
+        done, L)`` after each batch."""
         batch = settings.runtime.window_batch
         keys, values, cls = [], [], []
         grid = (0, 0)
@@ -88,6 +112,8 @@ class BaseMethod:
                 [x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows[start : start + batch]]
             )
             k, v, grid, c = self.features(crops, settings, timer)
+            if progress is not None:
+                progress("windows", min(len(windows), start + batch), len(windows))
             keys.append(k.float())
             values.append(v.float())
             if c is not None:
@@ -117,6 +143,9 @@ class ProxyCLIPBase(BaseMethod):
         self.clip_mean = clip_mean  # 1 x 3 x 1 x 1
         self.clip_std = clip_std
 
+    def patch_sizes(self) -> dict[str, int]:
+        return {**super().patch_sizes(), "the VFM patch": self.vfm.patch_size[0]}
+
     def features(self, crops, settings, timer):
         with timer("vfm"):
             mean, std = self.clip_mean.to(crops.device), self.clip_std.to(crops.device)
@@ -134,8 +163,8 @@ class ProxyCLIPBase(BaseMethod):
             None,
         )
 
-    def attend(self, feats, windows, cfg):
-        return attend(feats.keys, feats.values, cfg)
+    def attend(self, feats, windows, cfg, progress=None):
+        return attend(feats.keys, feats.values, cfg, progress=progress)
 
 
 class ClearCLIPBase(BaseMethod):
@@ -151,7 +180,7 @@ class ClearCLIPBase(BaseMethod):
         cls = None if settings.gla.kv_extension else torch.stack([q[:, 0], v[:, 0]], dim=1)
         return q[:, 1:], v[:, 1:].transpose(1, 2), grid, cls
 
-    def attend(self, feats, windows, cfg):
+    def attend(self, feats, windows, cfg, progress=None):
         n_win, n_tok, d = feats.keys.shape
         if not cfg.kv_extension:  # SPEC 12.1: q-q attention over [class token; patches]
             assert feats.class_tokens is not None
@@ -165,7 +194,7 @@ class ClearCLIPBase(BaseMethod):
         if cfg.proxy_anchor or cfg.dynamic_norm:
             positions = token_positions(windows, feats.grid, self.clip.patch_size)
             initial = initial_proxies(feats.keys.reshape(n_win, gh, gw, d), positions)
-        return attend(feats.keys, feats.values, cfg, initial=initial)
+        return attend(feats.keys, feats.values, cfg, initial=initial, progress=progress)
 
 
 def token_positions(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from glaclip.config import Settings
+from glaclip.config import MAX_INDEXED_CLASSES, Settings
 from glaclip.distributed import DistInfo, shard
 from glaclip.imageio import (
     IMAGE_EXTENSIONS,
@@ -22,7 +22,7 @@ from glaclip.imageio import (
     save_rgb,
 )
 from glaclip.segmenter import Segmentation, Segmenter
-from glaclip.viz import make_palette, overlay
+from glaclip.viz import class_palette, label_png_palette, overlay
 
 
 @dataclass
@@ -91,6 +91,56 @@ def describe(
     }
 
 
+def output_paths(out_dir: Path, stem: str, write_overlay: bool = True) -> list[Path]:
+    """The files ``write_outputs`` writes for an image: label PNG, overlay, JSON (last)."""
+    names = [f"{stem}.png"] + ([f"{stem}_overlay.jpg"] if write_overlay else [])
+    return [out_dir / name for name in names + [f"{stem}.json"]]
+
+
+def check_outputs(paths: Sequence[Path], out_dir: Path, write_overlay: bool = True) -> None:
+    """Refuse a run that would write over one of its own inputs, or into a file.
+
+    Raises:
+        ValueError: ``out_dir`` is an existing file, or an output file of some image would be
+            one of the input images (e.g. ``segment folder/photo.png --out folder``).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder: pass a folder for the outputs")
+    inputs = {os.path.realpath(p): p for p in paths}
+    for path, stem in zip(paths, output_stems(paths), strict=True):
+        for out in output_paths(out_dir, stem, write_overlay):
+            hit = inputs.get(os.path.realpath(out))
+            if hit is not None:
+                raise ValueError(
+                    f"the output {out} of {path} would overwrite the input image {hit}: "
+                    "choose another --out folder"
+                )
+
+
+class StageBar:
+    """A progress bar over the stages of one image (``Segmenter.segment``'s ``progress``): it
+    appears only when an image takes more than two seconds, and is cleared afterwards."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None or stage != self.stage:
+            self.close()
+            self.bar = tqdm(total=total, desc=f"  {stage}", delay=2.0, leave=False)
+            self.stage = stage
+        self.bar.update(done - self.bar.n)  # update, not refresh: keeps the two-second delay
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 @dataclass
 class WrittenOutputs:
     """The files written for one image by ``write_outputs``."""
@@ -123,20 +173,27 @@ def write_outputs(
         models: the backbones' names, recorded in the JSON.
         write_overlay: write the overlay image.
 
-    The label PNG is indexed with ``make_palette(256)``; every file is written under a temporary
-    name and renamed when complete. The JSON comes last: it is the record of a finished image.
+    Up to 255 classes the label PNG is indexed with ``label_png_palette`` (255: unlabelled);
+    with more, it is a 16-bit greyscale PNG (65535: unlabelled). Every file is written under a
+    temporary name and renamed when complete. The JSON comes last: it is the record of a
+    finished image, so an image without its JSON was not finished (a run that was killed).
     """
-    palette = make_palette(256)
-    labels_path = save_label_png(out_dir / f"{stem}.png", result.labels, palette)
+    names = [c[0] for c in result.class_names]
+    many = len(names) > MAX_INDEXED_CLASSES
+    labels_path = save_label_png(
+        out_dir / f"{stem}.png",
+        result.labels,
+        None if many else label_png_palette(len(names)),
+        sixteen_bit=many,
+    )
     overlay_path = None
     if write_overlay:
-        names = [c[0] for c in result.class_names]
         unl = settings.post.background_index
         picture = overlay(
             rgb,
             result.labels,
             names,
-            palette=palette,
+            palette=class_palette(len(names)),
             unlabeled_index=unl if unl >= len(names) else None,
         )
         overlay_path = save_rgb(out_dir / f"{stem}_overlay.jpg", picture)
@@ -159,9 +216,14 @@ def segment_files(
 
     Under torchrun each process takes its share of the images (``distributed.shard``). An image
     that cannot be read is recorded in the report and skipped; nothing is written for it. Every
-    file is written under a temporary name and renamed when complete.
+    file is written under a temporary name and renamed when complete. With ``progress``, a bar
+    runs over the images, and one over the stages of an image that takes long.
+
+    Raises:
+        ValueError: before any work, when an output would replace an input (``check_outputs``).
     """
     dist = dist or DistInfo()
+    check_outputs(paths, out_dir, write_overlay)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
@@ -173,7 +235,11 @@ def segment_files(
         except ImageReadError as err:
             report.failed.append((path, str(err)))
             continue
-        result = segmenter.segment(rgb, class_lines)
+        stages = StageBar(progress)
+        try:
+            result = segmenter.segment(rgb, class_lines, progress=stages)
+        finally:
+            stages.close()
         write_outputs(result, rgb, out_dir, stem, path, segmenter.settings, models, write_overlay)
         report.done.append(path)
     return report

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--class-file", help="one class per line, synonyms separated by '; '")
     seg.add_argument("--out", required=True, help="output folder")
     seg.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_arguments(seg)
     add_method_arguments(seg)
 
@@ -116,33 +117,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from glaclip.batch import collect_images, segment_files
-    from glaclip.distributed import process_group
+    from glaclip.batch import check_outputs, collect_images, segment_files
+    from glaclip.config import check_vocabulary_size, settings_from_kwargs, unlabelled_value
+    from glaclip.distributed import gather_messages, process_group
     from glaclip.text import parse_classes_arg, read_class_file
 
     lines = read_class_file(args.class_file) if args.class_file else parse_classes_arg(args.classes)
     settings = settings_from_args(args)
-    settings.setdefault("background_index", UNLABELLED)
+    settings.setdefault("background_index", unlabelled_value(len(lines)))
+    # everything that can be checked is checked before any model loads
+    check_vocabulary_size(len(lines), settings["background_index"])
+    settings_from_kwargs(**settings)
     paths = collect_images(args.images)
+    out = Path(args.out)
+    check_outputs(paths, out, not args.no_overlay)
     with process_group(args.device) as (info, args.device):
         segmenter = build_segmenter(args, settings)
         report = segment_files(
             segmenter,
             paths,
             lines,
-            Path(args.out),
+            out,
             write_overlay=not args.no_overlay,
             models=model_identity(args),
             dist=info,
+            progress=not args.no_progress and info.is_main,
         )
-    for _path, message in report.failed:
+        # one summary for the whole run, from rank 0 (under torchrun)
+        failed = [message for _path, message in report.failed]
+        done = len(report.done)
+        if info.enabled:
+            gathered = gather_messages("\n".join(failed), info, max_bytes=1 << 16)
+            failed = [m for text in gathered for m in text.splitlines() if m]
+            done = sum(int(t or 0) for t in gather_messages(str(len(report.done)), info, 32))
+    if not info.is_main:
+        return 0
+    for message in failed:
         print(f"glaclip: skipped: {message}", file=sys.stderr)
     print(
-        f"segmented {len(report.done)} image(s) into {args.out}"
-        + (f"; {len(report.failed)} failed" if report.failed else ""),
+        f"segmented {done} image(s) into {args.out}"
+        + (f"; {len(failed)} failed" if failed else ""),
         file=sys.stderr,
     )
-    return 1 if report.failed else 0
+    return 1 if failed else 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -334,5 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        print("glaclip: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     return _fail(f"unknown command {args.command!r}")

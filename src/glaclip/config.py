@@ -24,9 +24,44 @@ class WindowConfig:
         for name in ("crop", "stride", "short_side", "max_long_side"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number of pixels")
+        if self.stride > self.crop:
+            raise ValueError(
+                f"stride {self.stride} is larger than crop {self.crop}: the windows would leave "
+                f"columns and rows that no window covers; pass a stride <= crop (e.g. "
+                f"--stride {max(1, self.crop // 2)}; the paper's is half the crop)"
+            )
+        if self.crop > self.max_long_side:
+            raise ValueError(
+                f"crop {self.crop} is larger than max_long_side {self.max_long_side}: a window "
+                "larger than the largest image side is not a window; the paper's crop is 224"
+            )
 
 
 BASES = ("proxyclip", "clearclip")
+MAX_INDEXED_CLASSES = 255  # classes an indexed (8-bit) label PNG holds; 255 marks unlabelled
+MAX_CLASSES = 65535  # classes a 16-bit label PNG holds; 65535 marks unlabelled
+
+
+def unlabelled_value(num_classes: int) -> int:
+    """The label of unlabelled pixels in a label PNG of ``num_classes`` classes: 255 in an
+    indexed PNG (up to 255 classes), 65535 in a 16-bit one (more)."""
+    return 255 if num_classes <= MAX_INDEXED_CLASSES else 65535
+
+
+def check_vocabulary_size(num_classes: int, background_index: int) -> None:
+    """Raise ValueError if ``background_index`` names no class and is not the unlabelled
+    value (``unlabelled_value``), or if there are more classes than a label PNG holds."""
+    if num_classes > MAX_CLASSES:
+        raise ValueError(
+            f"{num_classes} classes: a label PNG holds at most {MAX_CLASSES}; split the vocabulary"
+        )
+    unlabelled = unlabelled_value(num_classes)
+    if not (0 <= background_index < num_classes or background_index == unlabelled):
+        raise ValueError(
+            f"background_index {background_index} names no class of the {num_classes} given "
+            f"(0..{num_classes - 1}) and is not {unlabelled}, the value of "
+            "unlabelled pixels: pass a class index or leave it unset"
+        )
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,16 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from glaclip.bases import needs_vfm  # noqa: E402
 from glaclip.batch import WrittenOutputs, write_outputs  # noqa: E402
+from glaclip.config import (  # noqa: E402
+    MAX_INDEXED_CLASSES,
+    check_vocabulary_size,
+    unlabelled_value,
+)
 from glaclip.data.presets import PRESETS, preset_classes  # noqa: E402
 from glaclip.imageio import ImageReadError, read_image  # noqa: E402
 from glaclip.segmenter import Segmentation, Segmenter  # noqa: E402
 from glaclip.text import expand_queries, parse_class_lines, parse_classes_arg  # noqa: E402
-from glaclip.viz import make_palette  # noqa: E402
+from glaclip.viz import class_palette  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLES: list[tuple[str, str]] = [  # bundled photographs (see examples/LICENSE.md)
@@ -240,7 +245,14 @@ def run_request(
         threshold = float("nan")
     if not 0.0 <= threshold <= 1.0:
         raise DemoInputError(f"probability threshold must be a number in [0, 1], got {threshold}")
-    seg = segmenter.with_settings(**method_settings(method), prob_threshold=threshold)
+    extra: dict[str, Any] = {}
+    if len(lines) > MAX_INDEXED_CLASSES and segmenter.settings.post.background_index == 255:
+        extra["background_index"] = unlabelled_value(len(lines))  # 16-bit label PNG
+    try:
+        seg = segmenter.with_settings(**method_settings(method), prob_threshold=threshold, **extra)
+        check_vocabulary_size(len(lines), seg.settings.post.background_index)
+    except ValueError as err:
+        raise DemoInputError(str(err)) from err
     check_image(image_path, name, max_pixels)
     report(0.0, "Reading the image")
     try:
@@ -281,7 +293,7 @@ def annotation_view(
         labels = labels[rows][:, cols]
     else:
         base = rgb
-    palette = make_palette(256)
+    palette = class_palette(len(names))
     counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
     order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     masks = [((labels == i).astype(np.float32), names[i]) for i in order]

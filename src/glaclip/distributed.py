@@ -82,6 +82,18 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return work.to(t.device)
 
 
+def gather_messages(message: str, info: DistInfo, max_bytes: int = 2048) -> list[str]:
+    """Every rank's ``message`` (UTF-8, its first ``max_bytes`` bytes), on every rank.
+
+    A collective: every rank must call it. Uses ``all_reduce_sum`` (gloo and nccl alike).
+    """
+    data = message.encode("utf-8")[:max_bytes]
+    table = torch.zeros(info.world_size, max_bytes, dtype=torch.int64)
+    table[info.rank, : len(data)] = torch.tensor(list(data), dtype=torch.int64)
+    table = all_reduce_sum(table, info)
+    return [bytes(row[row > 0].tolist()).decode("utf-8", "replace") for row in table]
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every rank (a no-op in a single process)."""
     if info.enabled:

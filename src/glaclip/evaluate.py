@@ -58,7 +58,7 @@ from glaclip.data import (
     preset_classes,
     preset_display_names,
 )
-from glaclip.distributed import DistInfo, all_reduce_sum, barrier, shard
+from glaclip.distributed import DistInfo, all_reduce_sum, barrier, gather_messages, shard
 from glaclip.imageio import atomic_write, save_json, save_label_png
 from glaclip.metrics import SegMetric
 from glaclip.text import read_class_file
@@ -358,21 +358,6 @@ class StateWriter:
 class OtherRankFailed(ValueError):
     """Raised on the ranks of a distributed evaluation whose own images were fine when
     another rank failed; the message holds the failed ranks' messages."""
-
-
-MESSAGE_BYTES = 2048  # the part of each rank's error message that gather_messages carries
-
-
-def gather_messages(message: str, dist: DistInfo) -> list[str]:
-    """Every rank's ``message`` (UTF-8, the first ``MESSAGE_BYTES`` bytes), on every rank.
-
-    A collective: every rank must call it. Uses ``all_reduce_sum`` (gloo and nccl alike).
-    """
-    data = message.encode("utf-8")[:MESSAGE_BYTES]
-    table = torch.zeros(dist.world_size, MESSAGE_BYTES, dtype=torch.int64)
-    table[dist.rank, : len(data)] = torch.tensor(list(data), dtype=torch.int64)
-    table = all_reduce_sum(table, dist)
-    return [bytes(row[row > 0].tolist()).decode("utf-8", "replace") for row in table]
 
 
 def _check_agreement(done_flags: np.ndarray, dist: DistInfo) -> None:

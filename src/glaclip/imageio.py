@@ -247,7 +247,10 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) 
 
 
 def save_label_png(
-    path: str | os.PathLike[str], labels: np.ndarray, palette: np.ndarray | None = None
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    palette: np.ndarray | None = None,
+    sixteen_bit: bool | None = None,
 ) -> Path:
     """Save a label map as PNG, atomically.
 
@@ -255,9 +258,11 @@ def save_label_png(
         labels: HxW integer array with values in [0, 65535].
         palette: Kx3 uint8 colours (K <= 256) for an indexed PNG; None uses
             ``make_palette(256)``; indices beyond K get ``make_palette(256)`` colours.
+        sixteen_bit: write a 16-bit greyscale (mode I;16) PNG without a palette; None
+            decides by the values (above 255: 16-bit). A vocabulary of more than 255 classes
+            should pass True, so that every image of a run has the same format.
 
-    Labels with max <= 255 are written as an indexed (mode P) PNG carrying the palette;
-    larger labels as a 16-bit greyscale (mode I;16) PNG without a palette.
+    Otherwise the PNG is indexed (mode P) and carries the palette.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
@@ -266,7 +271,11 @@ def save_label_png(
     if lo < 0 or hi > 65535:
         raise ValueError(f"labels must lie in [0, 65535] for PNG, got [{lo}, {hi}]")
     h, w = labels.shape
-    if hi <= 255:
+    if sixteen_bit is None:
+        sixteen_bit = hi > 255
+    if not sixteen_bit and hi > 255:
+        raise ValueError(f"an indexed PNG holds labels up to 255, got {hi}")
+    if not sixteen_bit:
         full = make_palette(256)
         if palette is not None:
             pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)

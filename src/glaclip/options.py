@@ -93,9 +93,15 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--prob-threshold",
         type=float,
-        help="pixels whose best class probability is below this get --background-index",
+        help="pixels whose best class probability is below this get --background-index "
+        "(default: 0, every pixel gets a class; a benchmark preset sets its own)",
     )
-    g.add_argument("--background-index", type=int, help="label for low-confidence pixels")
+    g.add_argument(
+        "--background-index",
+        type=int,
+        help="label of those pixels: a class index, or the unlabelled value (default: 255, "
+        "unlabelled; 65535 with more than 255 classes; a benchmark preset sets its own)",
+    )
     g.add_argument(
         "--attention-impl",
         choices=["blocked", "dense"],

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from glaclip import backbones
+from glaclip.attention import Progress
 from glaclip.bases import BaseMethod, make_base, needs_vfm
-from glaclip.config import Settings, settings_from_kwargs
+from glaclip.config import Settings, check_vocabulary_size, settings_from_kwargs
 from glaclip.device import (
     StageTimer,
     native_precision,
@@ -218,7 +219,9 @@ class Segmenter:
 
     def _make_base(self) -> BaseMethod:
         clip, vfm = self._towers_for(self.settings.runtime.precision)
-        return make_base(self.settings.gla.base, clip, vfm, self.clip_mean, self.clip_std)
+        base = make_base(self.settings.gla.base, clip, vfm, self.clip_mean, self.clip_std)
+        base.check_crop(self.settings.window.crop)
+        return base
 
     def _towers_for(
         self, precision: str
@@ -279,6 +282,7 @@ class Segmenter:
         image: ImageSource,
         classes: Sequence[str] | str,
         return_scores: bool = False,
+        progress: Progress | None = None,
     ) -> Segmentation:
         """Segment one image into the given classes.
 
@@ -287,13 +291,15 @@ class Segmenter:
             classes: class lines (``["sky", "person; man"]``: synonyms separated by ``;``) or
                 one string with commas between classes (``"sky, person; man"``).
             return_scores: also return the ``C x H0 x W0`` class probabilities.
+            progress: ``progress(stage, done, total)`` as the work advances (stages
+                ``windows``, ``attention``), for progress bars on large inputs.
 
         Returns:
             A ``Segmentation`` at the image's original size.
         """
         lines = parse_classes_arg(classes) if isinstance(classes, str) else list(classes)
         x, size = self.prepare(image)
-        out = self.segment_tensor(x, lines, output_size=size, return_scores=return_scores)
+        out = self.segment_tensor(x, lines, size, return_scores, progress)
         return Segmentation(
             labels=to_numpy_labels(out.labels),
             class_names=out.class_names,
@@ -310,6 +316,7 @@ class Segmenter:
         class_lines: Sequence[str],
         output_size: tuple[int, int] | None = None,
         return_scores: bool = False,
+        progress: Progress | None = None,
     ) -> SegmentationOutput:
         """Segment a prepared image tensor.
 
@@ -319,6 +326,7 @@ class Segmenter:
             output_size: ``(H0, W0)`` to resize the logits to before labelling (SPEC 9.3);
                 default the input size.
             return_scores: also return the class probabilities at ``output_size``.
+            progress: ``progress(stage, done, total)`` (see ``segment``).
 
         Returns:
             A ``SegmentationOutput``. An input side shorter than the window is first upscaled
@@ -328,6 +336,9 @@ class Segmenter:
         """
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(x.shape)}")
+        check_vocabulary_size(
+            len(parse_class_lines(class_lines)), self.settings.post.background_index
+        )
         timer = StageTimer(self.device)
         with timer("text"):
             text, classes, names, owner = self.query_embeddings(class_lines)
@@ -342,7 +353,7 @@ class Segmenter:
         if (canvas_h, canvas_w) != (ch, cw):  # zeros: the mean colour after normalisation
             work = F.pad(work, (0, canvas_w - cw, 0, canvas_h - ch))
         with strict_fp32(self.device):
-            logits = self._stitched_logits(work, text, timer)
+            logits = self._stitched_logits(work, text, timer, progress)
         with timer("labels"):
             logits = logits[:, :ch, :cw]
             if (ch, cw) != (height, width):
@@ -353,15 +364,19 @@ class Segmenter:
         return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
 
     def _stitched_logits(
-        self, x: torch.Tensor, text: torch.Tensor, timer: StageTimer
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        timer: StageTimer,
+        progress: Progress | None = None,
     ) -> torch.Tensor:
         cfg = self.settings
         h, w = x.shape[-2:]
         windows = window_grid(h, w, cfg.window.crop, cfg.window.stride)
-        feats = self.base.window_features(x, windows, cfg, timer)
+        feats = self.base.window_features(x, windows, cfg, timer, progress)
         gh, gw = feats.grid
         with timer("attention"):
-            out = self.base.attend(feats, windows, cfg.gla)  # L x S x D
+            out = self.base.attend(feats, windows, cfg.gla, progress)  # L x S x D
         with timer("stitch"):
             feats = F.normalize(self.clip_tower.project(out), dim=-1)  # L x S x E
             logits = feats @ text.T  # L x S x Q

@@ -13,9 +13,18 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["LegendEntry", "legend_entries", "make_palette", "overlay", "pixel_shares"]
+__all__ = [
+    "LegendEntry",
+    "class_palette",
+    "label_png_palette",
+    "legend_entries",
+    "make_palette",
+    "overlay",
+    "pixel_shares",
+]
 
 UNLABELLED_NAME = "unlabelled"
+_CHUNK = 1 << 22  # pixels per chunk where a full-size temporary would be large
 
 
 def make_palette(n: int) -> np.ndarray:
@@ -41,6 +50,21 @@ def make_palette(n: int) -> np.ndarray:
     return pal[:n].copy()
 
 
+def class_palette(n: int) -> np.ndarray:
+    """Colours of ``n`` classes of a user's vocabulary (``n x 3`` uint8): the VOC palette from
+    its entry 1 on, so that no class is black (VOC's 0 is black: a class drawn in it darkens
+    the photo instead of colouring it)."""
+    return make_palette(n + 1)[1:]
+
+
+def label_png_palette(num_classes: int) -> np.ndarray:
+    """The 256-entry palette of an indexed label PNG of up to 255 classes: ``class_palette``
+    for the classes, black for 255 (unlabelled)."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    pal[:255] = class_palette(255)
+    return pal
+
+
 def pixel_shares(labels: np.ndarray, num_classes: int) -> list[float]:
     """Fraction of all pixels of ``labels`` (any integer array) that carry each class.
 
@@ -50,8 +74,11 @@ def pixel_shares(labels: np.ndarray, num_classes: int) -> list[float]:
     labels = np.asarray(labels).ravel()
     if labels.size == 0 or num_classes <= 0:
         return [0.0] * max(num_classes, 0)
-    valid = labels[(labels >= 0) & (labels < num_classes)].astype(np.int64)
-    counts = np.bincount(valid, minlength=num_classes)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for start in range(0, labels.size, _CHUNK):  # chunks: no full-size int64 copy
+        part = labels[start : start + _CHUNK]
+        valid = part[(part >= 0) & (part < num_classes)].astype(np.int64)
+        counts += np.bincount(valid, minlength=num_classes)
     return (counts / labels.size).tolist()
 
 
@@ -159,11 +186,14 @@ def overlay(
     valid = _valid_mask(labels, n, unlabeled_index)
     out = rgb.copy()
     if valid.any():
-        colours = pal[labels[valid].astype(np.int64)].astype(np.float32)
-        mixed = (1.0 - alpha) * rgb[valid].astype(np.float32) + alpha * colours
-        out[valid] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        band = max(1, _CHUNK // max(1, w))  # rows at a time: float temporaries stay small
+        for r0 in range(0, h, band):
+            v = valid[r0 : r0 + band]
+            colours = pal[labels[r0 : r0 + band][v].astype(np.int64)].astype(np.float32)
+            mixed = (1.0 - alpha) * rgb[r0 : r0 + band][v].astype(np.float32) + alpha * colours
+            out[r0 : r0 + band][v] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
         if draw_boundaries:
-            effective = np.where(valid, labels.astype(np.int64), -1)
+            effective = np.where(valid, labels, -1).astype(np.int32, copy=False)
             edge = _boundaries(effective, valid, thickness=max(1, round(max(h, w) / 1000)))
             out[edge] = 255
 

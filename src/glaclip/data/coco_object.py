@@ -19,11 +19,12 @@ is used. Files already named ``*_instanceTrainIds.png`` are skipped, so ``dst`` 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from glaclip.imageio import atomic_write
 
 TRAIN_SUFFIX = "_labelTrainIds.png"
 OUT_SUFFIX = "_instanceTrainIds.png"
@@ -80,18 +81,6 @@ def to_coco_object(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def _write_png_atomic(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def convert_coco_object(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Convert every COCO-Stuff164k label map in ``src`` to ``dst/<id>_instanceTrainIds.png``.
 
@@ -127,5 +116,6 @@ def convert_coco_object(src: str | os.PathLike, dst: str | os.PathLike) -> int:
                     f"{path} has image mode {img.mode!r}: expected a single-channel 8-bit label map"
                 )
             label = np.array(img, dtype=np.uint8)
-        _write_png_atomic(to_coco_object(label, lut), dst / f"{sid}{OUT_SUFFIX}")
+        out = Image.fromarray(to_coco_object(label, lut))
+        atomic_write(dst / f"{sid}{OUT_SUFFIX}", lambda tmp, im=out: im.save(tmp, format="PNG"))
     return len(sources)
