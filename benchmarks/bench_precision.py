@@ -1,7 +1,9 @@
-"""How many threshold decisions flip if the similarities are computed in lower precision.
+"""How many threshold decisions flip if the similarities are computed in lower precision, and
+how many labels change with the backbones in bf16/fp16 (``--backbones``).
 
     python benchmarks/bench_precision.py                 # 336x448 (6 windows, N = 4,704)
     python benchmarks/bench_precision.py --size 560x1120
+    python benchmarks/bench_precision.py --backbones bf16,fp16   # the bundled example photos
 
 Computes the keys and values of a synthetic image with the real-size backbones (random
 weights), then runs the dense oracle of SPEC 5-7 with its similarity products (``K K^T`` and
@@ -75,6 +77,38 @@ def dense_with_similarity_dtype(k, v, n_windows: int, cfg, kind: str):
     return out, masks, negative
 
 
+def backbone_precision_labels(precisions: list[str], text_cache: str) -> None:
+    """Labels of the bundled example photos with the backbones in ``precisions`` against fp32
+    (real-size backbones with random weights, default settings, each photo's example classes)."""
+    import time
+
+    import numpy as np
+
+    from glaclip.demo import EXAMPLES, EXAMPLES_DIR  # needs the demo extra (Gradio)
+    from glaclip.segmenter import Segmenter
+
+    clip, vfm, tok = _common.build_models()
+    fp32 = Segmenter(clip, vfm, tok, text_cache_dir=text_cache)
+    print(f"{'photo':>14} | {'precision':>9} | {'labels changed':>22} | seconds (fp32 / this)")
+    for name, classes in EXAMPLES:
+        path = EXAMPLES_DIR / name
+        lines = [c.strip() for c in classes.split(",")]
+        fp32.query_embeddings(lines)
+        start = time.perf_counter()
+        ref = fp32.segment(path, lines).labels
+        t_ref = time.perf_counter() - start
+        for precision in precisions:
+            other = fp32.with_settings(precision=precision)
+            start = time.perf_counter()
+            labels = other.segment(path, lines).labels
+            t = time.perf_counter() - start
+            changed = int(np.count_nonzero(labels != ref))
+            print(
+                f"{name:>14} | {precision:>9} | {changed:>10,} ({changed / ref.size:6.2%}) | "
+                f"{t_ref:.1f} / {t:.1f}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="336x448", help="HxW of the synthetic image")
@@ -82,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--text-cache", default=os.path.join(tempfile.gettempdir(), "glaclip-bench-text")
     )
+    parser.add_argument(
+        "--backbones", help="e.g. bf16,fp16: label changes against fp32 on the example photos"
+    )
     args = parser.parse_args(argv)
+    if args.backbones:
+        backbone_precision_labels(args.backbones.split(","), args.text_cache)
+        return 0
 
     import torch
     import torch.nn.functional as F

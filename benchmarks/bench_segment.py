@@ -201,7 +201,10 @@ def run_child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     clip, vfm, tok = _common.build_models(seed=0, with_vfm=needs_vfm(args.base))
     settings = settings_from_kwargs(
-        attention_impl=args.impl, base=args.base, **parse_settings(args.set)
+        attention_impl=args.impl,
+        base=args.base,
+        precision=args.precision,
+        **parse_settings(args.set),
     )
     seg = Segmenter(clip, vfm, tok, settings, text_cache_dir=args.text_cache)
     recorded = {}
@@ -257,6 +260,7 @@ def run_child(args: argparse.Namespace) -> dict:
     return {
         "size": args.size,
         "base": args.base,
+        "precision": args.precision,
         "impl": args.impl,
         "windows": n_windows,
         "tokens": n,
@@ -343,6 +347,11 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
 
+def _ratio(a: dict, b: dict, stage: str) -> str:
+    ta, tb = a["timings"].get(stage, 0.0), b["timings"].get(stage, 0.0)
+    return f"{ta / tb:.2f}x" if ta > 0 and tb > 0 else "-"
+
+
 def _rate(flops: float, seconds: float) -> str:
     return f"{flops / seconds / 1e9:.0f}" if seconds > 0 else "-"
 
@@ -352,7 +361,8 @@ def print_result(r: dict) -> None:
     f = r["flops"]
     runs = ", ".join(f"{x:.2f}" for x in r["seconds_all"])
     print(
-        f"{r['size']:>10} {r['base']:>9} {r['impl']:>7}  L={r['windows']:<3d} N={r['tokens']:<6d} "
+        f"{r['size']:>10} {r['base']:>9} {r['precision']:>4} {r['impl']:>7}  "
+        f"L={r['windows']:<3d} N={r['tokens']:<6d} "
         f"{r['seconds']:7.2f} s  peak {_gib(r['peak_rss'])} GiB "
         f"(before call {_gib(r['rss_before'])})"
         + (f"  [runs: {runs}]" if len(r["seconds_all"]) > 1 else ""),
@@ -378,9 +388,12 @@ def print_result(r: dict) -> None:
     )
 
 
-def run_configuration(args: argparse.Namespace, size: str, base: str, impl: str) -> dict | None:
+def run_configuration(
+    args: argparse.Namespace, size: str, base: str, precision: str, impl: str
+) -> dict | None:
     """One configuration in a fresh subprocess; its result, or None (printed why)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--size", size, "--base", base]
+    cmd += ["--precision", precision]
     cmd += ["--impl", impl, "--classes", args.classes, "--text-cache", args.text_cache]
     cmd += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
     cmd += ["--warmup", str(args.warmup)]
@@ -390,7 +403,7 @@ def run_configuration(args: argparse.Namespace, size: str, base: str, impl: str)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        print(f"{size:>10} {base:>9} {impl:>7}  FAILED (exit {proc.returncode})")
+        print(f"{size:>10} {base:>9} {precision:>4} {impl:>7}  FAILED (exit {proc.returncode})")
         print(proc.stderr[-3000:])
         return None
     return json.loads(lines[-1][len("RESULT ") :])
@@ -416,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", default="blocked,dense", help="blocked,dense or one of them")
     parser.add_argument(
         "--bases", default="proxyclip,clearclip", help="base methods: proxyclip,clearclip"
+    )
+    parser.add_argument(
+        "--precisions",
+        default="fp32",
+        help="backbone precisions, e.g. fp32,bf16 (the dense oracle runs in fp32 only)",
     )
     parser.add_argument("--classes", default="cityscapes", help="packaged class file name")
     parser.add_argument(
@@ -446,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--base", default="proxyclip", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
@@ -455,28 +474,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_line()}")
     print(f"command: python {' '.join([os.path.relpath(__file__)] + (argv or sys.argv[1:]))}")
     results: list[dict] = []
+    precisions = args.precisions.split(",")
     for size in args.sizes.split(","):
         for base in args.bases.split(","):
             n_windows, n = tokens_for(size, base)
-            for impl in args.impl.split(","):
-                if impl == "dense":
-                    ok, why = dense_fits(n)
-                    if not ok:
-                        print(f"{size:>10} {base:>9} {'dense':>7}  skipped: {why}", flush=True)
+            for precision in precisions:
+                for impl in args.impl.split(","):
+                    if impl == "dense" and precision != "fp32":
                         continue
-                r = run_configuration(args, size, base, impl)
-                if r is not None:
-                    results.append(r)
-                    print_result(r)
+                    if impl == "dense":
+                        ok, why = dense_fits(n)
+                        if not ok:
+                            print(f"{size:>10} {base:>9} fp32   dense  skipped: {why}", flush=True)
+                            continue
+                    r = run_configuration(args, size, base, precision, impl)
+                    if r is not None:
+                        results.append(r)
+                        print_result(r)
     print()
     print("ratios (same run):")
-    by = {(r["size"], r["base"], r["impl"]): r for r in results}
+    by = {(r["size"], r["base"], r["precision"], r["impl"]): r for r in results}
     for size in args.sizes.split(","):
         for base in args.bases.split(","):
-            b, d = by.get((size, base, "blocked")), by.get((size, base, "dense"))
+            b, d = by.get((size, base, "fp32", "blocked")), by.get((size, base, "fp32", "dense"))
             if b and d:
                 print_blocked_vs_dense(size, base, b, d)
-        p, c = by.get((size, "proxyclip", "blocked")), by.get((size, "clearclip", "blocked"))
+            for precision in precisions[1:] if precisions[0] == "fp32" else []:
+                lo = by.get((size, base, precision, "blocked"))
+                if b and lo:
+                    print(
+                        f"{size:>10} {base:>9}: {precision} / fp32 time "
+                        f"{lo['seconds'] / b['seconds']:.2f}x ({lo['seconds']:.1f} s vs "
+                        f"{b['seconds']:.1f} s); vfm {_ratio(lo, b, 'vfm')}, clip "
+                        f"{_ratio(lo, b, 'clip')}"
+                    )
+        p = by.get((size, "proxyclip", "fp32", "blocked"))
+        c = by.get((size, "clearclip", "fp32", "blocked"))
         if p and c:
             print(
                 f"{size:>10}: clearclip / proxyclip (blocked): time "
