@@ -39,7 +39,12 @@ from glaclip.config import (  # noqa: E402
 from glaclip.data.presets import PRESETS, preset_classes  # noqa: E402
 from glaclip.imageio import ImageReadError, read_image  # noqa: E402
 from glaclip.segmenter import Segmentation, Segmenter  # noqa: E402
-from glaclip.text import expand_queries, parse_class_lines, parse_classes_arg  # noqa: E402
+from glaclip.text import (  # noqa: E402
+    check_vocabulary,
+    expand_queries,
+    parse_class_lines,
+    parse_classes_arg,
+)
 from glaclip.viz import class_palette  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -127,9 +132,11 @@ def parse_page_classes(text: str | None) -> list[str]:
             "synonyms of one class (e.g. 'sky, tree, person; man'), or pick a vocabulary."
         )
     try:
-        return parse_classes_arg(text)
+        lines = parse_classes_arg(text, source="the class list")
+        check_vocabulary(lines, source="the class list")
     except ValueError as err:
         raise DemoInputError(f"Classes: {err}") from err
+    return lines
 
 
 def check_image(path: str | os.PathLike, name: str, max_pixels: int) -> tuple[int, int]:

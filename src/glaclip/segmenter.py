@@ -26,7 +26,13 @@ from glaclip.device import (
 )
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
-from glaclip.text import TextEncoder, expand_queries, parse_class_lines, parse_classes_arg
+from glaclip.text import (
+    TextEncoder,
+    check_vocabulary,
+    expand_queries,
+    parse_class_lines,
+    parse_classes_arg,
+)
 from glaclip.viz import pixel_shares
 from glaclip.windows import network_canvas, stitch, window_grid
 
@@ -130,8 +136,7 @@ class Segmenter:
         self.clip_mean = torch.tensor(clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(clip_std, dtype=torch.float32).view(1, 3, 1, 1)
         self.base = self._make_base()
-        model_id = _weights_identity(self.clip_info)
-        self.text = TextEncoder(self.clip_model, tokenizer, model_id, cache_dir=text_cache_dir)
+        self.text = TextEncoder(self.clip_model, tokenizer, cache_dir=text_cache_dir)
 
     # ------------------------------------------------------------------------------ builders
     @classmethod
@@ -298,6 +303,7 @@ class Segmenter:
             A ``Segmentation`` at the image's original size.
         """
         lines = parse_classes_arg(classes) if isinstance(classes, str) else list(classes)
+        check_vocabulary(lines)
         x, size = self.prepare(image)
         out = self.segment_tensor(x, lines, size, return_scores, progress)
         return Segmentation(
@@ -405,23 +411,6 @@ class Segmenter:
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def _weights_identity(info: backbones.ModelInfo) -> str:
-    """The CLIP identity that keys the text cache: name, tag, and for local files their
-    size and modification time (so that a replaced checkpoint is not served stale text)."""
-    parts = [info.name, str(info.pretrained)]
-    for candidate in (info.pretrained, info.name.removeprefix("local-dir:")):
-        if candidate and os.path.exists(candidate):
-            st = os.stat(candidate)
-            if os.path.isdir(candidate):
-                st = max(
-                    (os.stat(e.path) for e in os.scandir(candidate)),
-                    key=lambda x: x.st_mtime,
-                    default=st,
-                )
-            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-    return "|".join(parts)
 
 
 def default_cache_dir() -> str:
