@@ -140,7 +140,7 @@ def test_progress_is_reported(segmenter, photo, tmp_path) -> None:
         ("photo", "   ", 0.0, "No classes"),
         ("photo", "sky, , tree", 0.0, "empty class between commas"),
         ("photo", "sky; ", 0.0, "empty synonym"),
-        ("photo", "cat, dog, cat", 0.0, "class 2 ('cat') can never win"),
+        ("photo", "cat, dog, cat", 0.0, "can never win, because class 0"),
         ("photo", "sky", 1.5, "probability threshold must be a number in [0, 1], got 1.5"),
         ("photo", "sky", "x", "probability threshold must be a number in [0, 1], got nan"),
         ("text", "sky", 0.0, "notes.jpg is not an image that can be read"),
