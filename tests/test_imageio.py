@@ -140,6 +140,20 @@ def test_read_text_file_named_jpg(tmp_path: Path) -> None:
     assert isinstance(err.value, ValueError)
 
 
+def test_read_too_many_pixels_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow refuses images above twice its MAX_IMAGE_PIXELS (179 megapixels by default);
+    # lowered here so that a small file crosses it.
+    p = tmp_path / "huge.png"
+    Image.fromarray(_rng_rgb(40, 50)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(ImageReadError, match="too large to decode safely") as err:
+        read_image(p)
+    assert str(p) in str(err.value)
+    assert "downscale it first" in str(err.value)
+
+
 def test_image_extensions() -> None:
     for ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"):
         assert ext in IMAGE_EXTENSIONS

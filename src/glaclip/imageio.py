@@ -103,7 +103,9 @@ def _read_file(path: Path) -> np.ndarray:
     except UnidentifiedImageError as e:
         raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)") from e
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large to decode safely ({e})") from e
+        raise ImageReadError(
+            f"{path}: image too large to decode safely ({e}); downscale it first"
+        ) from e
     except PermissionError as e:
         raise ImageReadError(f"{path}: permission denied") from e
     except OSError as e:

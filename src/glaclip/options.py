@@ -68,7 +68,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--vfm-checkpoint", help="local weight file for the --vfm architecture")
     g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="backbone precision")
+    g.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="backbone precision (default fp32; bf16/fp16 are faster only on GPUs and on CPUs "
+        "with native bf16/fp16 instructions, and change a few labels)",
+    )
     g.add_argument(
         "--text-cache",
         default="default",
