@@ -140,6 +140,20 @@ def test_read_text_file_named_jpg(tmp_path: Path) -> None:
     assert isinstance(err.value, ValueError)
 
 
+def test_read_large_rgb_in_bands_equals_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glaclip import imageio
+
+    p = tmp_path / "photo.png"
+    rgb = _rng_rgb(101, 37, seed=4)
+    Image.fromarray(rgb).save(p)
+    monkeypatch.setattr(imageio, "_BAND_PIXELS", 37 * 8)  # 8-row bands, a short last one
+    out = read_image(p)
+    assert out.flags.writeable and out.shape == (101, 37, 3)
+    np.testing.assert_array_equal(out, rgb)
+
+
 def test_read_too_many_pixels_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,3 +108,33 @@ def test_overlay_validates_inputs() -> None:
         overlay(rgb, labels[:-1], ["a"])
     with pytest.raises(ValueError, match="palette"):
         overlay(rgb, labels, ["a", "b", "c"], palette=make_palette(2))
+
+
+@pytest.mark.parametrize("unlabeled", [None, 3])
+def test_overlay_in_bands_equals_one_band(monkeypatch: pytest.MonkeyPatch, unlabeled) -> None:
+    # 1,600 rows: boundaries 2 px thick, so a band needs labels beyond its own rows; bands of
+    # 7 rows put a seam next to every kind of border of the random blobs.
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 5, size=(40, 5))
+    labels = np.kron(small, np.ones((40, 40), dtype=np.int64))[:1600, :200]
+    labels[rng.random(labels.shape) < 0.001] = 1  # isolated pixels: edges on both sides
+    rgb = rng.integers(0, 256, size=(1600, 200, 3), dtype=np.uint8)
+    names = ["a", "b", "c", "d", "e"]
+    whole = overlay(rgb, labels, names, unlabeled_index=unlabeled)
+    from glaclip import viz
+
+    monkeypatch.setattr(viz, "_CHUNK", 7 * 200)
+    banded = overlay(rgb, labels, names, unlabeled_index=unlabeled)
+    np.testing.assert_array_equal(banded, whole)
+    edges = (whole[:1600, :200] == 255).all(axis=2) & (rgb != 255).any(axis=2)
+    assert edges.sum() > 1000  # the comparison covers many boundary pixels
+
+
+def test_labelled_share_counts_only_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glaclip import viz
+
+    labels = np.array([[0, 1, 2, 3], [255, -1, 1, 65535], [2, 2, 4, 0]], dtype=np.int32)
+    monkeypatch.setattr(viz, "_CHUNK", 5)  # several chunks, a short last one
+    assert viz.labelled_share(labels, 3) == 7 / 12  # 0, 1, 2 only
+    assert viz.labelled_share(labels.astype(np.uint16), 5) == 9 / 12  # -1 wraps to 65535
+    assert viz.labelled_share(np.zeros((0, 4), np.int32), 3) == 0.0

@@ -22,7 +22,7 @@ from glaclip.imageio import (
     save_rgb,
 )
 from glaclip.segmenter import Segmentation, Segmenter
-from glaclip.viz import class_palette, label_png_palette, overlay
+from glaclip.viz import class_palette, label_png_palette, labelled_share, overlay
 
 
 @dataclass
@@ -75,7 +75,7 @@ def describe(
 ) -> dict[str, Any]:
     """The JSON record of one segmented image."""
     shares = result.pixel_shares()
-    labelled = float(np.isin(result.labels, np.arange(len(result.class_names))).mean())
+    labelled = labelled_share(result.labels, len(result.class_names))
     return {
         "image": str(source),
         "image_size": {"height": result.image_size[0], "width": result.image_size[1]},

@@ -112,14 +112,19 @@ def _read_file(path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot decode image, truncated or corrupt ({e})") from e
 
 
+_EXIF_ORIENTATION = 0x0112
+_BAND_PIXELS = 1 << 22  # pixels per band when copying a large RGB image out of Pillow
+
+
 def _pil_to_rgb(im: Image.Image, where: str) -> np.ndarray:
     try:
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even if not
+            im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
         pass
     mode = im.mode
     if mode == "RGB":
-        return np.array(im, dtype=np.uint8)
+        return _rgb_in_bands(im)
     if mode in ("L", "RGBA") or mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         return _array_to_rgb(np.array(im), where, pil_mode=mode)
     if mode == "LA":
@@ -130,6 +135,19 @@ def _pil_to_rgb(im: Image.Image, where: str) -> np.ndarray:
         return np.array(im.convert("RGB"), dtype=np.uint8)
     except (ValueError, OSError) as e:
         raise ImageReadError(f"{where}: cannot convert image mode {mode!r} to RGB ({e})") from e
+
+
+def _rgb_in_bands(im: Image.Image) -> np.ndarray:
+    """``H x W x 3`` uint8 copy of an RGB image, taken in bands of rows: converting it whole
+    goes through a temporary ``bytes`` copy, a third image-sized buffer for a large photo."""
+    w, h = im.size
+    band = max(1, _BAND_PIXELS // max(1, w))
+    if h <= band:
+        return np.array(im, dtype=np.uint8)
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    for y in range(0, h, band):
+        out[y : y + band] = np.asarray(im.crop((0, y, w, min(h, y + band))))
+    return out
 
 
 def _array_to_rgb(arr: np.ndarray, where: str, pil_mode: str | None = None) -> np.ndarray:

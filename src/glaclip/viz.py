@@ -82,6 +82,18 @@ def pixel_shares(labels: np.ndarray, num_classes: int) -> list[float]:
     return (counts / labels.size).tolist()
 
 
+def labelled_share(labels: np.ndarray, num_classes: int) -> float:
+    """Fraction of the pixels of ``labels`` whose label is a class in [0, num_classes)."""
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0:
+        return 0.0
+    count = 0
+    for start in range(0, labels.size, _CHUNK):  # chunks: no full-size temporaries
+        part = labels[start : start + _CHUNK]
+        count += int(np.count_nonzero((part >= 0) & (part < num_classes)))
+    return count / labels.size
+
+
 @dataclass(frozen=True)
 class LegendEntry:
     """One legend line: ``label`` is the class index, or None for unlabelled pixels."""
@@ -183,25 +195,37 @@ def overlay(
         raise ValueError(f"palette must be Kx3 with K >= {n} classes, got shape {pal.shape}")
 
     h, w = labels.shape
-    valid = _valid_mask(labels, n, unlabeled_index)
-    out = rgb.copy()
-    if valid.any():
-        band = max(1, _CHUNK // max(1, w))  # rows at a time: float temporaries stay small
-        for r0 in range(0, h, band):
-            v = valid[r0 : r0 + band]
-            colours = pal[labels[r0 : r0 + band][v].astype(np.int64)].astype(np.float32)
-            mixed = (1.0 - alpha) * rgb[r0 : r0 + band][v].astype(np.float32) + alpha * colours
-            out[r0 : r0 + band][v] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-        if draw_boundaries:
-            effective = np.where(valid, labels, -1).astype(np.int32, copy=False)
-            edge = _boundaries(effective, valid, thickness=max(1, round(max(h, w) / 1000)))
-            out[edge] = 255
+    legend = _legend_panel(legend_entries(labels, class_names, unlabeled_index), pal, h, w)
+    out = np.full((max(h, legend.shape[0]), w + legend.shape[1], 3), 255, dtype=np.uint8)
+    out[: legend.shape[0], w:] = legend
+    # Bands of rows, written straight into the canvas: no full-size temporaries beyond the
+    # output. A band's boundaries need `margin` rows of labels on either side (one for the
+    # neighbour comparison, the rest for the dilation); edges found in the margin are dropped.
+    thickness = max(1, round(max(h, w) / 1000))
+    margin = thickness + 1
+    band = max(margin, _CHUNK // max(1, w))
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        a0, a1 = max(0, r0 - margin), min(h, r1 + margin)
+        lab = labels[a0:a1]
+        valid = _valid_mask(lab, n, unlabeled_index)
+        v = valid[r0 - a0 : r1 - a0]
+        tile = out[r0:r1, :w]
+        tile[...] = rgb[r0:r1]
+        if v.any():
+            colours = pal[labels[r0:r1][v].astype(np.int64)].astype(np.float32)
+            mixed = (1.0 - alpha) * rgb[r0:r1][v].astype(np.float32) + alpha * colours
+            tile[v] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+            if draw_boundaries:
+                effective = np.where(valid, lab, -1).astype(np.int32, copy=False)
+                edge = _boundaries(effective, valid, thickness)
+                tile[edge[r0 - a0 : r1 - a0]] = 255
+    return out
 
-    return _add_legend(out, legend_entries(labels, class_names, unlabeled_index), pal)
 
-
-def _add_legend(image: np.ndarray, entries: list[LegendEntry], pal: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
+def _legend_panel(entries: list[LegendEntry], pal: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The legend of an ``h x w`` image: ``H' x panel_width x 3`` uint8 on white, ``H' >= h``
+    only where the entries need more rows than the image has."""
     size = int(min(64, max(11, round(math.sqrt(h * w) / 45))))
     font = _font(size)
     pad, gap = max(4, size // 2), max(3, size // 3)
@@ -210,11 +234,9 @@ def _add_legend(image: np.ndarray, entries: list[LegendEntry], pal: np.ndarray) 
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((int(math.ceil(probe.textlength(t, font=font))) for t in texts), default=0)
     panel_w = pad + size + gap + text_w + pad
-    canvas_h = max(h, pad + row * len(entries) + pad)
-    canvas = Image.new("RGB", (w + panel_w, canvas_h), (255, 255, 255))
-    canvas.paste(Image.fromarray(image), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x0 = w + pad
+    panel = Image.new("RGB", (panel_w, max(1, pad + row * len(entries) + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    x0 = pad
     for k, (entry, text) in enumerate(zip(entries, texts, strict=True)):
         y0 = pad + k * row
         box = (x0, y0, x0 + size - 1, y0 + size - 1)
@@ -230,4 +252,4 @@ def _add_legend(image: np.ndarray, entries: list[LegendEntry], pal: np.ndarray) 
             )
         else:  # the bitmap fallback font supports no anchors
             draw.text((x0 + size + gap, y0), text, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas, dtype=np.uint8).copy()
+    return np.asarray(panel, dtype=np.uint8)
