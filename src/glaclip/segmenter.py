@@ -241,7 +241,7 @@ class Segmenter:
                 warnings.warn(
                     f"precision {precision} on this {self.device.type.upper()} has no native "
                     f"{precision} instructions (AVX-512 BF16/FP16 or AMX on CPUs): it is "
-                    "emulated and several times slower than fp32 (about 9x measured on an AVX2 "
+                    "emulated and several times slower than fp32 (6-9x measured on an AVX2 "
                     "CPU); use fp32 here",
                     RuntimeWarning,
                     stacklevel=3,
