@@ -95,11 +95,31 @@ def test_overlay_legend_scales_with_image() -> None:
     assert big.shape[1] - 1000 > small.shape[1] - 200 > 0
 
 
-def test_overlay_tall_legend_extends_canvas() -> None:
+def test_overlay_long_legend_flows_into_columns() -> None:
+    # 60 classes beside a 300-pixel-high image: the entries flow into columns beside it
+    # instead of making the overlay several times taller than the photo.
+    h, w = 300, 400
+    labels = np.repeat(np.arange(60), w * h // 60).reshape(h, w)
+    rgb = np.full((h, w, 3), 128, np.uint8)
+    out = overlay(rgb, labels, [f"class {i}" for i in range(60)], draw_boundaries=False)
+    assert out.shape[0] == h
+    assert (out[:, w:] != 255).any(axis=2).any(axis=1)[h - 30 :].any()  # used to the bottom
+
+
+def test_overlay_tall_legend_extends_canvas(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Forty entries beside a 4-pixel-high image: MAX_LEGEND_COLUMNS columns, and the canvas
+    # grows below the image; with one column allowed it grows four times as far.
+    from glaclip import viz
+
     labels = np.arange(40).reshape(4, 10)
     rgb = np.zeros((4, 10, 3), np.uint8)
-    out = overlay(rgb, labels, [f"class {i}" for i in range(40)])
-    assert out.shape[0] > 4 * 40  # forty legend rows do not fit in four pixels
+    names = [f"class {i}" for i in range(40)]
+    four = overlay(rgb, labels, names)
+    monkeypatch.setattr(viz, "MAX_LEGEND_COLUMNS", 1)
+    one = overlay(rgb, labels, names)
+    assert one.shape[0] > 40 * 11  # forty rows of at least 11-pixel swatches
+    assert 4 < four.shape[0] < one.shape[0] / 3
+    assert four.shape[1] - 10 > 3 * (one.shape[1] - 10)
 
 
 def test_overlay_validates_inputs() -> None:

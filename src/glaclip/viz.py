@@ -25,6 +25,7 @@ __all__ = [
 
 UNLABELLED_NAME = "unlabelled"
 _CHUNK = 1 << 22  # pixels per chunk where a full-size temporary would be large
+MAX_LEGEND_COLUMNS = 4  # columns of legend entries before the legend outgrows the image
 
 
 def make_palette(n: int) -> np.ndarray:
@@ -224,8 +225,11 @@ def overlay(
 
 
 def _legend_panel(entries: list[LegendEntry], pal: np.ndarray, h: int, w: int) -> np.ndarray:
-    """The legend of an ``h x w`` image: ``H' x panel_width x 3`` uint8 on white, ``H' >= h``
-    only where the entries need more rows than the image has."""
+    """The legend of an ``h x w`` image: ``H' x panel_width x 3`` uint8 on white.
+
+    One column of entries while they fit beside the image; more entries flow into up to
+    ``MAX_LEGEND_COLUMNS`` columns (read down, then across) before the legend grows taller
+    than the image (``H' > h``)."""
     size = int(min(64, max(11, round(math.sqrt(h * w) / 45))))
     font = _font(size)
     pad, gap = max(4, size // 2), max(3, size // 3)
@@ -233,12 +237,19 @@ def _legend_panel(entries: list[LegendEntry], pal: np.ndarray, h: int, w: int) -
     texts = [f"{e.name[:40]}  {100.0 * e.share:.1f}%" for e in entries]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((int(math.ceil(probe.textlength(t, font=font))) for t in texts), default=0)
-    panel_w = pad + size + gap + text_w + pad
-    panel = Image.new("RGB", (panel_w, max(1, pad + row * len(entries) + pad)), (255, 255, 255))
+    per_column = max(1, len(entries))
+    fit = max(1, (h - 2 * pad) // row)
+    if len(entries) > fit:
+        per_column = max(fit, math.ceil(len(entries) / MAX_LEGEND_COLUMNS))
+    columns = math.ceil(len(entries) / per_column) if entries else 1
+    column_w = size + gap + text_w + pad
+    panel_w = pad + columns * column_w
+    panel_h = max(1, pad + row * min(per_column, len(entries)) + pad)
+    panel = Image.new("RGB", (panel_w, panel_h), (255, 255, 255))
     draw = ImageDraw.Draw(panel)
-    x0 = pad
     for k, (entry, text) in enumerate(zip(entries, texts, strict=True)):
-        y0 = pad + k * row
+        x0 = pad + (k // per_column) * column_w
+        y0 = pad + (k % per_column) * row
         box = (x0, y0, x0 + size - 1, y0 + size - 1)
         if entry.label is None:  # no colour: an outlined box with a cross
             draw.rectangle(box, fill=(255, 255, 255), outline=(0, 0, 0))
