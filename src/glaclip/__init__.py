@@ -5,7 +5,7 @@
 >>> result.labels                                        # H x W class indices
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from glaclip.config import Settings  # noqa: E402
 from glaclip.segmenter import Segmentation, SegmentationOutput, Segmenter  # noqa: E402
