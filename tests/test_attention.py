@@ -360,9 +360,9 @@ def _initial_for(k, seed):
     return F.normalize(k + noise, dim=-1)
 
 
-INITIAL_SWITCHES = list(
-    itertools.product([True, False], [True, False], [True, False], [0, 1, 2])
-)  # proxy_anchor, dynamic_norm, dynamic_beta, proxy_iters
+INITIAL_SWITCHES = (
+    SWITCHES  # the same grid, read as proxy_anchor, dynamic_norm, dynamic_beta, proxy_iters
+)
 
 
 @pytest.mark.parametrize(("proxy", "dynamic", "dyn_beta", "iters"), INITIAL_SWITCHES)

@@ -38,6 +38,7 @@ class WindowConfig:
 
 
 BASES = ("proxyclip", "clearclip")
+PRECISIONS = ("fp32", "bf16", "fp16")  # backbone precisions
 MAX_INDEXED_CLASSES = 255  # classes an indexed (8-bit) label PNG holds; 255 marks unlabelled
 MAX_CLASSES = 65535  # classes a 16-bit label PNG holds; 65535 marks unlabelled
 
@@ -129,7 +130,7 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.window_batch <= 0:
             raise ValueError(f"window_batch must be positive, got {self.window_batch}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
 

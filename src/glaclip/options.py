@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
 from glaclip.bases import needs_vfm
-from glaclip.config import BASES, GLAConfig
+from glaclip.config import BASES, PRECISIONS, GLAConfig
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -70,7 +70,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     g.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
+        choices=list(PRECISIONS),
         help="backbone precision (default fp32; bf16/fp16 are faster only on GPUs and on CPUs "
         "with native bf16/fp16 instructions, and change a few labels)",
     )
