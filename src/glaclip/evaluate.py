@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,9 +169,14 @@ def check_limit(limit: int | None) -> None:
         raise ValueError(f"--limit must be a positive number of images, got {limit}")
 
 
+def limited_stem(name: str, limit: int | None) -> str:
+    """``name`` for a run over the whole dataset, ``name_limitN`` for ``--limit N``."""
+    return name if limit is None else f"{name}_limit{limit}"
+
+
 def results_stem(limit: int | None) -> str:
-    """``results`` for a run over the whole dataset, ``results_limitN`` for ``--limit N``."""
-    return "results" if limit is None else f"results_limit{limit}"
+    """``results``, or ``results_limitN`` for a run with ``--limit N``."""
+    return limited_stem("results", limit)
 
 
 def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -578,9 +583,19 @@ def outside_note(pixels: int, num_classes: int) -> str:
 def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` (``results_limitN.*`` for a run with
     ``limit`` N) into ``out_dir`` (atomically)."""
+    return write_report(out_dir, results_stem(results.get("limit")), results, format_markdown)
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    stem: str,
+    data: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+) -> tuple[Path, Path]:
+    """Write ``data`` as ``<stem>.json`` and ``markdown(data)`` as ``<stem>.md`` into
+    ``out_dir``, each atomically."""
     out = Path(out_dir)
-    stem = results_stem(results.get("limit"))
-    json_path = save_json(out / f"{stem}.json", results)
-    md = format_markdown(results)
+    json_path = save_json(out / f"{stem}.json", data)
+    md = markdown(data)
     md_path = atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
     return json_path, md_path

@@ -33,12 +33,13 @@ from glaclip.evaluate import (
     check_state,
     evaluate,
     format_percent,
+    limited_stem,
     make_task,
     preset_settings,
     results_stem,
+    write_report,
     write_results,
 )
-from glaclip.imageio import atomic_write, save_json
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -329,17 +330,12 @@ def format_table_markdown(table: dict[str, Any]) -> str:
 
 def table_stem(limit: int | None) -> str:
     """``table1``, or ``table1_limitN`` for a run with ``--limit N``."""
-    return "table1" if limit is None else f"table1_limit{limit}"
+    return limited_stem("table1", limit)
 
 
 def write_table(out_dir: str | os.PathLike, table: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``table1.json`` and ``table1.md`` (``table1_limitN.*``) atomically."""
-    out = Path(out_dir)
-    stem = table_stem(table["limit"])
-    json_path = save_json(out / f"{stem}.json", table)
-    md = format_table_markdown(table)
-    md_path = atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
-    return json_path, md_path
+    return write_report(out_dir, table_stem(table["limit"]), table, format_table_markdown)
 
 
 Report = Callable[[Benchmark, "dict[str, Any] | None", "Exception | None"], None]
