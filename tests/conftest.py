@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("GLACLIP_GOLDEN", REPO.parent / "shared" / "golden"))
+from tests.golden import COMPACT_DIR
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    if not (GOLDEN / "models.pt").is_file():
-        raise FileNotFoundError(
-            f"golden fixtures not found at {GOLDEN}: check out ../shared beside the repository "
-            "or set GLACLIP_GOLDEN"
-        )
-    return GOLDEN
+    """The compact golden set shipped in ``tests/golden`` (see ``tests/golden.py``)."""
+    return COMPACT_DIR
 
 
 @pytest.fixture(scope="session")

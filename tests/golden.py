@@ -1,4 +1,16 @@
-"""The golden fixtures (../shared/golden): case names, their settings, and the one tolerance rule.
+"""The golden fixtures: where they are, case names, their settings, and the one tolerance rule.
+
+Two forms of the same fixtures (the reference implementation's outputs on tiny random models):
+
+* the **compact set** in ``tests/golden/``, shipped with the repository: the tiny models and, per
+  case, the class lines, settings, text features, full labels and the logits on a regular
+  subgrid (``subgrid = {"start", "step"}``: rows and columns ``start::step``); the input image
+  is remade from the settings (``remake_image``). ``tests/make_compact_golden.py`` makes it.
+* the **full set** (67 MB: every logit, and the image), where it is present:
+  ``$GLACLIP_GOLDEN``, or ``../shared/golden`` beside the repository.
+
+The tests always run the compact set, and the full set too when it is present (and check
+that the compact set was made from it).
 
 Every comparison with a golden case goes through ``assert_matches_golden``. The rule is the
 fixtures' own (golden/README.md, "Tolerance"): thresholds of the method (``A > tau``, the cut at
@@ -14,7 +26,16 @@ Switching off any one component of the method keeps at most 17 % of the logits w
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+COMPACT_DIR = REPO / "tests" / "golden"
+REFERENCE_CLASSES_DIR = REPO / "tests" / "data" / "reference_classes"
+SHARED = REPO.parent / "shared"
+SUBGRID_START, SUBGRID_STEP = 2, 4  # compact logits: rows and columns 2, 6, 10, ...
 
 PROXYCLIP_CASES = [
     "gla_default",
@@ -38,6 +59,53 @@ LOGIT_ATOL = 1e-4  # "close" for one logit
 CLOSE_FRACTION = 0.995  # share of logits that must be close
 LOGIT_MAX = 1e-2  # no logit may be further off than this
 LABEL_FRACTION = 0.999  # share of pixels whose label must agree
+
+
+def full_golden_dir() -> Path | None:
+    """The full fixtures: ``$GLACLIP_GOLDEN`` (which must then hold them), else
+    ``../shared/golden`` when it exists, else None."""
+    if os.environ.get("GLACLIP_GOLDEN"):
+        path = Path(os.environ["GLACLIP_GOLDEN"])
+        if not (path / "models.pt").is_file():
+            raise FileNotFoundError(f"GLACLIP_GOLDEN={path} holds no golden fixtures (models.pt)")
+        return path
+    path = SHARED / "golden"
+    return path if (path / "models.pt").is_file() else None
+
+
+def golden_sets() -> dict[str, Path]:
+    """``{"compact": tests/golden, "full": ...}``: the sets the golden tests run on."""
+    sets = {"compact": COMPACT_DIR}
+    full = full_golden_dir()
+    if full is not None:
+        sets["full"] = full
+    return sets
+
+
+def remake_image(params: dict) -> torch.Tensor:
+    """A case's input image (``1 x 3 x H x W`` float32, already resized and normalised) from
+    its settings, as the fixtures were made (golden/README.md)."""
+    g = torch.Generator().manual_seed(params["seed"] + 1)
+    noise = torch.randn(1, 3, params["H"], params["W"], generator=g)
+    return torch.nn.functional.avg_pool2d(noise, 9, 1, 4) * 3
+
+
+def load_case(directory: Path, case: str) -> dict:
+    """One case of either set, with its ``image`` (remade where the file has none)."""
+    g = torch.load(Path(directory) / f"{case}.pt", weights_only=True)
+    if "image" not in g:
+        g["image"] = remake_image(g["params"])
+    return g
+
+
+def reference_logits(logits: torch.Tensor, case: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ours, the reference's)`` at the pixels the case holds logits for: every pixel, or
+    the compact set's subgrid."""
+    grid = case.get("subgrid")
+    if grid is not None:
+        s, t = grid["start"], grid["step"]
+        logits = logits[..., s::t, s::t]
+    return logits, case["logits"]
 
 
 def is_clearclip(params: dict) -> bool:
@@ -67,11 +135,11 @@ def golden_agreement(
     logits: torch.Tensor, labels: torch.Tensor, case: dict
 ) -> tuple[float, float, float]:
     """``(fraction of logits within LOGIT_ATOL, largest difference, label agreement)``."""
-    ref = case["logits"]
+    logits, ref = reference_logits(logits.cpu(), case)
     assert logits.shape == ref.shape, f"logits {tuple(logits.shape)} vs {tuple(ref.shape)}"
     diff = (logits.float() - ref).abs()
     close = (diff < LOGIT_ATOL).float().mean().item()
-    agree = (labels.long() == case["pred"].long()).float().mean().item()
+    agree = (labels.cpu().long() == case["pred"].long()).float().mean().item()
     return close, diff.max().item(), agree
 
 

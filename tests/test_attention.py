@@ -298,9 +298,9 @@ def test_window_attention_matches_per_window_reference(proxy, token_norm):
 )
 def test_golden_default_through_both_paths(extra, golden_dir, golden_modules):
     from glaclip import Segmenter
-    from tests.golden import assert_matches_golden, settings_of
+    from tests.golden import assert_matches_golden, load_case, settings_of
 
-    g = torch.load(golden_dir / "gla_default.pt", weights_only=True)
+    g = load_case(golden_dir, "gla_default")
     clip, vfm, tokenizer = golden_modules
     seg = Segmenter.from_modules(clip, vfm, tokenizer, **settings_of(g["params"]), **extra)
     out = seg.segment_tensor(g["image"], g["class_lines"])

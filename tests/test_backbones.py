@@ -12,7 +12,7 @@ import timm
 import torch
 
 from glaclip import Segmenter, backbones
-from tests.golden import assert_matches_golden
+from tests.golden import assert_matches_golden, load_case
 
 
 def test_local_dir_checkpoints_load_the_same_weights(tiny_checkpoints, golden_models_state) -> None:
@@ -27,7 +27,7 @@ def test_local_dir_checkpoints_load_the_same_weights(tiny_checkpoints, golden_mo
 
 
 def test_from_pretrained_matches_from_modules(tiny_checkpoints, golden_modules, golden_dir) -> None:
-    g = torch.load(golden_dir / "kv_only.pt", weights_only=True)
+    g = load_case(golden_dir, "kv_only")
     settings = {"proxy_anchor": False, "dynamic_norm": False, "prob_threshold": 0.1}
     a = Segmenter.from_pretrained(
         clip=tiny_checkpoints["clip"],

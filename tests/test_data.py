@@ -20,11 +20,9 @@ from glaclip.data import (
     preset_display_names,
     read_class_file,
 )
+from tests.golden import REFERENCE_CLASSES_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_CLASSES = Path(
-    os.environ.get("GLACLIP_REFERENCE_CLASSES", REPO.parent / "shared" / "reference_classes")
-)
+REFERENCE_CLASSES = Path(os.environ.get("GLACLIP_REFERENCE_CLASSES", REFERENCE_CLASSES_DIR))
 # preset -> the reference implementation's class file
 REFERENCE_FILES = {
     "voc21": "cls_voc21.txt",
@@ -342,8 +340,9 @@ def test_class_files_are_the_reference_words_line_for_line(name: str) -> None:
     reference = REFERENCE_CLASSES / REFERENCE_FILES[name]
     if not reference.is_file():
         raise FileNotFoundError(
-            f"reference class file {reference} not found: check out ../shared beside the "
-            "repository or set GLACLIP_REFERENCE_CLASSES"
+            f"reference class file {reference} not found: tests/data/reference_classes is part "
+            "of the repository (tests/make_compact_golden.py copies it), or set "
+            "GLACLIP_REFERENCE_CLASSES"
         )
     bundled = class_file_path(name).read_text(encoding="utf-8").splitlines()
     assert bundled == reference.read_text(encoding="utf-8").splitlines()

@@ -1,4 +1,8 @@
-"""The reference implementation's own outputs (../shared/golden), through the default path."""
+"""The reference implementation's own outputs, through the default path.
+
+Every test runs on the compact set shipped in ``tests/golden`` and, where the full fixtures are
+present (``$GLACLIP_GOLDEN`` or ``../shared/golden``), on those too (``tests/golden.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,29 @@ import torch
 from glaclip import Segmenter
 from tests.golden import (
     CLEARCLIP_CASES,
+    COMPACT_DIR,
     GOLDEN_CASES,
+    REFERENCE_CLASSES_DIR,
+    SHARED,
     assert_matches_golden,
+    full_golden_dir,
     golden_agreement,
+    golden_sets,
     is_clearclip,
+    load_case,
+    remake_image,
     settings_of,
 )
 
+SETS = golden_sets()
 
+
+@pytest.mark.parametrize("which", list(SETS))
 @pytest.mark.parametrize("case", GOLDEN_CASES)
-def test_golden_case(case: str, golden_dir, golden_modules) -> None:
+def test_golden_case(case: str, which: str, golden_modules) -> None:
     """Every case through ``from_modules`` + ``segment_tensor``, the CLI's code path; the
     ClearCLIP cases without any VFM."""
-    g = torch.load(golden_dir / f"{case}.pt", weights_only=True)
+    g = load_case(SETS[which], case)
     clip, vfm, tokenizer = golden_modules
     if is_clearclip(g["params"]):
         vfm = None
@@ -30,13 +44,14 @@ def test_golden_case(case: str, golden_dir, golden_modules) -> None:
     names = [n for line in g["class_lines"] for n in line.split("; ")]
     assert out.query_names == names
     text = seg.text.encode(names)
-    assert torch.allclose(text, g["text_features"], atol=1e-6)
+    assert torch.allclose(text.cpu(), g["text_features"], atol=1e-6)
     assert_matches_golden(out.query_logits, out.labels, g)
 
 
-def test_golden_distinguishes_components(golden_dir, golden_modules) -> None:
+@pytest.mark.parametrize("which", list(SETS))
+def test_golden_distinguishes_components(which: str, golden_modules) -> None:
     """Switching one component off fails the tolerance rule by far."""
-    g = torch.load(golden_dir / "gla_default.pt", weights_only=True)
+    g = load_case(SETS[which], "gla_default")
     clip, vfm, tokenizer = golden_modules
     settings = settings_of(g["params"])
     for switch in ("kv_extension", "proxy_anchor", "dynamic_norm"):
@@ -46,6 +61,7 @@ def test_golden_distinguishes_components(golden_dir, golden_modules) -> None:
         assert close < 0.5 and worst > 1e-2, switch
 
 
+@pytest.mark.parametrize("which", list(SETS))
 @pytest.mark.parametrize(
     ("case", "change"),
     [
@@ -58,13 +74,56 @@ def test_golden_distinguishes_components(golden_dir, golden_modules) -> None:
         ("gla_default", {"dynamic_beta": False}),
     ],
 )
-def test_golden_distinguishes_base_switches(case, change, golden_dir, golden_modules):
+def test_golden_distinguishes_base_switches(case, change, which, golden_modules):
     """Each ClearCLIP switch (and dynamic_beta on either base) matters: flipping it fails the
     tolerance rule."""
     assert case in CLEARCLIP_CASES + ["gla_default"]
-    g = torch.load(golden_dir / f"{case}.pt", weights_only=True)
+    g = load_case(SETS[which], case)
     clip, vfm, tokenizer = golden_modules
     seg = Segmenter.from_modules(clip, vfm, tokenizer, **{**settings_of(g["params"]), **change})
     out = seg.segment_tensor(g["image"], g["class_lines"])
     close, worst, _ = golden_agreement(out.query_logits, out.labels, g)
     assert close < 0.9 and worst > 1e-2, (change, close, worst)
+
+
+def test_compact_set_was_made_from_the_full_set() -> None:
+    """Where the full fixtures are present: the compact set holds the same cases, models,
+    class lines, settings, text features and labels, its logits are the full logits on the
+    stated subgrid, and the image remade from the settings is the stored one."""
+    full = full_golden_dir()
+    if full is None:
+        pytest.skip("the full golden fixtures are not present ($GLACLIP_GOLDEN, ../shared/golden)")
+    assert sorted(p.stem for p in COMPACT_DIR.glob("*.pt")) == sorted(
+        p.stem for p in full.glob("*.pt")
+    )
+    small = torch.load(COMPACT_DIR / "models.pt", weights_only=True)
+    big = torch.load(full / "models.pt", weights_only=True)
+    assert small.keys() == big.keys()
+    for key, value in big.items():
+        if isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
+            assert value.keys() == small[key].keys()
+            assert all(torch.equal(value[k], small[key][k]) for k in value), key
+        else:
+            assert small[key] == value, key
+    for case in GOLDEN_CASES:
+        c = torch.load(COMPACT_DIR / f"{case}.pt", weights_only=True)
+        f = torch.load(full / f"{case}.pt", weights_only=True)
+        assert c["class_lines"] == f["class_lines"] and c["params"] == f["params"], case
+        assert torch.equal(c["text_features"], f["text_features"]), case
+        assert torch.equal(c["pred"], f["pred"]), case
+        s, t = c["subgrid"]["start"], c["subgrid"]["step"]
+        assert t <= 4 and c["logits"].shape[1] == len(range(s, f["logits"].shape[1], t)), case
+        assert torch.equal(c["logits"], f["logits"][:, s::t, s::t]), case
+        # the recipe of golden/README.md; float round-off of the pooling at most
+        assert torch.allclose(remake_image(c["params"]), f["image"], rtol=0, atol=1e-6), case
+
+
+def test_reference_class_files_are_the_shared_ones() -> None:
+    """Where ``../shared`` is present: tests/data/reference_classes is a copy of its files."""
+    shared = SHARED / "reference_classes"
+    if not shared.is_dir():
+        pytest.skip("../shared/reference_classes is not present")
+    ours = sorted(p.name for p in REFERENCE_CLASSES_DIR.glob("*.txt"))
+    assert ours == sorted(p.name for p in shared.glob("*.txt"))
+    for name in ours:
+        assert (REFERENCE_CLASSES_DIR / name).read_bytes() == (shared / name).read_bytes(), name
