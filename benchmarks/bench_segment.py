@@ -193,7 +193,7 @@ def run_child(args: argparse.Namespace) -> dict:
     import torch
 
     from glaclip.attention import auto_block_size, initial_proxies
-    from glaclip.bases import needs_vfm, token_positions
+    from glaclip.bases import needs_vfm, token_groups
     from glaclip.config import settings_from_kwargs
     from glaclip.segmenter import Segmenter
 
@@ -243,8 +243,9 @@ def run_child(args: argparse.Namespace) -> dict:
     initial = None
     if args.base == "clearclip":
         gh, gw = recorded["feats"].grid
-        pos = token_positions(recorded["windows"], (gh, gw), seg.clip_tower.patch_size)
-        initial = initial_proxies(keys.reshape(n_windows, gh, gw, c), pos)
+        group, n_groups = token_groups(recorded["windows"], (gh, gw), seg.clip_tower.patch_size)
+        q = keys.reshape(n_windows, gh, gw, c)
+        initial = initial_proxies(q, group.to(q.device), n_groups)
     stats = attention_statistics(keys, n_windows, settings.gla, initial=initial)
     iters = settings.gla.proxy_iters
     if args.impl == "dense":

@@ -54,6 +54,7 @@ def test_batch_with_broken_and_missing_files(inputs, tiny_model_args, tmp_path, 
     )
     err = capsys.readouterr().err
     assert code == 1
+    assert "glaclip: running on cpu (" in err  # the device, named before the work starts
     assert "broken.jpg" in err and "not an image" in err
     assert "missing.png" in err and "no such file" in err
     good = [k for k in inputs if k != "broken"]
