@@ -53,6 +53,11 @@ def test_golden_case(case: str, which: str, golden_modules, test_device) -> None
     assert out.query_names == names
     text = seg.text.encode(names)
     assert torch.allclose(text.cpu(), g["text_features"], atol=1e-6)
+    close, worst, agree = golden_agreement(out.query_logits, out.labels, g)
+    print(  # shown by pytest -rA (benchmarks/gpu_check.py)
+        f"{case} [{which}] on {seg.device}: {100 * close:.3f} % of logits within 1e-4, "
+        f"max diff {worst:.2e}, labels equal on {100 * agree:.3f} %"
+    )
     assert_matches_golden(out.query_logits, out.labels, g)
 
 
