@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from glaclip import __version__
+from glaclip.cli_prepare import add_prepare_parser, run_prepare
 from glaclip.data import PRESETS
 from glaclip.options import (
     UNLABELLED,
@@ -106,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo)
     add_method_arguments(demo)
 
-    prep = sub.add_parser("prepare", help="convert dataset annotations")
-    prep_sub = prep.add_subparsers(dest="what", required=True)
-    coco = prep_sub.add_parser(
-        "coco-object", help="COCO-Stuff164k label maps -> COCO-Object labels (things 1..80)"
-    )
-    coco.add_argument("src", help="folder of COCO-Stuff label maps")
-    coco.add_argument("dst", help="output folder for *_instanceTrainIds.png")
+    add_prepare_parser(sub)
     return parser
 
 
@@ -348,11 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _run_demo(args)
         if args.command == "prepare":
-            from glaclip.data.coco_object import convert_coco_object
-
-            count = convert_coco_object(Path(args.src), Path(args.dst))
-            print(f"wrote {count} COCO-Object label maps to {args.dst}")
-            return 0
+            return run_prepare(args)
     except (ModelLoadError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
