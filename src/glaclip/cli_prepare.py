@@ -142,3 +142,28 @@ def run_prepare(args: argparse.Namespace) -> int:
     if report.written + report.skipped == 0 and not report.failed:
         return 1  # nothing to convert: a wrong SOURCE
     return 1 if report.failed else 0
+
+
+def print_data_check(args: argparse.Namespace) -> bool:
+    """Check the data of ``glaclip eval`` (``--dataset``, ``--data-root``, ``--limit``) and
+    print the summary to stderr before any model loads; True when nothing is wrong."""
+    from glaclip.data.convert import default_workers
+    from glaclip.device import resolve_device
+    from glaclip.estimate import measure_speed
+    from glaclip.options import settings_from_args
+    from glaclip.precheck import benchmark_folders, check_root, format_check
+
+    folders = benchmark_folders(args.data_root, args.dataset)
+    speed = measure_speed(resolve_device(args.device))
+    result = check_root(
+        folders,
+        settings_from_args(args),
+        speed,
+        limit=args.limit,
+        vfm=args.vfm,
+        progress=not args.no_progress,
+        workers=default_workers(),
+    )
+    _say(f"glaclip: the data under {args.data_root}:")
+    _say(format_check(result, speed, args.limit))
+    return result.ok
