@@ -85,6 +85,15 @@ def test_eval_check_prints_the_summary_and_loads_no_model(
     argv = ["eval", "--dataset", "ade20k", "--check", "--data-root"]
     assert main([*argv, str(root / "ADEChallengeData2016"), "--no-progress"]) == 1
     assert "x.png (151)" in capsys.readouterr().err
+    # its own flags count: without reduce_zero_label, 150 and 151 are outside 0..149
+    ade = [*argv, str(root / "ADEChallengeData2016"), "--no-reduce-zero-label", "--no-progress"]
+    assert main(ade) == 1
+    assert "x.png (150, 151)" in capsys.readouterr().err
+    classes = root / "c.txt"
+    classes.write_text("\n".join(f"c{i}" for i in range(152)) + "\n")
+    assert main([*ade, "--class-file", str(classes)]) == 1  # counts still differ: 1 of 2,000
+    err = capsys.readouterr().err
+    assert "outside" not in err and "1 image, 1 label (official val: 2,000)" in err
 
 
 def test_image_flops_at_the_benchmarked_sizes() -> None:

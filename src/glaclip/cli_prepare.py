@@ -154,6 +154,12 @@ def print_data_check(args: argparse.Namespace) -> bool:
     from glaclip.precheck import benchmark_folders, check_root, format_check
 
     folders = benchmark_folders(args.data_root, args.dataset)
+    num_classes = None
+    if args.class_file and args.dataset != "all":
+        from glaclip.text import read_class_file
+
+        num_classes = len(read_class_file(args.class_file))
+    reduce = args.reduce_zero_label if args.dataset != "all" else None
     speed = measure_speed(resolve_device(args.device))
     result = check_root(
         folders,
@@ -163,6 +169,8 @@ def print_data_check(args: argparse.Namespace) -> bool:
         vfm=args.vfm,
         progress=not args.no_progress,
         workers=default_workers(),
+        num_classes=num_classes,
+        reduce=reduce,
     )
     _say(f"glaclip: the data under {args.data_root}:")
     _say(format_check(result, speed, args.limit))

@@ -61,8 +61,13 @@ def check_root(
     vfm: str | None = None,
     progress: bool = True,
     workers: int = 1,
+    num_classes: int | None = None,
+    reduce: bool | None = None,
 ) -> RootCheck:
-    """Check each preset's dataset folder (``{preset: folder}``); scans are shared."""
+    """Check each preset's dataset folder (``{preset: folder}``); scans are shared.
+
+    ``num_classes`` and ``reduce`` override the presets' (one benchmark with a custom class
+    file or ``--[no-]reduce-zero-label``)."""
     scans: dict[tuple[str, Path], DatasetScan] = {}
     out = []
     for name, folder in folders.items():
@@ -73,7 +78,7 @@ def check_root(
         key = (preset.layout, folder)
         if key not in scans:
             scans[key] = scan_dataset(preset.layout, folder, limit, progress, workers)
-        check = check_preset(preset, scans[key])
+        check = check_preset(preset, scans[key], num_classes, reduce)
         seconds = None
         if speed is not None and scans[key].sizes:
             full = settings_from_kwargs(**{**preset_settings(name), **settings})
@@ -82,9 +87,13 @@ def check_root(
     return RootCheck(out)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def _counts(check: PresetCheck, limit: int | None) -> str:
     s = check.scan
-    text = f"{s.images:,} images, {s.labels:,} labels (official val: {check.official:,})"
+    text = f"{_n(s.images, 'image')}, {_n(s.labels, 'label')} (official val: {check.official:,})"
     if limit is not None and s.read < s.labels:
         text += f"; the first {s.read:,} read (--limit)"
     return text

@@ -183,13 +183,21 @@ class PresetCheck:
         )
 
 
-def check_preset(preset: Preset, scan: DatasetScan, ignore_index: int = 255) -> PresetCheck:
+def check_preset(
+    preset: Preset,
+    scan: DatasetScan,
+    num_classes: int | None = None,
+    reduce: bool | None = None,
+    ignore_index: int = 255,
+) -> PresetCheck:
     """Judge a scan for one preset: label values outside ``0..C-1`` (and ``ignore_index``),
-    after the preset's reduce_zero_label."""
-    num_classes = len(preset_classes(preset))
+    after reduce_zero_label. ``num_classes`` and ``reduce`` override the preset's (a custom
+    class file, ``--[no-]reduce-zero-label``)."""
+    num_classes = num_classes or len(preset_classes(preset))
+    reduce = preset.reduce_zero_label if reduce is None else reduce
     check = PresetCheck(preset, scan, num_classes)
     for path, values in scan.values.items():
-        seen = reduce_zero_label(values) if preset.reduce_zero_label else values
+        seen = reduce_zero_label(values) if reduce else values
         bad = values[(seen >= num_classes) & (seen != ignore_index) | (seen < 0)]
         if len(bad):
             shown = ", ".join(str(v) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")

@@ -36,6 +36,7 @@ from glaclip.data.convert import (
     map_values,
     read_label_map,
     run_jobs,
+    split_folders,
 )
 from glaclip.imageio import atomic_write
 
@@ -78,25 +79,6 @@ def to_train_ids(label: np.ndarray) -> np.ndarray:
 
 def _convert(path: Path) -> np.ndarray:
     return to_train_ids(read_label_map(path))
-
-
-def _split_folders(source: Path, splits: list[str] | None) -> list[tuple[str, Path]]:
-    if not source.is_dir():
-        raise FileNotFoundError(
-            f"Cityscapes folder {source} not found: pass the gtFine folder of "
-            "gtFine_trainvaltest.zip (holding train/, val/, test/)"
-        )
-    wanted = splits or list(SPLITS)
-    if source.name in SPLITS:
-        found = [(source.name, source)] if source.name in wanted else []
-    else:
-        found = [(s, source / s) for s in wanted if (source / s).is_dir()]
-    if not found:
-        raise ValueError(
-            f"no Cityscapes split folder ({', '.join(wanted)}) in {source}: pass the gtFine "
-            "folder of gtFine_trainvaltest.zip (e.g. cityscapes/gtFine)"
-        )
-    return found
 
 
 def _check_root(root: Path) -> None:
@@ -154,7 +136,8 @@ def convert_cityscapes(
     source, root = Path(source), Path(root)
     _check_root(root)
     report = ConvertReport()
-    for split, folder in _split_folders(source, splits):
+    what = "the gtFine folder of gtFine_trainvaltest.zip (holding train/, val/, test/)"
+    for split, folder in split_folders(source, SPLITS, splits, what):
         files = _label_files(folder)
         if not files:
             report.notes.append(f"no *{SOURCE_SUFFIX} in {folder}/<city>/")

@@ -30,8 +30,8 @@ from glaclip.data.coco_stuff import (
     INSTANCE_SUFFIX,
     TRAIN_SUFFIX,
     check_root,
+    coco_splits,
     raw_maps,
-    split_folders,
 )
 from glaclip.data.convert import (
     ConvertReport,
@@ -119,7 +119,7 @@ def convert_coco_object(
     source, root = Path(source), Path(root)
     check_root(root)
     report = ConvertReport()
-    for split, folder in split_folders(source, splits):
+    for split, folder in coco_splits(source, splits):
         found = _sources(folder)
         if not found:
             report.notes.append(

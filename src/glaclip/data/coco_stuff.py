@@ -33,6 +33,7 @@ from glaclip.data.convert import (
     map_values,
     read_label_map,
     run_jobs,
+    split_folders,
 )
 
 SPLITS = ("train2017", "val2017")
@@ -54,29 +55,10 @@ def _lookup() -> np.ndarray:
 LUT = _lookup()  # (256,) int16: stuffthingmaps value -> train id (0..170, 255), -1 unknown
 
 
-def split_folders(source: Path, splits: list[str] | None) -> list[tuple[str, Path]]:
-    """``(split, folder)`` of each COCO split under ``source`` (or ``source`` itself).
-
-    Raises:
-        FileNotFoundError: ``source`` is not a folder.
-        ValueError: it holds none of the asked splits.
-    """
-    if not source.is_dir():
-        raise FileNotFoundError(
-            f"COCO-Stuff label folder {source} not found: pass the folder "
-            "stuffthingmaps_trainval2017.zip was unzipped into (holding val2017/)"
-        )
-    wanted = splits or list(SPLITS)
-    if source.name in SPLITS:
-        found = [(source.name, source)] if source.name in wanted else []
-    else:
-        found = [(s, source / s) for s in wanted if (source / s).is_dir()]
-    if not found:
-        raise ValueError(
-            f"no COCO split folder ({' or '.join(wanted)}) in {source}: pass the folder "
-            "stuffthingmaps_trainval2017.zip was unzipped into (e.g. coco_stuff164k/annotations)"
-        )
-    return found
+def coco_splits(source: Path, splits: list[str] | None) -> list[tuple[str, Path]]:
+    """``(split, folder)`` of each COCO split under ``source`` (see ``convert.split_folders``)."""
+    what = "the folder stuffthingmaps_trainval2017.zip was unzipped into (holding val2017/)"
+    return split_folders(source, SPLITS, splits, what)
 
 
 def check_root(root: Path) -> None:
@@ -142,7 +124,7 @@ def convert_coco_stuff(
     source, root = Path(source), Path(root)
     check_root(root)
     report = ConvertReport()
-    for split, folder in split_folders(source, splits):
+    for split, folder in coco_splits(source, splits):
         maps = raw_maps(folder)
         if not maps:
             report.notes.append(f"no stuffthingmaps *.png in {folder}")

@@ -118,6 +118,32 @@ def map_values(label: np.ndarray, lut: np.ndarray, table: str) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def split_folders(
+    source: Path, splits: Sequence[str], wanted: Sequence[str] | None, what: str
+) -> list[tuple[str, Path]]:
+    """``(split, folder)`` of each wanted split folder in ``source`` (or ``source`` itself,
+    when it is named like a split).
+
+    Args:
+        splits: the dataset's split names, e.g. ``("train2017", "val2017")``.
+        wanted: the splits asked for (None: all).
+        what: what ``source`` should be, for the messages (``"the gtFine folder of ..."``).
+
+    Raises:
+        FileNotFoundError: ``source`` is not a folder. ValueError: it holds no wanted split.
+    """
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is not a folder: pass {what}")
+    wanted = list(wanted or splits)
+    if source.name in splits:
+        found = [(source.name, source)] if source.name in wanted else []
+    else:
+        found = [(s, source / s) for s in wanted if (source / s).is_dir()]
+    if not found:
+        raise ValueError(f"no split folder ({', '.join(wanted)}) in {source}: pass {what}")
+    return found
+
+
 def ensure_folder(path: Path, what: str) -> None:
     """Create ``path`` (and parents) as a folder; ValueError naming it if a file is in the way."""
     for part in (path, *path.parents):
