@@ -90,11 +90,13 @@ def test_coco_stuff_unused_value_fails_that_file_only(tmp_path: Path, capsys) ->
     _png(src / "val2017" / "1.png", np.array([[0, 181]]))
     _png(src / "val2017" / "2.png", np.array([[11, 90]]))  # category ids 12 and 91: unused
     _png(src / "val2017" / "3.png", np.array([[91, 255]]))
+    (src / "val2017" / "4.png").symlink_to(src / "gone.png")  # a dangling link
     code = main(["prepare", "coco-stuff164k", str(src), str(root), "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if "failed:" in line]
-    assert len(failed) == 1 and "2.png" in failed[0] and "11, 90" in failed[0]
+    assert len(failed) == 2 and "2.png" in failed[0] and "11, 90" in failed[0]
+    assert "4.png" in failed[1] and "not a readable image" in failed[1]
     assert _read(src / "val2017/1_labelTrainIds.png").tolist() == [[0, 170]]
     assert _read(src / "val2017/3_labelTrainIds.png").tolist() == [[80, 255]]
     assert not (src / "val2017/2_labelTrainIds.png").exists()

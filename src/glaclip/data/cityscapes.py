@@ -96,7 +96,7 @@ def _label_files(folder: Path) -> list[tuple[str, Path]]:
     found = []
     for city in sorted(p for p in folder.iterdir() if p.is_dir()):
         for entry in city.iterdir():
-            if entry.name.endswith(SOURCE_SUFFIX) and entry.is_file():
+            if entry.name.endswith(SOURCE_SUFFIX) and not entry.is_dir():
                 found.append((f"{city.name}/{entry.name[: -len(SOURCE_SUFFIX)]}", entry))
     return sorted(found)
 

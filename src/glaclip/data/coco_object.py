@@ -73,7 +73,7 @@ def _sources(folder: Path) -> list[tuple[str, Path, np.ndarray]]:
     train = {
         e.name[: -len(TRAIN_SUFFIX)]: e
         for e in folder.iterdir()
-        if e.name.endswith(TRAIN_SUFFIX) and e.is_file()
+        if e.name.endswith(TRAIN_SUFFIX) and not e.is_dir()
     }
     out = [(i, p, LUT_TRAIN_IDS) for i, p in train.items()]
     out += [(i, p, LUT_RAW) for i, p in raw_maps(folder).items() if i not in train]

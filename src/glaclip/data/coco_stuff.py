@@ -79,7 +79,7 @@ def raw_maps(folder: Path) -> dict[str, Path]:
         name = entry.name
         if not name.endswith(".png") or name.endswith((TRAIN_SUFFIX, INSTANCE_SUFFIX)):
             continue
-        if entry.is_file():
+        if not entry.is_dir():  # a dangling link is read, and reported
             out[name[: -len(".png")]] = entry
     return out
 
