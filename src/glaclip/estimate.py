@@ -19,7 +19,6 @@ lower bound.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from glaclip.config import Settings
-from glaclip.device import strict_fp32
+from glaclip.device import describe_device, strict_fp32
 from glaclip.imageio import protocol_size
 from glaclip.windows import network_canvas, window_grid
 
@@ -45,24 +44,6 @@ class DeviceSpeed:
     device: torch.device
     name: str
     flops_per_second: float
-
-
-def device_name(device: torch.device) -> str:
-    """``NVIDIA H200`` or ``Intel(R) Xeon(R) ... (2 threads)``: the device in words."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple GPU (mps)"
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +73,7 @@ def measure_speed(device: torch.device, seconds: float = 0.3) -> DeviceSpeed:
             _sync(device)
             took = (time.perf_counter() - start) / 4
             best, spent = min(best, took), spent + 4 * took
-    return DeviceSpeed(device, device_name(device), flop / max(best, 1e-9))
+    return DeviceSpeed(device, describe_device(device), flop / max(best, 1e-9))
 
 
 def image_flops(h0: int, w0: int, settings: Settings, vfm_patch: int = 8) -> tuple[float, float]:
