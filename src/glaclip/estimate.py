@@ -58,8 +58,8 @@ def measure_speed(device: torch.device, seconds: float = 0.3) -> DeviceSpeed:
     ``device`` for about ``seconds``; the best rate of the repeats, in FLOP/s."""
     n = 4096 if device.type == "cpu" else 16384
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(1024, 768, generator=gen).to(device)
-    b = torch.randn(768, n, generator=gen).to(device)
+    a = torch.randn(1024, 768, generator=gen, device="cpu").to(device)
+    b = torch.randn(768, n, generator=gen, device="cpu").to(device)
     flop = 2.0 * a.shape[0] * a.shape[1] * n
     best = float("inf")
     with strict_fp32(device), torch.no_grad():
