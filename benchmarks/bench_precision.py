@@ -4,6 +4,8 @@ how many labels change with the backbones in bf16/fp16 (``--backbones``).
     python benchmarks/bench_precision.py                 # 336x448 (6 windows, N = 4,704)
     python benchmarks/bench_precision.py --size 560x1120
     python benchmarks/bench_precision.py --backbones bf16,fp16   # the bundled example photos
+    python benchmarks/bench_precision.py --fast bf16     # the fast mode: golden inputs, then
+                                                         # its parts one at a time on the photos
 
 Computes the keys and values of a synthetic image with the real-size backbones (random
 weights), then runs the dense oracle of SPEC 5-7 with its similarity products (``K K^T`` and
@@ -109,6 +111,153 @@ def backbone_precision_labels(precisions: list[str], text_cache: str) -> None:
             )
 
 
+FAST_VARIANTS = [  # (name, settings over precision=P, half products of the method)
+    ("backbones cast", {"fused_attention": False}, ()),
+    ("+ fused VFM", {}, ()),
+    ("+ weights_values", {}, ("weights_values",)),
+    ("+ mask_keys", {}, ("weights_values", "mask_keys")),  # the fast mode
+    ("fast + stitch", {}, ("weights_values", "mask_keys", "stitch")),  # rejected
+    ("fast + scores", {}, ("weights_values", "mask_keys", "scores")),  # rejected
+]
+
+
+class DecisionRecorder:
+    """Records the method's decisions per token while it runs: the last proxy mask's row counts
+    (``A > tau``) and the entries each row keeps at the cut ``Z >= min(rowmax, 0)``."""
+
+    def __init__(self, attention) -> None:
+        self.attention = attention
+        self.counts, self.kept = [], []
+
+    def __enter__(self):
+        import torch
+
+        att = self.attention
+        self.saved = (att._anchors, att._softmax_times_values)
+        anchors, softmax = self.saved
+
+        def anchors_recorded(work, cfg, initial=None):
+            result = anchors(work, cfg, initial)
+            if result[1] is not None:
+                self.counts.append(result[1].clone())
+            return result
+
+        def softmax_recorded(z, *rest):
+            cut = z.amax(dim=1, keepdim=True).clamp_max(0.0)
+            self.kept.append((z >= cut).sum(dim=1).to(torch.int64))
+            return softmax(z, *rest)
+
+        att._anchors, att._softmax_times_values = anchors_recorded, softmax_recorded
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.attention._anchors, self.attention._softmax_times_values = self.saved
+
+    def rows(self):
+        import torch
+
+        counts = torch.cat(self.counts) if self.counts else None
+        return counts, torch.cat(self.kept)
+
+
+def fast_mode_moves(precision: str, text_cache: str) -> None:
+    """Against fp32, on the bundled example photos (real-size backbones, random weights), with
+    the fast mode's parts added one at a time: tokens whose last proxy mask (its row count)
+    changed, tokens whose kept entries at the cut changed, and labels changed."""
+    import numpy as np
+
+    from glaclip import attention
+    from glaclip.demo import EXAMPLES, EXAMPLES_DIR  # needs the demo extra (Gradio)
+    from glaclip.segmenter import Segmenter
+
+    clip, vfm, tok = _common.build_models()
+    fp32 = Segmenter(clip, vfm, tok, text_cache_dir=text_cache)
+    print(
+        f"precision {precision}; each row adds one part of the fast mode to the row above "
+        "(the fourth row is the fast mode); the last two add a product to the fast mode"
+    )
+    print(f"{'photo':>14} | {'variant':>18} | {'mask rows moved':>17} | {'cut rows moved':>16} | "
+          f"{'labels changed':>20}")  # fmt: skip
+    saved = attention.HALF_PRODUCTS
+    try:
+        for name, classes in EXAMPLES:
+            path = EXAMPLES_DIR / name
+            lines = [c.strip() for c in classes.split(",")]
+            attention.HALF_PRODUCTS = frozenset()
+            with DecisionRecorder(attention) as rec:
+                ref = fp32.segment(path, lines).labels
+            ref_counts, ref_kept = rec.rows()
+            for variant, settings, products in FAST_VARIANTS:
+                attention.HALF_PRODUCTS = frozenset(products)
+                other = fp32.with_settings(precision=precision, **settings)
+                with DecisionRecorder(attention) as rec:
+                    labels = other.segment(path, lines).labels
+                counts, kept = rec.rows()
+                n = kept.numel()
+                mask_moved = int((counts != ref_counts).sum()) if counts is not None else 0
+                cut_moved = int((kept != ref_kept).sum())
+                changed = int(np.count_nonzero(labels != ref))
+                print(
+                    f"{name:>14} | {variant:>18} | {mask_moved:>7,} ({mask_moved / n:6.2%}) | "
+                    f"{cut_moved:>6,} ({cut_moved / n:6.2%}) | "
+                    f"{changed:>10,} ({changed / ref.size:6.2%})",
+                    flush=True,
+                )
+    finally:
+        attention.HALF_PRODUCTS = saved
+
+
+def fast_mode_golden(precision: str) -> None:
+    """The fast mode against float32 on the golden inputs (the tests' tiny models): tokens
+    whose last mask or cut moved, labels changed, logits within 1e-2."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from glaclip import attention
+    from glaclip.segmenter import Segmenter
+    from tests.golden import COMPACT_DIR, GOLDEN_CASES, is_clearclip, load_case, settings_of
+
+    clip, vfm, tok = _golden_modules(COMPACT_DIR)
+    print(f"precision {precision}, the fast mode against float32, golden inputs")
+    print(f"{'case':>24} | {'mask rows moved':>15} | {'cut rows moved':>15} | "
+          f"{'labels changed':>14} | logits within 1e-2")  # fmt: skip
+    for case in GOLDEN_CASES:
+        g = load_case(COMPACT_DIR, case)
+        seg = Segmenter.from_modules(
+            clip, None if is_clearclip(g["params"]) else vfm, tok, **settings_of(g["params"])
+        )
+        runs = []
+        for other in (seg, seg.with_settings(precision=precision)):
+            with DecisionRecorder(attention) as rec:
+                out = other.segment_tensor(g["image"], g["class_lines"])
+            runs.append((out, *rec.rows()) if rec.kept else (out, None, None))
+        (ref, c0, k0), (fast, c1, k1) = runs
+
+        def moved(a, b):
+            return "-" if a is None else f"{float((a != b).float().mean()):.2%}"
+
+        labels = float((fast.labels != ref.labels).float().mean())
+        close = float(((fast.query_logits - ref.query_logits).abs() < 1e-2).float().mean())
+        print(f"{case:>24} | {moved(c0, c1):>15} | {moved(k0, k1):>15} | "
+              f"{labels:>14.2%} | {close:.2%}")  # fmt: skip
+
+
+def _golden_modules(directory):
+    import open_clip
+    import timm
+    import torch
+
+    m = torch.load(directory / "models.pt", weights_only=True)
+    clip = open_clip.model.CLIP(
+        embed_dim=m["clip_embed_dim"],
+        vision_cfg=m["clip_vision_cfg"],
+        text_cfg=m["clip_text_cfg"],
+        quick_gelu=m["quick_gelu"],
+    )
+    clip.load_state_dict(m["clip_state_dict"])
+    vfm = timm.create_model(m["vfm_timm_name"], pretrained=False, num_classes=0, **m["vfm_kwargs"])
+    vfm.load_state_dict(m["vfm_state_dict"])
+    return clip.eval(), vfm.eval(), open_clip.get_tokenizer("ViT-B-16")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="336x448", help="HxW of the synthetic image")
@@ -119,9 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backbones", help="e.g. bf16,fp16: label changes against fp32 on the example photos"
     )
+    parser.add_argument(
+        "--fast", help="bf16 or fp16: decisions and labels the fast mode's parts move"
+    )
     args = parser.parse_args(argv)
     if args.backbones:
         backbone_precision_labels(args.backbones.split(","), args.text_cache)
+        return 0
+    if args.fast:
+        fast_mode_golden(args.fast)
+        fast_mode_moves(args.fast, args.text_cache)
         return 0
 
     import torch

@@ -110,6 +110,61 @@ def tower_flops(seg, crop) -> tuple[float, float]:
     return float(vfm), float(clip)
 
 
+_RATES: dict[tuple[str, str], float] = {}
+
+
+def matmul_rate(device, precision: str, size: int = 2048, inner: int = 768) -> float:
+    """The device's measured matrix-product rate in ``precision`` (GFLOP/s): the median of five
+    ``size x inner @ inner x size`` products after two warm-ups, the shape of the attention's
+    and the towers' products. Measured once per process."""
+    import torch
+
+    from glaclip.attention import half_mm
+    from glaclip.device import precision_dtype
+
+    key = (str(device), precision)
+    if key not in _RATES:
+        dtype = precision_dtype(precision)
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(size, inner, generator=gen).to(device, dtype)
+        b = torch.randn(inner, size, generator=gen).to(device, dtype)
+        product = (lambda: a @ b) if precision == "fp32" else (lambda: half_mm(a, b))
+        times = []
+        for i in range(7):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            product()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        _RATES[key] = 2.0 * size * size * inner / statistics.median(times) / 1e9
+    return _RATES[key]
+
+
+def floors(flops: dict, precision: str, rates: dict[str, float]) -> dict[str, float]:
+    """Seconds each stage would take at the measured matrix-product rate of the precision its
+    products run in: the towers in ``precision``, the attention's products by
+    ``attention.HALF_PRODUCTS`` (the others, and the stitching, in float32)."""
+    from glaclip.attention import HALF_PRODUCTS
+
+    half = rates[precision] * 1e9  # FLOP/s
+    fp32 = rates["fp32"] * 1e9
+    parts = flops["attention_parts"]
+    names = {"similarity": "scores", "mask_keys": "mask_keys", "weights_values": "weights_values"}
+    attention = sum(
+        v / (half if names[k] in HALF_PRODUCTS and precision != "fp32" else fp32)
+        for k, v in parts.items()
+    )
+    return {
+        "vfm": flops["vfm"] / half,
+        "clip": flops["clip"] / half,
+        "attention": attention,
+        "stitch": flops["stitch"] / fp32,
+    }
+
+
 def stitch_flops(n: int, d: int, e: int, q: int) -> float:
     """out_proj, image projection and the cosine logits (interpolation not counted)."""
     return 2.0 * n * (d * d + d * e + e * q)
@@ -261,7 +316,10 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
         peak = _vm_hwm() if reset else _common.peak_rss_bytes()
     # after the timed calls: counting runs one window with autograd on, whose memory the
     # allocator keeps, which would change both the peak and the speed of the calls
-    vfm_f, clip_f = tower_flops(seg, _common.synthetic_image(224, 224, seed=1).to(seg.device))
+    # the same products in any precision: counted in float32 (the counter misses some of the
+    # half-precision fast paths)
+    crop = _common.synthetic_image(224, 224, seed=1).to(seg.device)
+    vfm_f, clip_f = tower_flops(seg.with_settings(precision="fp32"), crop)
     seconds = statistics.median(totals)
     timings = {s: statistics.median(t.get(s, 0.0) for t in stage_runs) for s in stage_runs[0]}
     keys = recorded["feats"].keys
@@ -285,6 +343,7 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
         general = n * (1.0 - stats["single_row_fraction"])
         att = attention_flops_blocked(n, c, d, iters, block, general, symmetric=initial is None)
     embed = seg.clip_model.visual.output_dim
+    rates = {p: matmul_rate(seg.device, p) for p in dict.fromkeys(["fp32", precision])}
     return {
         "size": size,
         "base": args.base,
@@ -311,6 +370,7 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
         },
         "stats": stats,
         "threads": torch.get_num_threads(),
+        "matmul_gflops": rates,
     }
 
 
@@ -423,10 +483,19 @@ def print_result(r: dict) -> None:
         + (f"  [runs: {runs}]" if len(r["seconds_all"]) > 1 else ""),
         flush=True,
     )
+    rates = r.get("matmul_gflops")
+    floor = floors(f, r["precision"], rates) if rates else {}
+    if rates:
+        print(
+            f"{'':>30}matrix-product rate measured in this run: "
+            + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in rates.items())
+        )
     for stage in STAGES:
         sec = t.get(stage, 0.0)
         fl = f.get(stage)
         extra = f"  {fl / 1e12:7.3f} TFLOP  {_rate(fl, sec):>5} GFLOP/s" if fl else ""
+        if fl and stage in floor and sec > 0:
+            extra += f"  floor {floor[stage]:.3f} s ({sec / floor[stage]:.1f}x the floor)"
         print(f"{'':>30}{stage:>10} {sec:7.3f} s{extra}")
     parts = f["attention_parts"]
     print(

@@ -440,3 +440,58 @@ def test_query_attention_equals_scaled_dot_product_attention():
     vh = v.reshape(5, 17, heads, 4).transpose(1, 2)
     ref = F.scaled_dot_product_attention(qh, qh, vh).transpose(1, 2).reshape(5, 17, 12)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast mode's half-precision products
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("products", [{"weights_values"}, {"mask_keys"}, att.HALF_PRODUCTS])
+def test_half_products_stay_close_to_the_oracle(half, products):
+    """Float32 keys and values; the named products in half precision: the output is the
+    oracle's to half-precision round-off (the thresholds decided in float32)."""
+    k, v = clustered_keys(3, torch.float32), random_values(3, dtype=torch.float32)
+    cfg = GLAConfig(block_size=37)
+    ref = att.global_attention_dense(k, v, N_WIN, cfg)
+    out = att.global_attention_blocked(k, v, N_WIN, cfg, half=half, half_products=products)
+    assert out.dtype == torch.float32
+    err = (out - ref).abs().max() / ref.abs().max()
+    assert 0 < err < (2e-2 if half == torch.bfloat16 else 3e-3), err  # rounded, and only that
+
+
+def test_half_mask_products_count_in_float32():
+    """Mask row counts are summed in float32 beside the half-precision product: with every
+    entry in the mask (tau below every similarity) each count is N exactly, though N = 601 is
+    not a bfloat16 number."""
+    g = torch.Generator().manual_seed(0)
+    k = F.normalize(torch.randn(601, DIM, generator=g), dim=-1)
+    cfg = GLAConfig(proxy_threshold=-2.0, proxy_iters=2, block_size=128)
+    work = att._Workspace(k, 128, 0.0, torch.bfloat16, frozenset({"mask_keys"}))
+    _, count = att._anchors(work, cfg)
+    assert torch.equal(count, torch.full_like(count, 601.0))
+    assert torch.tensor(601.0).to(torch.bfloat16).item() != 601.0
+
+
+def test_half_precision_product_accumulates_in_float32():
+    """``half_mm``: a float32 result whose error is that of the inputs' rounding plus at most
+    one rounding of each result, not one per addition (1024 terms of 1/1024)."""
+    a = torch.full((2, 1024), 1 / 1024, dtype=torch.bfloat16)
+    b = torch.ones(1024, 3, dtype=torch.bfloat16)
+    out = att.half_mm(a, b)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.ones(2, 3))  # 1024 additions of 2^-10, exact in float32
+
+
+def test_float16_weighted_sums_stay_in_range():
+    """Float16 holds at most 65,504: 2,000 equal weights times values of 100 would sum to
+    200,000. The fast mode's float16 product takes normalised weights, so the output is 100."""
+    n = 2000
+    k = torch.zeros(n, DIM)
+    k[:, 0] = 1.0  # every token alike: every mask and every weight row is full
+    v = torch.full((HEADS, n, HEAD_DIM), 100.0)
+    cfg = GLAConfig(block_size=500)
+    out = att.global_attention_blocked(
+        k, v, 1, cfg, half=torch.float16, half_products=frozenset({"weights_values", "mask_keys"})
+    )
+    torch.testing.assert_close(out, torch.full_like(out, 100.0), rtol=2e-3, atol=0)

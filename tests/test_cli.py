@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from glaclip import Segmenter
-from glaclip.cli import main
+from glaclip.cli import build_parser, main
 from glaclip.imageio import to_tensor
 
 
@@ -366,3 +366,21 @@ def test_help_says_the_defaults(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-progress" in text
     assert "(default: 0," in text and "(default: 255, unlabelled" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], None), (["--fused-attention", "auto"], None), (["--fused-attention", "on"], True),
+     (["--fused-attention", "off"], False)],
+)  # fmt: skip
+def test_fused_attention_flag(flags, expected) -> None:
+    """Unset, the fused kernel follows --precision (on in the fast mode); on/off insist."""
+    from glaclip.config import settings_from_kwargs
+    from glaclip.options import settings_from_args
+
+    args = build_parser().parse_args(
+        ["segment", "a.png", "--classes", "x", "--out", "o", "--precision", "bf16"] + flags
+    )
+    settings = settings_from_kwargs(**settings_from_args(args))
+    assert settings.runtime.fused_attention is expected
+    assert settings.runtime.fused is (True if expected is None else expected)

@@ -199,3 +199,46 @@ def test_progress_reports_windows_and_attention(seg: Segmenter) -> None:
     assert windows[-1] == ("windows", 6, 6) and len(windows) == 2  # batches of 4
     assert attention and attention[-1] == ("attention", 6 * 784, 6 * 784)
     assert [c[1] for c in attention] == sorted(c[1] for c in attention)
+
+
+@pytest.mark.parametrize(
+    ("settings", "fused", "half_products"),
+    [
+        ({}, False, False),
+        ({"precision": "bf16"}, True, True),
+        ({"precision": "fp16", "fused_attention": False}, False, True),
+        ({"fused_attention": True}, True, False),
+    ],
+)
+def test_fast_mode_parts(settings, fused, half_products, golden_modules, monkeypatch) -> None:
+    """``precision`` bf16/fp16 is the fast mode: the VFM's fused attention (unless
+    ``fused_attention=False``) and the attention's half-precision products; fp32 uses neither
+    (unless ``fused_attention=True``)."""
+    from glaclip import attention
+
+    clip, vfm, tok = golden_modules
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        seg = Segmenter.from_modules(clip, vfm, tok, **settings)
+    seen_fused, seen_half = [], []
+    tower_model = seg.base.vfm.model
+    hooks = [
+        m.register_forward_pre_hook(lambda m, _: seen_fused.append(m.fused_attn))
+        for m in tower_model.modules()
+        if hasattr(m, "fused_attn")
+    ]
+    real = attention.half_mm
+    monkeypatch.setattr(attention, "half_mm", lambda a, b: seen_half.append(a.dtype) or real(a, b))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            seg.segment_tensor(torch.randn(1, 3, 224, 336), ["a", "b"])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen_fused and set(seen_fused) == {fused}
+    assert bool(seen_half) == half_products
+    if half_products:
+        assert set(seen_half) == {
+            torch.bfloat16 if settings["precision"] == "bf16" else torch.float16
+        }

@@ -70,6 +70,31 @@ _DROPPED = -80.0  # exp(-80) = 1.8e-35, a normal float32
 _DROPPED_EXP = 1e-30
 
 
+# The method's products that run in half precision when one is asked for (the fast mode:
+# ``precision="bf16"``/``"fp16"``): the blocked attention's similarity scores, mask-times-keys
+# sums and weights-times-values product, and the stitching's projection and cosine logits
+# (``Segmenter``). Measured in BENCHMARKS.md ("Fast mode"): which of them move how many
+# threshold decisions and labels. The thresholds, the softmax and every normalisation stay in
+# float32 whatever this holds.
+PRODUCTS = ("scores", "mask_keys", "weights_values", "stitch")
+HALF_PRODUCTS: frozenset[str] = frozenset({"weights_values", "mask_keys"})
+
+
+def half_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of two half-precision matrices, as float32.
+
+    Accumulated in float32 where the backend offers it: CUDA returns the float32 sums
+    (``out_dtype``); the CPU's kernels (oneDNN) accumulate in float32 but return the half
+    precision, which is cast back here (one rounding of each result).
+    """
+    if a.device.type == "cuda":
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):  # an older PyTorch
+            pass
+    return torch.mm(a, b).float()
+
+
 def host_decisions(device: torch.device) -> bool:
     """Whether the blocked attention may read values back to the host to choose its path
     (free on the CPU; a stall of the whole device per read elsewhere)."""
@@ -82,6 +107,7 @@ def attend(
     cfg: GLAConfig,
     initial: torch.Tensor | None = None,
     progress: Progress | None = None,
+    half: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Attention output of every token of every window.
 
@@ -95,6 +121,8 @@ def attend(
             Used with the KV extension only.
         progress: called as ``progress("attention", rows_done, N)`` by the blocked
             implementation after each block of query rows.
+        half: ``torch.bfloat16`` or ``torch.float16``: the blocked implementation's products
+            named in ``HALF_PRODUCTS`` run in that precision (the fast mode); None: float32.
 
     Returns:
         ``L x S x (heads * d_h)`` float32 attention output, heads concatenated (head-major).
@@ -114,7 +142,9 @@ def attend(
     if cfg.attention_impl == "dense":
         out = global_attention_dense(k, v, n_win, cfg, initial)
     else:
-        out = global_attention_blocked(k, v, n_win, cfg, initial=initial, progress=progress)
+        out = global_attention_blocked(
+            k, v, n_win, cfg, initial=initial, progress=progress, half=half
+        )
     return out.reshape(n_win, n_tok, heads * d_h)
 
 
@@ -269,6 +299,8 @@ def global_attention_blocked(
     initial: torch.Tensor | None = None,
     progress: Progress | None = None,
     decide_on_host: bool | None = None,
+    half: torch.dtype | None = None,
+    half_products: frozenset[str] | None = None,
 ) -> torch.Tensor:
     """Same result as ``global_attention_dense`` with ``O(block x N)`` extra memory.
 
@@ -284,6 +316,10 @@ def global_attention_blocked(
         decide_on_host: read values back to choose faster paths (sparse products, see the
             module docstring); None: on the CPU only (``host_decisions``). Without it no value
             is read back and the products are dense.
+        half: a half precision for the products named in ``half_products`` (default
+            ``HALF_PRODUCTS``; of ``PRODUCTS``: the similarity scores, the mask-times-keys sums,
+            the weights-times-values product), or None for float32 throughout. Thresholds,
+            softmax and normalisations stay in float32.
 
     Returns:
         ``N x (heads * d_h)`` float32; zero rows where the last mask is empty (see
@@ -294,9 +330,12 @@ def global_attention_blocked(
     if decide_on_host is None:
         decide_on_host = host_decisions(k.device)
     block = cfg.block_size or auto_block_size(n, k.device, symmetric=initial is None)
-    work = _Workspace(k, min(n, block), sparse_density if decide_on_host else 0.0)
+    density = sparse_density if decide_on_host else 0.0
+    products = (HALF_PRODUCTS if half_products is None else half_products) if half else frozenset()
+    work = _Workspace(k, min(n, block), density, half, products)
     anchors, count = _anchors(work, cfg, initial)
     v_flat = v.permute(1, 0, 2).reshape(n, heads * d_h)  # N x D: heads side by side
+    v_half = v_flat.to(half) if "weights_values" in work.products else None
     global_mu = None
     if not cfg.token_norm:
         # mean of all entries of anchors K^T = mean over rows of (anchor . mean key)
@@ -305,7 +344,7 @@ def global_attention_blocked(
     out = k.new_empty(n, heads * d_h)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
-        x = work.scores(anchors[rows], work.k)  # B x N similarities
+        x = work.scores(anchors[rows])  # B x N similarities
         count_b = None
         if dynamic:  # the mask count: from these scores when phase 1 left it to them
             count_b = work.mask_count(x, cfg.proxy_threshold) if count is None else count[rows]
@@ -322,7 +361,8 @@ def global_attention_blocked(
             empty = (count_b == 0).unsqueeze(1)  # become 0
             gamma = gamma.masked_fill(empty, 1.0)
         x.sub_(bm).mul_(gamma)  # Z, bit for bit as in the dense oracle
-        _softmax_times_values(x, v_flat, out[rows], decide_on_host)
+        zh = work.half_view(*x.shape) if v_half is not None else None
+        _softmax_times_values(x, v_flat, out[rows], decide_on_host, v_half, zh)
         if empty is not None:
             out[rows].masked_fill_(empty, 0.0)
         if progress is not None:
@@ -333,9 +373,26 @@ def global_attention_blocked(
 class _Workspace:
     """The keys in the layouts the products need, and one reusable ``block x N`` buffer."""
 
-    def __init__(self, k: torch.Tensor, block: int, sparse_density: float) -> None:
+    def __init__(
+        self,
+        k: torch.Tensor,
+        block: int,
+        sparse_density: float,
+        half: torch.dtype | None = None,
+        products: frozenset[str] = frozenset(),
+    ) -> None:
         n, c = k.shape
         self.n, self.c, self.block = n, c, block
+        self.half, self.products = half, products
+        # the keys in half precision, for the products that run in it, and one half-precision
+        # block x N buffer for the masks and weights that go into them
+        self.k_half = k.to(half) if products & {"scores", "mask_keys"} else None
+        self.half_buffer = None
+        if products & {"mask_keys", "weights_values"}:
+            self.half_buffer = k.new_empty(block * n, dtype=half)
+        # float16 tops out at 65,504: its masks hold 2^-12 instead of 1 (exact), so that the
+        # sums of up to hundreds of thousands of keys stay in range where the result is float16
+        self.mask_value = 2.0**-12 if half == torch.float16 else 1.0
         width = (c + 1 + 15) // 16 * 16
         # keys with a column of ones: mask @ k_aug gives the row sums and the row counts
         self.k_aug = k.new_zeros(n, width)
@@ -348,10 +405,25 @@ class _Workspace:
     def view(self, rows: int, cols: int) -> torch.Tensor:
         return self.buffer[: rows * cols].view(rows, cols)
 
-    def scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a b^T`` into the buffer."""
-        x = self.view(a.shape[0], b.shape[0])
-        torch.mm(a, b.T, out=x)
+    def half_view(self, rows: int, cols: int) -> torch.Tensor:
+        return self.half_buffer[: rows * cols].view(rows, cols)
+
+    def mask(self, x: torch.Tensor, tau: float) -> torch.Tensor:
+        """``[x > tau]`` as a 0/1 matrix for a mask-times-keys product: in place in ``x``
+        (float32), or in the half-precision buffer when that product runs in half precision."""
+        if "mask_keys" in self.products:
+            mask = torch.gt(x, tau, out=self.half_view(*x.shape))
+            return mask.mul_(self.mask_value) if self.mask_value != 1.0 else mask
+        return torch.gt(x, tau, out=x)
+
+    def scores(self, a: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``a K[start:]^T`` into the buffer (in half precision if ``scores`` is a half
+        product)."""
+        x = self.view(a.shape[0], self.n - start)
+        if "scores" in self.products:
+            x.copy_(half_mm(a.to(self.half), self.k_half[start:].T))
+        else:
+            torch.mm(a, self.k[start:].T, out=x)
         return x
 
     def mask_count(self, x: torch.Tensor, tau: float) -> torch.Tensor:
@@ -374,11 +446,11 @@ class _Workspace:
         return float(sample.sum()) < self.sparse_density * sample.numel()
 
 
-def _csr(mask: torch.Tensor) -> torch.Tensor:
-    """A 0/1 float matrix (any strides) as a sparse CSR matrix of ones."""
+def _csr(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 0/1 matrix (any strides and dtype) as a sparse CSR matrix of ones in ``dtype``."""
     index = mask.nonzero()
     crow = torch._convert_indices_from_coo_to_csr(index[:, 0].contiguous(), mask.shape[0])
-    ones = mask.new_ones(index.shape[0])
+    ones = mask.new_ones(index.shape[0], dtype=dtype)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
@@ -386,12 +458,19 @@ def _csr(mask: torch.Tensor) -> torch.Tensor:
         )
 
 
-def _add_mask_product(work: _Workspace, acc: torch.Tensor, mask: torch.Tensor, rhs: torch.Tensor):
-    """``acc += mask @ rhs`` for a 0/1 float ``mask``: dense or sparse by the mask's density."""
+def _add_mask_product(
+    work: _Workspace, acc: torch.Tensor, mask: torch.Tensor, r0: int, r1: int
+) -> None:
+    """``acc += mask @ [K | 1][r0:r1]`` for a 0/1 ``mask`` (``_Workspace.mask``): sparse,
+    in half precision (a half ``mask``; the row counts then summed in float32) or float32."""
     if work.is_sparse(mask):
-        acc.add_(_csr(mask) @ rhs)
+        acc.add_(_csr(mask, acc.dtype) @ work.k_aug[r0:r1])
+    elif mask.dtype != acc.dtype:  # entries work.mask_value: a power of two, undone exactly
+        scale = 1.0 / work.mask_value
+        acc[:, : work.c] += half_mm(mask, work.k_half[r0:r1]).mul_(scale)
+        acc[:, work.c] += mask.sum(dim=1, dtype=acc.dtype).mul_(scale)
     else:
-        acc.addmm_(mask, rhs)
+        acc.addmm_(mask, work.k_aug[r0:r1])
 
 
 def _anchors(
@@ -426,10 +505,9 @@ def _anchors(
     for _ in range(remaining):
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
-            x = work.scores(proxies[i0:i1], k)
-            torch.gt(x, tau, out=x)
+            mask = work.mask(work.scores(proxies[i0:i1]), tau)
             part = work.k_aug.new_zeros(i1 - i0, work.k_aug.shape[1])
-            _add_mask_product(work, part, x, work.k_aug)
+            _add_mask_product(work, part, mask, 0, n)
             proxies[i0:i1] = _proxies_from_sums(work, part, i0)
             count[i0:i1] = part[:, c]
     return (proxies if cfg.proxy_anchor else k), count
@@ -444,11 +522,10 @@ def _first_iteration_symmetric(work: _Workspace, tau: float) -> tuple[torch.Tens
     sums = work.k_aug.new_zeros(n, work.k_aug.shape[1])
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
-        x = work.scores(k[i0:i1], k[i0:])  # rows i0:i1 against columns i0:n
-        torch.gt(x, tau, out=x)
-        _add_mask_product(work, sums[i0:i1], x, work.k_aug[i0:])
+        mask = work.mask(work.scores(k[i0:i1], i0), tau)  # rows i0:i1, columns i0:n
+        _add_mask_product(work, sums[i0:i1], mask, i0, n)
         if i1 < n:  # the same entries seen from the rows below (A is symmetric)
-            _add_mask_product(work, sums[i1:], x[:, i1 - i0 :].T, work.k_aug[i0:i1])
+            _add_mask_product(work, sums[i1:], mask[:, i1 - i0 :].T, i0, i1)
     proxies = _proxies_from_sums(work, sums, 0)  # a view into sums
     return proxies, sums[:, c].clone()
 
@@ -458,7 +535,7 @@ def _mask_counts(work: _Workspace, a: torch.Tensor, tau: float) -> torch.Tensor:
     count = work.k.new_empty(work.n)
     for i0 in range(0, work.n, work.block):
         i1 = min(work.n, i0 + work.block)
-        count[i0:i1] = work.mask_count(work.scores(a[i0:i1], work.k), tau)
+        count[i0:i1] = work.mask_count(work.scores(a[i0:i1]), tau)
     return count
 
 
@@ -480,7 +557,12 @@ def _proxies_from_sums(work: _Workspace, sums: torch.Tensor, start: int) -> torc
 
 
 def _softmax_times_values(
-    z: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor, decide_on_host: bool = True
+    z: torch.Tensor,
+    v_flat: torch.Tensor,
+    out: torch.Tensor,
+    decide_on_host: bool = True,
+    v_half: torch.Tensor | None = None,
+    z_half: torch.Tensor | None = None,
 ) -> None:
     """SPEC 7 for a block: cut at ``min(rowmax, 0)``, softmax, times values; into ``out``.
 
@@ -494,16 +576,31 @@ def _softmax_times_values(
     subtracted where no exponential can overflow, and rows left with a single entry take that
     token's value by a gather instead of a product. Without it (GPUs) nothing is read back:
     the cut and the row maximum are always subtracted and every row goes through the product.
+    With ``v_half`` (the values in half precision) the product runs in that precision, on
+    weights in [0, 1] (the row maximum subtracted) rounded to it (into ``z_half``, a buffer of
+    ``z``'s shape, if given); the rows are normalised by the sums of the rounded weights.
     """
     zmax = z.amax(dim=1)
     cut = zmax.clamp_max(0.0)
-    if not decide_on_host:
+    if not decide_on_host or v_half is not None:
         z.sub_(cut.unsqueeze(1))  # exact where cut is 0
         F.threshold_(z, -_TINY, float("-inf"))  # keep z - cut >= 0
         z.sub_((zmax - cut).unsqueeze(1))
-        z.exp_()
-        torch.mm(z, v_flat, out=out)
-        out.div_(z.sum(dim=1, keepdim=True))
+        if v_half is None:
+            z.exp_()
+            torch.mm(z, v_flat, out=out)
+            out.div_(z.sum(dim=1, keepdim=True))
+        else:
+            if z_half is None:
+                z_half = z.new_empty(z.shape, dtype=v_half.dtype)
+            torch.exp(z, out=z_half)
+            total = z_half.sum(dim=1, keepdim=True, dtype=out.dtype)
+            if v_half.dtype == torch.float16:  # weights summing to 1: the sums stay in range
+                z_half.div_(total)
+                total = None
+            out.copy_(half_mm(z_half, v_half))
+            if total is not None:
+                out.div_(total)
         return
     negative = cut < 0
     if bool(negative.any()):

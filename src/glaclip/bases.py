@@ -54,6 +54,9 @@ class BaseMethod:
 
     name: str = ""
     needs_vfm: bool = False
+    # the half precision of the fast mode (the backbones' dtype), for the global attention's
+    # products (``attention.HALF_PRODUCTS``); None: float32
+    half: torch.dtype | None = None
 
     def __init__(self, clip: ClipTower) -> None:
         self.clip = clip
@@ -148,11 +151,11 @@ class ProxyCLIPBase(BaseMethod):
 
     def features(self, crops, settings, timer):
         with timer("vfm"):
-            fused = settings.runtime.fused_attention
+            fused = settings.runtime.fused
             k = self.vfm.keys(crops, self.clip_mean, self.clip_std, fused_attention=fused)
         gh, gw = k.shape[1], k.shape[2]
         with timer("clip"):
-            v = self.clip.values(crops)  # b x D x gh' x gw'
+            v = self.clip.values(crops, fused)  # b x D x gh' x gw'
             if v.shape[-2:] != (gh, gw):
                 v = F.interpolate(v.float(), size=(gh, gw), mode="bilinear", align_corners=False)
         return (
@@ -163,7 +166,7 @@ class ProxyCLIPBase(BaseMethod):
         )
 
     def attend(self, feats, windows, cfg, progress=None):
-        return attend(feats.keys, feats.values, cfg, progress=progress)
+        return attend(feats.keys, feats.values, cfg, progress=progress, half=self.half)
 
 
 class ClearCLIPBase(BaseMethod):
@@ -173,7 +176,7 @@ class ClearCLIPBase(BaseMethod):
 
     def features(self, crops, settings, timer):
         with timer("clip"):
-            y, grid = self.clip.last_block_input(crops)  # b x (1+S) x D
+            y, grid = self.clip.last_block_input(crops, settings.runtime.fused)  # b x (1+S) x D
             q = self.clip.projection(y, "q")
             v = self.clip.projection(y, "v")
         cls = None if settings.gla.kv_extension else torch.stack([q[:, 0], v[:, 0]], dim=1)
@@ -194,7 +197,9 @@ class ClearCLIPBase(BaseMethod):
             group, n_groups = token_groups(windows, feats.grid, self.clip.patch_size)
             q = feats.keys.reshape(n_win, gh, gw, d)
             initial = initial_proxies(q, group.to(q.device), n_groups)
-        return attend(feats.keys, feats.values, cfg, initial=initial, progress=progress)
+        return attend(
+            feats.keys, feats.values, cfg, initial=initial, progress=progress, half=self.half
+        )
 
 
 def token_positions(
@@ -241,8 +246,10 @@ def make_base(
     vfm: VFMKeyTower | None,
     clip_mean: torch.Tensor,
     clip_std: torch.Tensor,
+    half: torch.dtype | None = None,
 ) -> BaseMethod:
-    """The base method called ``name`` (``proxyclip`` or ``clearclip``).
+    """The base method called ``name`` (``proxyclip`` or ``clearclip``); ``half``: the fast
+    mode's precision for the global attention's products (None: float32).
 
     Raises:
         ValueError: ``proxyclip`` without a VFM, or an unknown name.
@@ -253,5 +260,8 @@ def make_base(
                 f"base {name!r} takes its keys from a vision foundation model, but none was "
                 "given: pass a VFM, or use base='clearclip' (CLIP only)"
             )
-        return ProxyCLIPBase(clip, vfm, clip_mean, clip_std)
-    return ClearCLIPBase(clip)
+        base: BaseMethod = ProxyCLIPBase(clip, vfm, clip_mean, clip_std)
+    else:
+        base = ClearCLIPBase(clip)
+    base.half = half
+    return base

@@ -116,16 +116,25 @@ class PostConfig:
 class RuntimeConfig:
     """How the computation runs.
 
-    ``window_batch`` never changes what is computed. ``precision`` and ``fused_attention`` do:
-    other than ``fp32`` the backbones run with weights in bfloat16/float16, and the fused
-    attention kernel rounds differently from the reference's explicit attention; either can
-    flip the method's thresholds (``A > tau``) and so change labels. The method's own attention
-    always runs in float32.
+    ``window_batch`` never changes what is computed. ``precision`` and ``fused_attention`` do.
+    ``fp32`` (the default) is the reference's arithmetic. ``bf16`` and ``fp16`` are the fast
+    mode: the backbones run cast to that precision with the VFM's fused attention kernel, and
+    the global attention's weights-times-values product runs in it too (``attention.
+    HALF_PRODUCTS``), while its thresholds, softmax and normalisations stay in float32. Either
+    departure can flip the method's thresholds (``A > tau``) and so change labels.
     """
 
     window_batch: int = 4  # windows per backbone batch (larger batches are not faster on CPU)
-    precision: str = "fp32"  # backbone weights: fp32 | bf16 | fp16
-    fused_attention: bool = False  # fused SDPA in the VFM (faster on GPUs, other round-off)
+    precision: str = "fp32"  # fp32 (exact) | bf16 | fp16 (the fast mode)
+    # fused SDPA in the VFM: None follows the precision (on in bf16/fp16, off in fp32)
+    fused_attention: bool | None = None
+
+    @property
+    def fused(self) -> bool:
+        """Whether the VFM runs its fused attention kernel."""
+        if self.fused_attention is None:
+            return self.precision != "fp32"
+        return self.fused_attention
 
     def __post_init__(self) -> None:
         if self.window_batch <= 0:

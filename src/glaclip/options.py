@@ -116,8 +116,10 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--fused-attention",
-        action="store_true",
-        help="fused attention kernel in the VFM (faster on GPUs; not bit-faithful)",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the VFM's fused attention kernel (faster; not bit-faithful to the reference). "
+        "auto (default): on with --precision bf16/fp16, off with fp32",
     )
 
 
@@ -130,8 +132,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
-    if getattr(args, "fused_attention", False):
-        out["fused_attention"] = True
+    if getattr(args, "fused_attention", "auto") != "auto":
+        out["fused_attention"] = args.fused_attention == "on"
     return out
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glaclip import backbones
-from glaclip.attention import Progress
+from glaclip import attention, backbones
+from glaclip.attention import Progress, half_mm
 from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, check_vocabulary_size, settings_from_kwargs
 from glaclip.device import (
@@ -233,8 +233,10 @@ class Segmenter:
         }
 
     def _make_base(self) -> BaseMethod:
-        clip, vfm = self._towers_for(self.settings.runtime.precision)
-        base = make_base(self.settings.gla.base, clip, vfm, self.clip_mean, self.clip_std)
+        precision = self.settings.runtime.precision
+        clip, vfm = self._towers_for(precision)
+        half = None if precision == "fp32" else precision_dtype(precision)
+        base = make_base(self.settings.gla.base, clip, vfm, self.clip_mean, self.clip_std, half)
         base.check_crop(self.settings.window.crop)
         return base
 
@@ -401,10 +403,17 @@ class Segmenter:
         size: tuple[int, int],
     ) -> torch.Tensor:
         """SPEC 9.1-9.2: project, cosine logits with the ``Q x E`` text embeddings, upsample
-        each window's map to the crop, average the overlaps: ``Q x H x W`` at canvas ``size``."""
+        each window's map to the crop, average the overlaps: ``Q x H x W`` at canvas ``size``.
+        In the fast mode the projection and the cosine product run in its half precision."""
         gh, gw = grid
-        feats = F.normalize(self.clip_tower.project(attended), dim=-1)  # L x S x E
-        logits = feats @ text.T  # L x S x Q
+        half = self.base.half if "stitch" in attention.HALF_PRODUCTS else None
+        if half is None:
+            feats = F.normalize(self.clip_tower.project(attended), dim=-1)  # L x S x E
+            logits = feats @ text.T  # L x S x Q
+        else:  # the cast tower's projection; the normalisation in float32
+            feats = F.normalize(self.base.clip.project(attended.to(half)).float(), dim=-1)
+            flat = half_mm(feats.reshape(-1, feats.shape[-1]).to(half), text.T.to(half))
+            logits = flat.reshape(*feats.shape[:2], -1)
         logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
         crop = (self.settings.window.crop, self.settings.window.crop)
         logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
