@@ -281,6 +281,32 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
     assert 'pip install "glaclip[demo]"' in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port=-1"], "--port must be a TCP port from 1 to 65535, got -1"),
+        (["--port", "99999"], "--port must be a TCP port from 1 to 65535, got 99999"),
+        (["--max-megapixels", "inf"], "--max-megapixels must be a finite number above 0, got inf"),
+        (["--max-megapixels", "nan"], "--max-megapixels must be a finite number above 0, got nan"),
+        (["--max-megapixels", "0"], "--max-megapixels must be a finite number above 0, got 0"),
+    ],
+)
+def test_demo_server_flags_are_checked_before_any_model_loads(
+    flags: list[str], message: str, monkeypatch, capsys
+) -> None:
+    import glaclip.cli as cli
+
+    monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
+    assert main(["demo", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_build_app_refuses_a_size_limit_that_is_no_number(segmenter) -> None:
+    with pytest.raises(ValueError, match="max_megapixels must be a finite number above 0"):
+        demo.build_app(segmenter, {}, max_megapixels=float("inf"))
+
+
 # ------------------------------------------------------------------------------ the browser
 def _browser_or_skip() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

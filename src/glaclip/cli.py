@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -304,17 +305,31 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     return 1 if table["failed"] else 0
 
 
+def check_server_flags(port: int, max_megapixels: float) -> None:
+    """Raise ValueError unless ``--port`` is a TCP port and ``--max-megapixels`` a finite
+    positive number."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be a TCP port from 1 to 65535, got {port}")
+    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
+        raise ValueError(
+            f"--max-megapixels must be a finite number above 0, got {max_megapixels:g} "
+            "(the default is 16)"
+        )
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    from glaclip.config import settings_from_kwargs
+
+    check_server_flags(args.port, args.max_megapixels)
+    settings = settings_from_args(args)
+    settings.setdefault("background_index", UNLABELLED)
+    settings_from_kwargs(**settings)  # refused before any model loads
     try:
         import gradio  # noqa: F401
     except ImportError:
         return _fail(DEMO_INSTALL)
-    if args.max_megapixels <= 0:
-        return _fail(f"--max-megapixels must be positive, got {args.max_megapixels}")
     from glaclip.demo import serve
 
-    settings = settings_from_args(args)
-    settings.setdefault("background_index", UNLABELLED)
     segmenter = build_segmenter(args, settings)
     try:
         serve(

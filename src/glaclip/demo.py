@@ -11,6 +11,7 @@ already seen are not embedded again. Needs the ``demo`` extra: ``pip install "gl
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 import shutil
@@ -403,7 +404,13 @@ def build_app(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     folders: RequestFolders | None = None,
 ) -> gr.Blocks:
-    """The Gradio page over ``segmenter`` (not launched; see ``serve``)."""
+    """The Gradio page over ``segmenter`` (not launched; see ``serve``).
+
+    Raises:
+        ValueError: ``max_megapixels`` is not a finite number above 0.
+    """
+    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
+        raise ValueError(f"max_megapixels must be a finite number above 0, got {max_megapixels}")
     folders = folders or RequestFolders()
     max_pixels = int(max_megapixels * 1e6)
 

@@ -69,8 +69,9 @@ if TYPE_CHECKING:
 
 STATE_DIR = "eval_state"
 STATE_VERSION = 2  # 2: the image records hold SegMetric.tensor_length(C) = 4*C + 3 counters
-# settings that only decide how the work is partitioned, not what is computed
-_RUNTIME_ONLY = ("window_batch", "block_size")
+# settings that only decide how the work is partitioned (or whether it may run), not what is
+# computed
+_RUNTIME_ONLY = ("window_batch", "block_size", "allow_slow")
 
 
 # ---------------------------------------------------------------------------------- task

@@ -117,6 +117,12 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fused attention kernel in the VFM (faster on GPUs; not bit-faithful)",
     )
+    g.add_argument(
+        "--allow-slow",
+        action="store_true",
+        help="run settings that take far longer than the paper's (a --stride below crop / 8, "
+        "more than 10 --proxy-iters), which are refused otherwise",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,8 +134,9 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
-    if getattr(args, "fused_attention", False):
-        out["fused_attention"] = True
+    for name in ("fused_attention", "allow_slow"):
+        if getattr(args, name, False):
+            out[name] = True
     return out
 
 

@@ -45,7 +45,14 @@ if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
 
 # settings that change how the work is split, or only its round-off, not the method
-_NOT_METHOD = ("window_batch", "block_size", "attention_impl", "precision", "fused_attention")
+_NOT_METHOD = (
+    "window_batch",
+    "block_size",
+    "attention_impl",
+    "precision",
+    "fused_attention",
+    "allow_slow",
+)
 PAPER_MODELS = {
     "clip": DEFAULT_CLIP,
     "clip_pretrained": DEFAULT_CLIP_PRETRAINED,
