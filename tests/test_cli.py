@@ -364,3 +364,93 @@ def test_help_says_the_defaults(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-progress" in text
     assert "(default: 0," in text and "(default: 255, unlabelled" in text
+
+
+# ------------------------------------------------------------------ writes: complete or absent
+def _photos(folder: Path, names: list[str]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(names):
+        Image.fromarray(_rgb(224, 240, k)).save(folder / name)
+    return [str(folder / name) for name in names]
+
+
+def test_a_write_that_loses_data_fails_the_image(tiny_model_args, tmp_path, capsys, monkeypatch):
+    """A nearly full disk that keeps 1000 bytes of the overlay without an error: the overlay
+    is not left under its name, the JSON (the finished mark) is not written, exit 1."""
+    from tests.faults import JPEG_START, faulty_disk, silent_loss
+
+    images = _photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    faulty_disk(monkeypatch, out, silent_loss(JPEG_START, keep=1000))
+    code = main(["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "a_overlay.jpg" in err and "bytes reached the disk" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+
+
+def test_a_full_disk_stops_the_batch_with_one_line(tiny_model_args, tmp_path, capsys, monkeypatch):
+    from tests.faults import JPEG_START, faulty_disk, full_disk
+
+    images = _photos(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    faulty_disk(monkeypatch, out, full_disk(JPEG_START))
+    code = main(["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"cannot write {out / 'a_overlay.jpg'}: No space left on device" in err
+    assert "2 image(s) not reached" in err
+    assert not list(out.glob("*.json")) and not list(out.glob("*.png"))
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp"]
+
+
+def test_a_read_only_folder_is_one_line_not_a_traceback(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from tests.faults import read_only
+
+    images = _photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    read_only(monkeypatch, out)
+    code = main(["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "Permission denied" in err and str(out) in err
+    assert list(out.iterdir()) == []
+
+
+def test_a_name_as_long_as_the_file_system_allows(tiny_model_args, tmp_path, capsys) -> None:
+    """A 249-character file name: its label PNG and JSON fit, its overlay's name does not.
+    Temporary names are short, so the files that fit are written; the image whose overlay
+    cannot be named fails with one line and the next image is still segmented."""
+    long_name = "p" * 245 + ".png"
+    images = _photos(tmp_path / "in", [long_name, "b.png"])
+    out = tmp_path / "out"
+    args = ["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "_overlay.jpg: its name is 257 bytes long and the file system allows 255" in err
+    assert sorted(p.name for p in out.glob("*.json")) == ["b.json"]
+    code = main(args + ["--no-overlay"])
+    assert code == 0
+    assert (out / ("p" * 245 + ".json")).is_file() and (out / long_name).is_file()
+
+
+def test_a_class_name_with_a_line_break_is_refused_before_any_work(
+    inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    monkeypatch.setattr(
+        segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
+    )
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "a\nb, c", "--out", str(out)]
+    assert main(args + tiny_model_args) == 2
+    err = capsys.readouterr().err
+    assert "'a\\nb'" in err and "line break" in err and "Traceback" not in err
+    assert not out.exists()

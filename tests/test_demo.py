@@ -178,13 +178,14 @@ def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkey
     out = tmp_path / "out"
     out.mkdir()
     present_at_json: list[str] = []
-    real_save_json = batch.save_json
+    real_write = batch.atomic_write_bytes
 
-    def spy(path, obj):
-        present_at_json.extend(sorted(p.name for p in out.iterdir()))
-        return real_save_json(path, obj)
+    def spy(path, data):
+        if path.suffix == ".json":
+            present_at_json.extend(sorted(p.name for p in out.iterdir()))
+        return real_write(path, data)
 
-    monkeypatch.setattr(batch, "save_json", spy)
+    monkeypatch.setattr(batch, "atomic_write_bytes", spy)
     files = write_outputs(result, rgb, out, "x", photo, segmenter.settings, MODELS)
     assert present_at_json == ["x.png", "x_overlay.jpg"]
     assert (files.labels, files.overlay, files.record) == (

@@ -499,3 +499,58 @@ def test_evaluation_library_does_not_import_the_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------ faults
+def _small_voc(root: Path) -> dict[str, tuple[int, int]]:
+    return make_dataset(root, "voc", [0, 1, 15], count=2, sizes=[(224, 240)])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_label_file_is_a_clear_message(
+    damage: str, tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "VOC2012"
+    made = _small_voc(root)
+    label = root / PATHS["voc"][1].format(id=list(made)[1])
+    data = label.read_bytes()
+    label.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"id,class\n1,cat\n")
+    out = tmp_path / "o"
+    code = main(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+        + ["--no-progress"]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    what = "cannot be decoded, truncated or corrupt" if damage == "truncated" else "is not an image"
+    assert f"label file {label} {what}" in err
+    assert not (out / "results.json").exists()
+
+
+def test_a_full_disk_during_eval_is_one_line(
+    tiny_model_args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.faults import faulty_disk, full_disk
+
+    root = tmp_path / "VOC2012"
+    made = _small_voc(root)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    faulty_disk(monkeypatch, pred, full_disk())
+    out = tmp_path / "o"
+    code = main(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+        + ["--save-predictions", str(pred), "--no-progress"]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    first = pred / f"{list(made)[0]}.png"
+    assert code == 1 and "Traceback" not in err
+    assert f"glaclip: error: cannot write {first}: No space left on device" in err
+    assert not list(pred.glob("*.png")) and not (out / "results.json").exists()
+    state = (out / STATE_DIR / "rank0.jsonl").read_text().splitlines()
+    assert len(state) == 1  # the header only: no image was recorded as finished

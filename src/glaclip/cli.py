@@ -150,22 +150,27 @@ def _run_segment(args: argparse.Namespace) -> int:
             progress=not args.no_progress and info.is_main,
         )
         # one summary for the whole run, from rank 0 (under torchrun)
-        failed = [message for _path, message in report.failed]
+        lines = [f"skipped: {message}" for _path, message in report.failed]
+        if report.stopped:
+            lines.append(
+                f"error: stopped: {report.stopped}; {len(report.left)} image(s) not reached. "
+                "Make room and run the same command again"
+            )
         done = len(report.done)
         if info.enabled:
-            gathered = gather_messages("\n".join(failed), info, max_bytes=1 << 16)
-            failed = [m for text in gathered for m in text.splitlines() if m]
+            gathered = gather_messages("\n".join(lines), info, max_bytes=1 << 16)
+            lines = [m for text in gathered for m in text.splitlines() if m]
             done = sum(int(t or 0) for t in gather_messages(str(len(report.done)), info, 32))
     if not info.is_main:
         return 0
-    for message in failed:
-        print(f"glaclip: skipped: {message}", file=sys.stderr)
+    for line in lines:
+        print(f"glaclip: {line}", file=sys.stderr)
+    failed = sum(line.startswith("skipped:") for line in lines)
     print(
-        f"segmented {done} image(s) into {args.out}"
-        + (f"; {len(failed)} failed" if failed else ""),
+        f"segmented {done} image(s) into {args.out}" + (f"; {failed} failed" if failed else ""),
         file=sys.stderr,
     )
-    return 1 if failed else 0
+    return 1 if lines else 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -354,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     from glaclip.backbones import ModelLoadError
+    from glaclip.imageio import WriteError
 
     try:
         if args.command == "segment":
@@ -368,8 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = convert_coco_object(Path(args.src), Path(args.dst))
             print(f"wrote {count} COCO-Object label maps to {args.dst}")
             return 0
+    except WriteError as err:  # before FileNotFoundError: a folder vanished while writing
+        print(f"glaclip: error: {err}", file=sys.stderr)
+        return 1
     except (ModelLoadError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
+    except OSError as err:  # the file system failed; one line, not a traceback
+        where = f"{err.filename}: " if err.filename and str(err.filename) not in str(err) else ""
+        print(f"glaclip: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("glaclip: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it

@@ -59,7 +59,7 @@ from glaclip.data import (
     preset_display_names,
 )
 from glaclip.distributed import DistInfo, all_reduce_sum, barrier, gather_messages, shard
-from glaclip.imageio import atomic_write, save_json, save_label_png
+from glaclip.imageio import atomic_write, save_json, save_label_png, write_error
 from glaclip.metrics import SegMetric
 from glaclip.text import read_class_file
 from glaclip.windows import network_canvas
@@ -332,14 +332,17 @@ class StateWriter:
     """Appends one line per finished image to this rank's state file (flushed and fsynced)."""
 
     def __init__(self, state_dir: Path, rank: int, config: dict[str, Any]) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / f"rank{rank}.jsonl"
-        if self.path.exists():  # cut a torn last line so that the next record starts cleanly
-            data = self.path.read_bytes()
-            keep = data.rfind(b"\n") + 1
-            if keep != len(data):
-                os.truncate(self.path, keep)
-        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():  # cut a torn last line so the next record starts cleanly
+                data = self.path.read_bytes()
+                keep = data.rfind(b"\n") + 1
+                if keep != len(data):
+                    os.truncate(self.path, keep)
+            self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        except OSError as err:
+            raise write_error(self.path, err) from None
         if self._file.tell() == 0:
             header = {
                 "glaclip_eval_state": STATE_VERSION,
@@ -349,9 +352,13 @@ class StateWriter:
             self._write(header)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = json.dumps(record, separators=(",", ":"), default=str, allow_nan=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise write_error(self.path, err) from None
 
     def add(self, sample_id: str, metric: SegMetric) -> None:
         """Record one finished image and its counters."""

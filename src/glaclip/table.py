@@ -40,6 +40,7 @@ from glaclip.evaluate import (
     write_report,
     write_results,
 )
+from glaclip.imageio import STOP_ERRNOS
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -405,6 +406,8 @@ def evaluate_benchmarks(
             if dist.is_main:
                 write_results(out / name, results)
         except (ValueError, OSError) as err:
+            if isinstance(err, OSError) and err.errno in STOP_ERRNOS:
+                raise  # a full disk: the next benchmark could not write either
             failed[name] = str(err)
             if report is not None:
                 report(b, None, err)

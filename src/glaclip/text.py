@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -60,10 +61,27 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
                 f"{source}, entry {index} ({line.strip()!r}) has an empty synonym: "
                 "separate synonyms with '; ' and do not leave one blank"
             )
+        for name in names:
+            _check_printable(name, f"{source}, entry {index}")
         classes.append(names)
     if not classes:
         raise ValueError(f"{source} is empty: give at least one class name")
     return classes
+
+
+def _check_printable(name: str, where: str) -> None:
+    """ValueError if a query name holds a line break, a tab or another control character."""
+    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        what = (
+            "a line break"
+            if bad[0] in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+            else (f"the control character {bad[0]!r}")
+        )
+        raise ValueError(
+            f"{where}: the class name {name!r} holds {what}: write each name on one line, "
+            "with spaces between its words"
+        )
 
 
 def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
@@ -397,7 +415,7 @@ class TextEncoder:
         except OSError as err:
             self._disk_failed = True
             warnings.warn(
-                f"text embeddings are not cached on disk: cannot write {path} ({err}); "
+                f"text embeddings are not cached on disk: {err}; "
                 "set GLACLIP_CACHE (or text_cache_dir) to a writable folder",
                 RuntimeWarning,
                 stacklevel=3,

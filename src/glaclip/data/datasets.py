@@ -22,12 +22,13 @@ folder, sorted by id. Preset names (``voc21``, ``voc20``, ``context60``, ``conte
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from glaclip.metrics import reduce_zero_label as _reduce_zero_label
 
@@ -228,21 +229,40 @@ def load_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> np.n
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the image has colour channels (not a label map).
+        ValueError: the file is not an image, cannot be decoded (truncated or corrupt), cannot
+            be read, or has colour channels (not a label map); the message names it.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"label file {p} not found")
-    with Image.open(p) as img:
-        if img.mode in ("P", "L"):
-            label = np.array(img, dtype=np.uint8)
-        elif img.mode in ("I", "I;16", "I;16B", "I;16L"):
-            label = np.array(img).astype(np.int32)
-        else:
-            raise ValueError(
-                f"label file {p} has image mode {img.mode!r}: expected a single-channel "
-                "label map (palette 'P' or greyscale 'L') holding class indices"
-            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            label = _decode_label(p)
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"label file {p} is not an image (Pillow cannot identify it): expected a PNG "
+            "label map holding class indices"
+        ) from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"label file {p} is too large to decode safely ({err})") from None
+    except OSError as err:
+        raise ValueError(
+            f"label file {p} cannot be decoded, truncated or corrupt ({err}): replace it with "
+            "a complete copy"
+        ) from None
     if reduce_zero_label:
         label = _reduce_zero_label(label)
     return label
+
+
+def _decode_label(p: Path) -> np.ndarray:
+    with Image.open(p) as img:
+        if img.mode in ("P", "L"):
+            return np.array(img, dtype=np.uint8)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+            return np.array(img).astype(np.int32)
+        raise ValueError(
+            f"label file {p} has image mode {img.mode!r}: expected a single-channel "
+            "label map (palette 'P' or greyscale 'L') holding class indices"
+        )
