@@ -57,7 +57,7 @@ def test_batch_with_broken_and_missing_files(inputs, tiny_model_args, tmp_path, 
     assert "broken.jpg" in err and "not an image" in err
     assert "missing.png" in err and "no such file" in err
     good = [k for k in inputs if k != "broken"]
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.iterdir() if p.name != ".glaclip-outputs")
     assert written == sorted(f"{k}{ext}" for k in good for ext in (".png", ".json", "_overlay.jpg"))
     expected_sizes = {
         "rgb": (240, 320),
@@ -454,3 +454,93 @@ def test_a_class_name_with_a_line_break_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert "'a\\nb'" in err and "line break" in err and "Traceback" not in err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ output ownership and lock
+def _no_model(monkeypatch) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    monkeypatch.setattr(
+        segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
+    )
+
+
+def test_a_labelme_folder_into_itself_keeps_its_annotations(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    folder = tmp_path / "labelme"
+    _photos(folder, ["img1.jpg"])
+    annotation = folder / "img1.json"
+    annotation.write_text('{"shapes": []}')
+    _no_model(monkeypatch)
+    code = main(["segment", str(folder), "--classes", "x, y", "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"already holds {annotation}, which glaclip did not write" in err
+    assert "--overwrite" in err
+    assert annotation.read_text() == '{"shapes": []}'
+    assert sorted(p.name for p in folder.iterdir()) == ["img1.jpg", "img1.json"]
+
+
+def test_an_unrelated_photo_is_replaced_only_with_overwrite(
+    tiny_model_args, tmp_path, capsys
+) -> None:
+    folder = tmp_path / "ph"
+    [photo] = _photos(folder, ["a.jpg"])
+    other = folder / "a.png"
+    Image.fromarray(_rgb(100, 100, 7)).save(other)
+    before = other.read_bytes()
+    args = ["segment", photo, "--classes", "x, y", "--out", str(folder)] + tiny_model_args
+    assert main(args) == 2
+    assert f"already holds {other}" in capsys.readouterr().err
+    assert other.read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+    assert Image.open(other).mode == "P"  # now the label map, and glaclip's own
+    assert main(args) == 0  # replacing its own outputs needs no flag
+
+
+def test_a_folder_segmented_into_itself_twice(tiny_model_args, tmp_path, capsys) -> None:
+    """The second run does not take the first run's outputs for images."""
+    folder = tmp_path / "photos"
+    _photos(folder, ["a.jpg", "b.jpg"])
+    args = ["segment", str(folder), "--classes", "x, y", "--out", str(folder)] + tiny_model_args
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "segmented 2 image(s)" in capsys.readouterr().err
+
+
+def test_a_folder_named_like_an_output_is_refused(
+    inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "o"
+    (out / "rgb.json").mkdir(parents=True)
+    _no_model(monkeypatch)
+    args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out), "--overwrite"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"holds a folder named like an output file: {out / 'rgb.json'}" in err
+
+
+def test_a_second_run_into_the_same_folder_is_refused(
+    inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    import os
+
+    from glaclip.outputs import output_lock
+
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out)] + tiny_model_args
+    with output_lock(out):  # the first run, still writing
+        _no_model(monkeypatch)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is in use by another glaclip run (process {os.getpid()} on" in err
+        monkeypatch.undo()
+    assert main(args) == 0  # the first run has ended
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".glaclip-outputs",
+        "rgb.json",
+        "rgb.png",
+        "rgb_overlay.jpg",
+    ]

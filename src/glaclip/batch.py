@@ -25,6 +25,7 @@ from glaclip.imageio import (
     read_image,
     write_error,
 )
+from glaclip.outputs import OutputFolder, read_manifest
 from glaclip.segmenter import Segmentation, Segmenter
 from glaclip.viz import class_palette, label_png_palette, labelled_share, overlay
 
@@ -43,14 +44,19 @@ class BatchReport:
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Expand folders to the image files directly inside them (sorted); keep files as given.
 
-    A path that does not exist stays in the list, so that it is reported when its turn comes.
+    Files glaclip wrote into a folder (its manifest, ``outputs.OutputFolder``) are outputs,
+    not images to segment, and are left out. A path that does not exist stays in the list, so
+    that it is reported when its turn comes.
     """
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            ours = read_manifest(p)
             found = sorted(
-                c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS
+                c
+                for c in p.iterdir()
+                if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS and c.name not in ours
             )
             paths.extend(found)
         else:
@@ -104,16 +110,21 @@ def output_paths(out_dir: Path, stem: str, write_overlay: bool = True) -> list[P
     return [out_dir / name for name in names + [f"{stem}.json"]]
 
 
-def check_outputs(paths: Sequence[Path], out_dir: Path, write_overlay: bool = True) -> None:
-    """Refuse a run that would write over one of its own inputs, or into a file.
+def check_outputs(
+    paths: Sequence[Path], out_dir: Path, write_overlay: bool = True, overwrite: bool = False
+) -> None:
+    """Refuse a run that would write over one of its own inputs, into a file, over a folder,
+    or over a file glaclip did not write (``OutputFolder.check``; allowed with ``overwrite``).
 
     Raises:
-        ValueError: ``out_dir`` is an existing file, or an output file of some image would be
-            one of the input images (e.g. ``segment folder/photo.png --out folder``).
+        ValueError: ``out_dir`` is an existing file, an output file of some image would be
+            one of the input images (e.g. ``segment folder/photo.png --out folder``), or an
+            output path holds a folder, or a file that glaclip did not write.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a folder: pass a folder for the outputs")
     inputs = {os.path.realpath(p): p for p in paths}
+    names: list[str] = []
     for path, stem in zip(paths, output_stems(paths), strict=True):
         for out in output_paths(out_dir, stem, write_overlay):
             hit = inputs.get(os.path.realpath(out))
@@ -122,6 +133,8 @@ def check_outputs(paths: Sequence[Path], out_dir: Path, write_overlay: bool = Tr
                     f"the output {out} of {path} would overwrite the input image {hit}: "
                     "choose another --out folder"
                 )
+            names.append(out.name)
+    OutputFolder(out_dir).check(names, overwrite)
 
 
 class StageBar:
@@ -268,6 +281,7 @@ def segment_files(
     models: dict[str, Any] | None = None,
     dist: DistInfo | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BatchReport:
     """Segment each image and write its outputs with ``write_outputs``.
 
@@ -277,12 +291,19 @@ def segment_files(
     stops, and the images not reached are listed in ``report.left``. With ``progress``, a bar
     runs over the images, and one over the stages of an image that takes long.
 
+    Every output name is recorded in ``out_dir``'s manifest before it is written
+    (``OutputFolder.claim``), so that a later run may replace it. One run per folder is the
+    caller's to ensure (the command line holds ``outputs.output_lock``).
+
     Raises:
-        ValueError: before any work, when an output would replace an input (``check_outputs``).
+        ValueError: before any work, when an output would replace an input, a folder or a
+            file glaclip did not write (``check_outputs``; the last allowed with
+            ``overwrite``).
         WriteError: ``out_dir`` cannot be made.
     """
     dist = dist or DistInfo()
-    check_outputs(paths, out_dir, write_overlay)
+    check_outputs(paths, out_dir, write_overlay, overwrite)
+    folder = OutputFolder(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -307,6 +328,7 @@ def segment_files(
         finally:
             stages.close()
         try:
+            folder.claim(p.name for p in output_paths(out_dir, stem, write_overlay))
             write_outputs(
                 result, rgb, out_dir, stem, path, segmenter.settings, models, write_overlay
             )

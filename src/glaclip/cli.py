@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate only the first N images (of each benchmark); writes results_limitN.*",
     )
     g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace result and prediction files that glaclip did not write (refused otherwise)",
+    )
     g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -92,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("--class-file", help="one class per line, synonyms separated by '; '")
     seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files at the output paths that glaclip did not write (refused otherwise)",
+    )
     seg.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
     seg.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_arguments(seg)
@@ -136,8 +147,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     settings_from_kwargs(**settings)
     paths = collect_images(args.images)
     out = Path(args.out)
-    check_outputs(paths, out, not args.no_overlay)
-    with process_group(args.device) as (info, args.device):
+    check_outputs(paths, out, not args.no_overlay, args.overwrite)
+    with _locks([(out, "--out")]), process_group(args.device) as (info, args.device):
+        check_outputs(paths, out, not args.no_overlay, args.overwrite)  # now under the lock
         segmenter = build_segmenter(args, settings)
         report = segment_files(
             segmenter,
@@ -148,6 +160,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             models=model_identity(args),
             dist=info,
             progress=not args.no_progress and info.is_main,
+            overwrite=args.overwrite,
         )
         # one summary for the whole run, from rank 0 (under torchrun)
         lines = [f"skipped: {message}" for _path, message in report.failed]
@@ -173,9 +186,18 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 1 if lines else 0
 
 
+def _locks(folders: list[tuple[Path, str]]) -> contextlib.AbstractContextManager:
+    """The output folders' locks, held by the main process of a run (rank 0 under torchrun,
+    where the other ranks write into the same folders)."""
+    from glaclip.outputs import is_main_process, output_locks
+
+    return output_locks(folders) if is_main_process() else contextlib.nullcontext()
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from glaclip.distributed import process_group
     from glaclip.evaluate import (
+        check_eval_outputs,
         check_output_folder,
         check_state,
         evaluate,
@@ -199,7 +221,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     models = model_identity(args)
     if not args.restart:  # refuse a foreign state before loading any model
         check_state(out, task, settings_from_kwargs(**settings).to_dict(), models)
-    with process_group(args.device) as (info, args.device):
+    check_eval_outputs(out, task, args.save_predictions, args.overwrite)
+    with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
         segmenter = build_segmenter(args, settings)
         results = evaluate(
             segmenter,
@@ -210,12 +233,20 @@ def _run_eval(args: argparse.Namespace) -> int:
             restart=args.restart,
             dist=info,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
         if info.is_main:
-            write_results(out, results)
+            write_results(out, results, args.overwrite)
     if info.is_main:
-        _print_result(task.dataset, results, out / f"{results_stem(args.limit)}.json")
+        _print_result(task.dataset, results, out / f"{results_stem(task.limit)}.json")
     return 0
+
+
+def _eval_folders(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    folders = [(Path(args.out), "--out")]
+    if args.save_predictions:
+        folders.append((Path(args.save_predictions), "--save-predictions"))
+    return folders
 
 
 def _print_result(name: str, results: dict, path: Path) -> None:
@@ -245,7 +276,9 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     )
     from glaclip.table import (
         Benchmark,
+        check_all_outputs,
         check_states,
+        effective_limit,
         evaluate_benchmarks,
         find_benchmarks,
         write_table,
@@ -269,6 +302,8 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     models = model_identity(args)
     if not args.restart:  # refuse a foreign state before loading any model
         check_states(benchmarks, out, settings, models)
+    limit = effective_limit(benchmarks, args.limit)
+    check_all_outputs(benchmarks, out, args.save_predictions, args.overwrite, args.data_root, limit)
 
     def report(bench: Benchmark, results: dict | None, error: Exception | None) -> None:
         name = bench.preset.name
@@ -276,9 +311,10 @@ def _run_eval_all(args: argparse.Namespace) -> int:
             if info.is_main:
                 print(f"glaclip: error: {bench.preset.title}: {error}", file=sys.stderr)
         elif info.is_main and results is not None:
-            _print_result(name, results, out / name / f"{results_stem(args.limit)}.json")
+            stem = results_stem(results.get("limit"))
+            _print_result(name, results, out / name / f"{stem}.json")
 
-    with process_group(args.device) as (info, args.device):
+    with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
         for bench in benchmarks:
             if bench.status == "failed" and info.is_main:
                 print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
@@ -294,11 +330,12 @@ def _run_eval_all(args: argparse.Namespace) -> int:
             dist=info,
             progress=not args.no_progress,
             report=report,
-            limit=args.limit,
+            limit=limit,
             data_root=args.data_root,
+            overwrite=args.overwrite,
         )
         if info.is_main:
-            _, md_path = write_table(out, table)
+            _, md_path = write_table(out, table, args.overwrite)
     if info.is_main:
         avg = table["average"]
         print(
