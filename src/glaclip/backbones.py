@@ -358,6 +358,22 @@ def load_clip(
     return model.eval(), tokenizer, mean, std
 
 
+def load_tokenizer(name: str = DEFAULT_CLIP):
+    """The tokenizer of the CLIP ``name`` when it can be had without the network and without
+    the weights (an open_clip model name or ``local-dir:``), else None (``hf-hub:`` names,
+    unknown names, a folder without a readable config)."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        return None
+    if not name.startswith("local-dir:") and name not in open_clip.list_models():
+        return None
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception:  # noqa: BLE001 - the loader reports a bad model itself, later
+        return None
+
+
 def load_vfm(
     name: str = DEFAULT_VFM,
     checkpoint: str | None = None,

@@ -27,6 +27,7 @@ from glaclip.imageio import (
 )
 from glaclip.outputs import OutputFolder, read_manifest
 from glaclip.segmenter import Segmentation, Segmenter
+from glaclip.text import check_vocabulary
 from glaclip.viz import class_palette, label_png_palette, labelled_share, overlay
 
 
@@ -296,12 +297,14 @@ def segment_files(
     caller's to ensure (the command line holds ``outputs.output_lock``).
 
     Raises:
-        ValueError: before any work, when an output would replace an input, a folder or a
+        ValueError: before any work, a class that can never win (``text.check_vocabulary``),
+            or an output that would replace an input, a folder or a
             file glaclip did not write (``check_outputs``; the last allowed with
             ``overwrite``).
         WriteError: ``out_dir`` cannot be made.
     """
     dist = dist or DistInfo()
+    check_vocabulary(class_lines, keys=segmenter.text.query_keys)
     check_outputs(paths, out_dir, write_overlay, overwrite)
     folder = OutputFolder(out_dir)
     try:

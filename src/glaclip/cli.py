@@ -129,17 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from glaclip.backbones import load_tokenizer
     from glaclip.batch import check_outputs, collect_images, segment_files
     from glaclip.config import check_vocabulary_size, settings_from_kwargs, unlabelled_value
     from glaclip.distributed import gather_messages, process_group
-    from glaclip.text import check_vocabulary, parse_classes_arg, read_class_file
+    from glaclip.text import EncoderView, check_vocabulary, parse_classes_arg, read_class_file
 
     if args.class_file:
         lines = read_class_file(args.class_file)
-        check_vocabulary(lines, source=f"class file {args.class_file}")
+        source = f"class file {args.class_file}"
     else:
         lines = parse_classes_arg(args.classes, source="--classes")
-        check_vocabulary(lines, source="--classes")
+        source = "--classes"
+    check_vocabulary(lines, source)
+    tokenizer = load_tokenizer(args.clip)
+    if tokenizer is not None:  # the names as the text encoder will see them
+        check_vocabulary(lines, source, keys=EncoderView(tokenizer))
     settings = settings_from_args(args)
     settings.setdefault("background_index", unlabelled_value(len(lines)))
     # everything that can be checked is checked before any model loads

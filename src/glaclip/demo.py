@@ -41,6 +41,7 @@ from glaclip.data.presets import PRESETS, preset_classes  # noqa: E402
 from glaclip.imageio import ImageReadError, read_image  # noqa: E402
 from glaclip.segmenter import Segmentation, Segmenter  # noqa: E402
 from glaclip.text import (  # noqa: E402
+    QueryKeys,
     check_vocabulary,
     expand_queries,
     parse_class_lines,
@@ -125,8 +126,9 @@ def preset_text(name: str | None) -> str:
     return ", ".join(preset_classes(name)) if name else ""
 
 
-def parse_page_classes(text: str | None) -> list[str]:
-    """The class box's text to class lines, in the syntax of ``glaclip segment --classes``."""
+def parse_page_classes(text: str | None, keys: QueryKeys | None = None) -> list[str]:
+    """The class box's text to class lines, in the syntax of ``glaclip segment --classes``;
+    ``keys`` compares the names as the text encoder sees them (``check_vocabulary``)."""
     if text is None or not text.strip():
         raise DemoInputError(
             "No classes: type the classes to find, separated by commas, with ';' between "
@@ -134,7 +136,7 @@ def parse_page_classes(text: str | None) -> list[str]:
         )
     try:
         lines = parse_classes_arg(text, source="the class list")
-        check_vocabulary(lines, source="the class list")
+        check_vocabulary(lines, source="the class list", keys=keys)
     except ValueError as err:
         raise DemoInputError(f"Classes: {err}") from err
     return lines
@@ -246,7 +248,7 @@ def run_request(
             "No image: upload or drop a photo (or pick an example), then press Segment."
         )
     name = name or Path(image_path).name
-    lines = parse_page_classes(class_text)
+    lines = parse_page_classes(class_text, segmenter.text.query_keys)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError):

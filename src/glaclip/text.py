@@ -6,7 +6,7 @@ import hashlib
 import os
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -43,6 +43,11 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
             counting from 0), or an entry has an empty query name (``"person; ; man"``).
         TypeError: an entry is not a string.
     """
+    if lines is None or isinstance(lines, (str, bytes)):
+        raise TypeError(
+            f"{source} must be a list of class names (synonyms separated by ';'), got "
+            f"{type(lines).__name__}: pass e.g. ['sky', 'person; man']"
+        )
     classes: list[list[str]] = []
     for index, line in enumerate(lines):
         if not isinstance(line, str):
@@ -147,13 +152,20 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def check_vocabulary(class_lines: Sequence[str], source: str = "class list") -> list[list[str]]:
+QueryKeys = Callable[[Sequence[str]], Sequence[Hashable]]
+
+
+def check_vocabulary(
+    class_lines: Sequence[str], source: str = "class list", keys: QueryKeys | None = None
+) -> list[list[str]]:
     """Parse class lines and refuse a class that can never be a pixel's label.
 
     A class's probability is the maximum over its query names and the argmax takes the first
     maximum, so class ``j`` can never win exactly when an earlier class's query names include
-    all of class ``j``'s (``"cat, cat, dog"``; ``"person; man, man"``). Query names are compared
-    as written (after stripping).
+    all of class ``j``'s (``"cat, cat, dog"``; ``"person; man, man"``), as the text encoder
+    sees them: ``keys`` maps query names to what the encoder receives (``TextEncoder.query_keys``
+    or ``prompt_keys``: ``"cat"`` and ``"Cat"`` are the same tokens). Without ``keys`` the
+    names are compared as written (after stripping).
 
     Returns:
         The classes as synonym lists (``parse_class_lines``).
@@ -162,19 +174,63 @@ def check_vocabulary(class_lines: Sequence[str], source: str = "class list") -> 
         ValueError: as ``parse_class_lines``, or naming both classes of such a pair.
     """
     classes = parse_class_lines(class_lines, source=source)
-    holders: dict[str, list[int]] = {}  # query name -> classes that have it, in order
-    for j, names in enumerate(classes):
-        wanted = set(names)
-        for i in holders.get(names[0], []):
-            if wanted.issubset(classes[i]):
-                raise ValueError(
-                    f"{source}: class {j} ({'; '.join(names)!r}) can never win, because class "
-                    f"{i} ({'; '.join(classes[i])!r}) comes first and has all its query names "
-                    "(positions count from 0): remove the duplicate or make the names differ"
+    names = [n for syns in classes for n in syns]
+    key_of = dict(zip(names, keys(names), strict=True)) if keys is not None else {}
+    seen = [{key_of.get(n, n) for n in syns} for syns in classes]
+    holders: dict[Hashable, list[int]] = {}  # query key -> classes that have it, in order
+    for j, wanted in enumerate(seen):
+        for i in holders.get(key_of.get(classes[j][0], classes[j][0]), []):
+            if wanted.issubset(seen[i]):
+                same = set(classes[j]).issubset(classes[i])
+                why = (
+                    ""
+                    if same
+                    else (
+                        ": its names differ only where the text encoder cannot tell (letter case, "
+                        "spaces, or words past the end of its context)"
+                    )
                 )
-        for name in wanted:
-            holders.setdefault(name, []).append(j)
+                raise ValueError(
+                    f"{source}: class {j} ({'; '.join(classes[j])!r}) can never win, because "
+                    f"class {i} ({'; '.join(classes[i])!r}) comes first and has all its query "
+                    f"names{why} (positions count from 0): remove the duplicate or make the "
+                    "names differ"
+                )
+        for key in wanted:
+            holders.setdefault(key, []).append(j)
     return classes
+
+
+def prompt_keys(
+    tokenizer: Callable, templates: Sequence[Callable[[str], str]], names: Sequence[str]
+) -> dict[str, bytes]:
+    """What the text encoder receives for each query name: a digest of the tokens of its
+    prompts (one per template), as the tokenizer gives them (case, spaces and the context
+    length applied). A name whose prompts fill the tokenizer's whole context is cut off there;
+    each such name gets a ``RuntimeWarning``.
+
+    Returns:
+        ``{name: 32-byte digest}``; two names with equal digests get equal embeddings.
+    """
+    if not names:
+        return {}
+    tokens = torch.as_tensor(tokenizer([t(n) for n in names for t in templates]))
+    rows = tokens.reshape(len(names), len(templates), -1)
+    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+    full = (rows[..., -1] != pad).sum(dim=1).tolist()
+    for name, count in zip(names, full, strict=True):
+        if count:
+            warnings.warn(
+                f"the class name {name!r} is longer than the text encoder reads: its prompts "
+                f"fill the context of {rows.shape[-1]} tokens ({count} of {len(templates)}), so "
+                "the words at its end are cut off; shorten it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return {
+        name: hashlib.sha256(rows[i].to(torch.int64).contiguous().numpy().tobytes()).digest()
+        for i, name in enumerate(names)
+    }
 
 
 def expand_queries(classes: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
@@ -182,6 +238,20 @@ def expand_queries(classes: Sequence[Sequence[str]]) -> tuple[list[str], list[in
     names = [name for syns in classes for name in syns]
     owner = [i for i, syns in enumerate(classes) for _ in syns]
     return names, owner
+
+
+class EncoderView:
+    """``prompt_keys`` of a tokenizer with the default templates, as the ``keys`` of
+    ``check_vocabulary`` before any model is loaded."""
+
+    def __init__(self, tokenizer: Callable) -> None:
+        self.tokenizer = tokenizer
+        self.templates = openai_templates()
+
+    def __call__(self, names: Sequence[str]) -> list[bytes]:
+        unique = list(dict.fromkeys(names))
+        keys = prompt_keys(self.tokenizer, self.templates, unique)
+        return [keys[n] for n in names]
 
 
 # ------------------------------------------------------------------- truncated text encoding
@@ -378,7 +448,15 @@ class TextEncoder:
         self._memory: dict[str, torch.Tensor] = {}
         self._disk_loaded = False
         self._disk_failed = False
+        self._keys: dict[str, bytes] = {}
         self.encoded_count = 0  # names encoded by the network (not from a cache)
+
+    def query_keys(self, names: Sequence[str]) -> list[bytes]:
+        """What the text tower receives for each name (``prompt_keys``), computed once per
+        name: the ``keys`` of ``check_vocabulary``."""
+        missing = [n for n in dict.fromkeys(names) if n not in self._keys]
+        self._keys.update(prompt_keys(self.tokenizer, self.templates, missing))
+        return [self._keys[n] for n in names]
 
     @property
     def cache_path(self) -> Path | None:
