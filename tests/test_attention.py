@@ -148,9 +148,10 @@ def test_empty_rows_get_their_own_token():
 
 
 def test_all_rows_empty_above_one():
-    """tau above every similarity: every mask is the diagonal, proxies are the keys."""
+    """tau at the top of the similarity range (1, the largest setting allows): every mask is
+    the diagonal (empty rows get their own token), proxies are the keys."""
     k, v = clustered_keys(7), random_values(7)
-    cfg = GLAConfig(proxy_threshold=1.5, block_size=33)
+    cfg = GLAConfig(proxy_threshold=1.0, block_size=33)
     work = att._Workspace(k, 33, 0.0)
     anchors, count = att._anchors(work, cfg)
     assert torch.equal(count, torch.ones_like(count))

@@ -544,3 +544,74 @@ def test_a_second_run_into_the_same_folder_is_refused(
         "rgb.png",
         "rgb_overlay.jpg",
     ]
+
+
+# ------------------------------------------------------------------ inputs that were unclear
+def test_avif_and_jpeg2000_images_are_segmented(tiny_model_args, tmp_path, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_rgb(224, 240, 1)).save(folder / "a.avif")
+    Image.fromarray(_rgb(224, 240, 2)).save(folder / "b.jp2")
+    out = tmp_path / "o"
+    args = ["segment", str(folder), "--classes", "x, y", "--out", str(out), "--no-overlay"]
+    assert main(args + tiny_model_args) == 0
+    assert "segmented 2 image(s)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [({}, "(it is empty)"), ({"notes.txt": "hello"}, "(it holds 1 other file(s), e.g. notes.txt)")],
+)
+def test_a_folder_without_images_is_refused(
+    content: dict, message: str, tmp_path, capsys, monkeypatch
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, text in content.items():
+        (folder / name).write_text(text)
+    _no_model(monkeypatch)
+    assert main(["segment", str(folder), "--classes", "x", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {folder} holds no image to segment {message}" in err
+
+
+def test_broken_and_looping_links_are_named_as_such(tiny_model_args, tmp_path, capsys) -> None:
+    folder = tmp_path / "in"
+    [good] = _photos(folder, ["good.png"])
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    out = tmp_path / "o"
+    args = ["segment", str(folder), str(loop), "--classes", "x", "--out", str(out)]
+    assert main(args + tiny_model_args) == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'gone.jpg'}: is a broken symbolic link (to {tmp_path / 'deleted.jpg'}" in err
+    assert f"{loop}: is a symbolic link loop" in err and "no such file" not in err
+    assert "segmented 1 image(s)" in err and (out / "good.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["folder", "loop"])
+def test_a_class_file_that_is_no_file(kind: str, inputs, tmp_path, capsys) -> None:
+    path = tmp_path / "classes.txt"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path)
+    args = ["segment", str(inputs["rgb"]), "--class-file", str(path), "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    what = "is a folder, not a file" if kind == "folder" else "is a symbolic link loop"
+    assert f"class file {path} {what}" in err and "does not exist" not in err
+
+
+def test_warnings_are_one_line_without_the_source(inputs, tiny_model_args, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out), "--no-overlay"]
+    args += tiny_model_args + ["--text-cache", str(blocker / "cache")]  # the last one wins
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "glaclip: warning: text embeddings are not cached on disk: cannot write" in err
+    assert "warnings.warn" not in err and "RuntimeWarning" not in err

@@ -344,3 +344,21 @@ def test_save_json_refuses_nan_and_infinity(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="NaN or Infinity"):
         save_json(tmp_path / "x.json", {"share": float("inf")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pillow_warnings_about_a_readable_file_are_not_passed_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large image below the refused size, and a corrupt EXIF block (which is ignored)."""
+    import warnings
+
+    large = tmp_path / "large.png"
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(large)
+    corrupt = tmp_path / "exif.jpg"
+    exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(corrupt, exif=exif)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 2500 pixels: warned, not refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(large).shape == (50, 50, 3)
+        assert read_image(corrupt).shape == (20, 20, 3)

@@ -474,3 +474,19 @@ def test_cli_compares_the_names_the_encoder_receives_before_any_model_loads(
     assert main(argv + tiny_model_args) == 2
     err = capsys.readouterr().err
     assert "--classes: class 2 ('big  Cat') can never win, because class 1 ('big cat')" in err
+
+
+def test_comment_lines_in_a_class_file_are_skipped(tmp_path) -> None:
+    f = tmp_path / "c.txt"
+    f.write_text("# my vocabulary\ncat\n   # dogs later\nbird; fowl\n")
+    assert read_class_file(f) == ["cat", "bird; fowl"]
+
+
+def test_blank_lines_where_line_order_is_label_order(tmp_path) -> None:
+    f = tmp_path / "c.txt"
+    f.write_text("background\ncat\n\ndog\n\n")
+    assert read_class_file(f) == ["background", "cat", "dog"]
+    with pytest.raises(ValueError, match=r"c\.txt, line 3 is blank: each line is the class"):
+        read_class_file(f, blank_lines=False)
+    f.write_text("background\ncat\ndog\n\n\n")  # blank lines at the end shift nothing
+    assert read_class_file(f, blank_lines=False) == ["background", "cat", "dog"]

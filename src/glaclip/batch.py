@@ -46,23 +46,44 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Expand folders to the image files directly inside them (sorted); keep files as given.
 
     Files glaclip wrote into a folder (its manifest, ``outputs.OutputFolder``) are outputs,
-    not images to segment, and are left out. A path that does not exist stays in the list, so
-    that it is reported when its turn comes.
+    not images to segment, and are left out. A path that does not exist, and a symbolic link
+    with an image's extension that leads nowhere, stay in the list, so that they are reported
+    when their turn comes.
+
+    Raises:
+        ValueError: a folder holds no image file (empty, or only other files).
     """
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            ours = read_manifest(p)
-            found = sorted(
-                c
-                for c in p.iterdir()
-                if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS and c.name not in ours
-            )
-            paths.extend(found)
+            paths.extend(_folder_images(p))
         else:
             paths.append(p)
     return paths
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    ours = read_manifest(folder)
+    entries = sorted(c for c in folder.iterdir() if c.name not in ours)
+    found = [
+        c
+        for c in entries
+        if c.suffix.lower() in IMAGE_EXTENSIONS and (c.is_file() or c.is_symlink())
+    ]
+    if found:
+        return found
+    others = [c.name for c in entries if not c.name.startswith(".")]
+    if others:
+        what = f"it holds {len(others)} other file(s), e.g. {', '.join(others[:3])}"
+    elif ours:
+        what = "it holds only files glaclip wrote there"
+    else:
+        what = "it is empty"
+    raise ValueError(
+        f"the folder {folder} holds no image to segment ({what}); glaclip reads "
+        f"{', '.join(IMAGE_EXTENSIONS)}: name a folder of images"
+    )
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:

@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from glaclip import __version__
 from glaclip.data import PRESETS
@@ -397,8 +399,26 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, ``glaclip: warning: ...``, without the source line."""
+    print(f"glaclip: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from glaclip.backbones import ModelLoadError
     from glaclip.imageio import WriteError

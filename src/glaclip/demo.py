@@ -38,7 +38,7 @@ from glaclip.config import (  # noqa: E402
     unlabelled_value,
 )
 from glaclip.data.presets import PRESETS, preset_classes  # noqa: E402
-from glaclip.imageio import ImageReadError, read_image  # noqa: E402
+from glaclip.imageio import ImageReadError, quiet_pillow, read_image  # noqa: E402
 from glaclip.segmenter import Segmentation, Segmenter  # noqa: E402
 from glaclip.text import (  # noqa: E402
     QueryKeys,
@@ -150,7 +150,7 @@ def check_image(path: str | os.PathLike, name: str, max_pixels: int) -> tuple[in
             ``max_pixels`` pixels.
     """
     try:
-        with Image.open(path) as im:
+        with quiet_pillow(), Image.open(path) as im:
             width, height = im.size
     except Image.DecompressionBombError:
         raise DemoInputError(too_large_message(name, None, max_pixels)) from None

@@ -146,7 +146,7 @@ def make_task(
     """
     preset = get_preset(dataset)
     check_limit(limit)
-    lines = read_class_file(class_file) if class_file else preset_classes(preset)
+    lines = read_class_file(class_file, blank_lines=False) if class_file else preset_classes(preset)
     samples = list_samples(preset.layout, data_root)
     total = len(samples)
     if limit is not None and limit >= total:

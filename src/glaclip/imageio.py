@@ -15,12 +15,15 @@ Reading rules (SPEC 1.1), applied to files, PIL images and numpy arrays alike:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
+import stat
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,8 @@ __all__ = [
     "encode_label_png",
     "encode_rgb",
     "is_image_file",
+    "missing_file_reason",
+    "quiet_pillow",
     "protocol_size",
     "read_image",
     "resize_image",
@@ -56,11 +61,35 @@ __all__ = [
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-#: Lower-case file extensions that :func:`read_image` is expected to handle.
-IMAGE_EXTENSIONS: tuple[str, ...] = (
+_COMMON_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga"
 )  # fmt: skip
+# read where this Pillow was built with their decoders (AVIF, JPEG 2000)
+_OPTIONAL_EXTENSIONS = (".avif", ".jp2", ".j2k", ".jpf", ".jpx", ".j2c")
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    formats = Image.registered_extensions()  # also loads Pillow's plugins
+    extra = [e for e in _OPTIONAL_EXTENSIONS if formats.get(e) in Image.OPEN]
+    return _COMMON_EXTENSIONS + tuple(extra)
+
+
+#: Lower-case file extensions that :func:`read_image` is expected to handle (AVIF and JPEG
+#: 2000 where Pillow can decode them).
+IMAGE_EXTENSIONS: tuple[str, ...] = _readable_extensions()
+
+
+@contextlib.contextmanager
+def quiet_pillow() -> Iterator[None]:
+    """Pillow's own warnings about a file it still reads (a large image below the refused
+    size, a corrupt EXIF block, which is ignored) are not passed on: glaclip reports what
+    matters itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message=r".*EXIF", category=UserWarning)
+        yield
+
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -99,13 +128,30 @@ def read_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.
     )
 
 
-def _read_file(path: Path) -> np.ndarray:
-    if path.is_dir():
-        raise ImageReadError(f"{path}: is a directory, not an image file")
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
+def missing_file_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be opened as a file (``no such file``, a broken or looping
+    symbolic link, a directory), or None when it is a file."""
     try:
-        with Image.open(path) as im:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (its chain of links leads back to itself)"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        if isinstance(err, FileNotFoundError):
+            return "no such file"
+        return f"cannot be opened ({err.strerror or err})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an image file"
+    return None
+
+
+def _read_file(path: Path) -> np.ndarray:
+    reason = missing_file_reason(path)
+    if reason is not None:
+        raise ImageReadError(f"{path}: {reason}")
+    try:
+        with quiet_pillow(), Image.open(path) as im:
             im.load()
             return _pil_to_rgb(im, str(path))
     except UnidentifiedImageError as e:
@@ -126,8 +172,9 @@ _BAND_PIXELS = 1 << 22  # pixels per band when copying a large RGB image out of 
 
 def _pil_to_rgb(im: Image.Image, where: str) -> np.ndarray:
     try:
-        if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even if not
-            im = ImageOps.exif_transpose(im)
+        with quiet_pillow():
+            if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies if not
+                im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
         pass
     mode = im.mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import unicodedata
@@ -113,20 +114,25 @@ def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
     return lines
 
 
-def read_class_file(path: str | os.PathLike) -> list[str]:
-    """The class lines of a UTF-8 class file: stripped, blank lines skipped, a leading
-    byte-order mark removed.
+def read_class_file(path: str | os.PathLike, blank_lines: bool = True) -> list[str]:
+    """The class lines of a UTF-8 class file: stripped, a leading byte-order mark removed,
+    comment lines (starting with ``#``) skipped.
 
     Each line is one class; its query names are separated by ``;``.
 
+    Args:
+        blank_lines: skip blank lines; False makes a blank line before a class line an error
+            (an evaluation's class file, where line order is label order).
+
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not UTF-8 text, has no class, or a line has an empty synonym
-            (names file and line number).
+        FileNotFoundError: the file does not exist, is a folder or a broken or looping link.
+        ValueError: the file is not UTF-8 text, has no class, a line has an empty synonym, or
+            (``blank_lines=False``) a blank line comes before a class (names file and line).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"class file {p} does not exist")
+    reason = _not_a_file(p)
+    if reason:
+        raise FileNotFoundError(f"class file {p} {reason}")
     expected = "expected a UTF-8 text file with one class name per line, synonyms separated by '; '"
     try:
         text = p.read_text(encoding="utf-8-sig")
@@ -136,11 +142,20 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
         ) from None
     if "\x00" in text:
         raise ValueError(f"class file {p} holds NUL bytes (a binary file?): {expected}")
-    lines = []
+    lines, blank = [], None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
+            blank = blank or number
             continue
+        if line.startswith("#"):
+            continue
+        if blank is not None and not blank_lines:
+            raise ValueError(
+                f"{p}, line {blank} is blank: each line is the class of the next label value, "
+                "so a blank line would shift the classes after it; remove it (lines starting "
+                "with '#' are comments)"
+            )
         if any(not part.strip() for part in line.split(";")):
             raise ValueError(
                 f"{p}, line {number} ({line!r}) has an empty synonym: separate query names "
@@ -150,6 +165,22 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
     if not lines:
         raise ValueError(f"class file {p} lists no class: write one class name per line")
     return lines
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a readable file, or None."""
+    try:
+        if path.is_dir():
+            return "is a folder, not a file: name the class file inside it"
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (its chain of links leads back to itself)"
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "does not exist"
 
 
 QueryKeys = Callable[[Sequence[str]], Sequence[Hashable]]

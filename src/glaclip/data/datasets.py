@@ -22,7 +22,6 @@ folder, sorted by id. Preset names (``voc21``, ``voc20``, ``context60``, ``conte
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from glaclip.imageio import quiet_pillow
 from glaclip.metrics import reduce_zero_label as _reduce_zero_label
 
 
@@ -142,8 +142,19 @@ def _read_split(root: Path, name: str, spec: _Layout) -> list[str]:
         raise FileNotFoundError(
             f"split file {path} not found: the {name} layout expects {spec.describe()}"
         )
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    ids = [i for i in ids if i]
+    ids: list[str] = []
+    first: dict[str, int] = {}  # id -> the line that lists it
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        sid = line.strip()
+        if not sid:
+            continue
+        if sid in first:
+            raise ValueError(
+                f"split file {path} lists the image id {sid!r} twice (lines {first[sid]} and "
+                f"{number}): it would be counted twice; remove the repeat"
+            )
+        first[sid] = number
+        ids.append(sid)
     if not ids:
         raise ValueError(f"split file {path} lists no image ids")
     return ids
@@ -236,8 +247,7 @@ def load_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> np.n
     if not p.is_file():
         raise FileNotFoundError(f"label file {p} not found")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with quiet_pillow():
             label = _decode_label(p)
     except UnidentifiedImageError:
         raise ValueError(
