@@ -279,4 +279,6 @@ def test_vfm_checkpoint_of_another_patch_size(tmp_path) -> None:
 def test_checkpoint_shapes_of_a_wrapped_state_dict(tmp_path) -> None:
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {"module.a.weight": torch.zeros(2, 3)}, "epoch": 4}, path)
-    assert backbones.checkpoint_shapes(path) == {"a.weight": (2, 3)}
+    from glaclip.checkpoints import checkpoint_shapes
+
+    assert checkpoint_shapes(path) == {"a.weight": (2, 3)}

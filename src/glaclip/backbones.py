@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glaclip import hub
+from glaclip.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, config_mismatch, weights_in
 from glaclip.imageio import CLIP_MEAN, CLIP_STD
 
 # OpenAI CLIP's normalisation, defined once in imageio (where images are normalised)
@@ -353,10 +354,10 @@ def load_clip(
         raise _offline_hint("clip", name, pretrained, err) from err
     if name.startswith("local-dir:"):
         folder = name.removeprefix("local-dir:")
-        weights = _weights_in(folder, _CLIP_PREFERRED)
-        check_config_fits_weights(model, weights, f"CLIP {name} (open_clip_config.json)")
+        weights = weights_in(folder, CLIP_PREFERRED)
+        _check_fits(model, weights, f"CLIP {name} (open_clip_config.json)")
     elif pretrained and os.path.isfile(pretrained):
-        check_config_fits_weights(model, pretrained, f"CLIP architecture {name}")
+        _check_fits(model, pretrained, f"CLIP architecture {name}")
     tokenizer = open_clip.get_tokenizer(name)
     pp = getattr(model.visual, "preprocess_cfg", None) or {}
     mean = tuple(pp.get("mean", getattr(model.visual, "image_mean", None) or OPENAI_CLIP_MEAN))
@@ -435,130 +436,21 @@ def load_vfm(
         raise _offline_hint("vfm", name, checkpoint, err) from err
     if checkpoint is not None:
         what = f"VFM architecture {name.split('.')[0]}"
-        check_config_fits_weights(model, checkpoint, what, skip=resized)
+        _check_fits(model, checkpoint, what, skip=resized)
     elif name.startswith("local-dir:"):
-        weights = _weights_in(name.removeprefix("local-dir:"), _VFM_PREFERRED)
-        check_config_fits_weights(model, weights, f"VFM {name} (config.json)", skip=resized)
+        weights = weights_in(name.removeprefix("local-dir:"), VFM_PREFERRED)
+        _check_fits(model, weights, f"VFM {name} (config.json)", skip=resized)
     return model.to(device).eval()
 
 
-# ---------------------------------------------------------------------------------------------
-# Configs against weights
-
-# the weight file a local folder is read from, in the loaders' order of preference
-_CLIP_PREFERRED = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "pytorch_model.pth",
-    "model.pth",
-)
-_VFM_PREFERRED = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "pytorch_model.pth",
-    "model.pth",
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth",
-)
-_WRAPPERS = ("state_dict", "model", "module")
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _weights_in(folder: str, preferred: tuple[str, ...]) -> str | None:
-    """The weight file the loaders read from ``folder`` (None if there is none)."""
-    for name in preferred:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    for ext in (".safetensors", ".pth", ".bin"):
-        found = (
-            sorted(f for f in os.listdir(folder) if f.endswith(ext))
-            if os.path.isdir(folder)
-            else []
-        )
-        if found:
-            return os.path.join(folder, found[0])
-    return None
-
-
-def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """``{name: shape}`` of the tensors in a weight file, read without loading them where the
-    format allows (safetensors); empty for a file that is not a plain state dict (TorchScript
-    archives, numpy weights)."""
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - an old (non-zip) file, or no state dict at all
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            return {}
-    while isinstance(obj, dict) and len(obj) <= 4 and any(k in obj for k in _WRAPPERS):
-        obj = next(obj[k] for k in _WRAPPERS if k in obj)
-    if not isinstance(obj, dict):
-        return {}
-    shapes = {}
-    for key, value in obj.items():
-        if isinstance(key, str) and isinstance(value, torch.Tensor):
-            for prefix in _PREFIXES:
-                key = key.removeprefix(prefix)
-            shapes[key] = tuple(value.shape)
-    return shapes
-
-
-def check_config_fits_weights(
-    model: nn.Module,
-    weights: str | os.PathLike | None,
-    what: str,
-    skip: tuple[str, ...] = (),
+def _check_fits(
+    model: nn.Module, weights: str | None, what: str, skip: tuple[str, ...] = ()
 ) -> None:
-    """Refuse a model whose configuration disagrees with its weight file.
-
-    The loaders resample some weights to the configured shape without a word (timm the patch
-    embedding and the position embedding, open_clip the position embedding), so that a config
-    naming patch 16 for patch-8 weights would run with a different model. Every tensor of the
-    weight file that the model has under the same name must have the model's shape.
-
-    Args:
-        model: the model as built from the configuration (weights loaded).
-        weights: the weight file it was loaded from (None: nothing to compare).
-        what: the model and its config, for the message.
-        skip: tensor names resized on purpose.
-
-    Raises:
-        ModelLoadError: names the first tensors that differ, with both shapes.
-    """
-    if weights is None:
-        return
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    stored = checkpoint_shapes(weights)
-    differ = [
-        (k, own[k], shape)
-        for k, shape in stored.items()
-        if k in own and own[k] != shape and k not in skip
-    ]
-    if not differ:
-        return
-    key, configured, found = differ[0]
-    hint = ""
-    if len(configured) == 4 and key.endswith(("patch_embed.proj.weight", "conv1.weight")):
-        hint = f" (patch size {configured[-1]} in the config, {found[-1]} in the weights)"
-    more = f", and {len(differ) - 1} more tensor(s)" if len(differ) > 1 else ""
-    raise ModelLoadError(
-        f"the {what} does not fit its weights {weights}: {key} is {list(configured)} in the "
-        f"configured model but {list(found)} in the weights{hint}{more}. glaclip does not "
-        "resample weights to another shape: make the config match the weights"
-    )
+    """ModelLoadError when ``model``'s configuration disagrees with its weight file
+    (``checkpoints.config_mismatch``)."""
+    problem = config_mismatch(model, weights, what, skip)
+    if problem:
+        raise ModelLoadError(problem)
 
 
 def _first_line(err: Exception) -> str:

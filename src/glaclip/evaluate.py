@@ -16,17 +16,17 @@ Resume. Every finished image appends one JSON line ``{"id", "counts"}`` (its own
 counters, ``SegMetric.to_tensor``) to ``OUT/eval_state/rank<r>.jsonl``, flushed and fsynced
 after its prediction file is in place. Each state file starts with a header holding a
 fingerprint of the evaluation (dataset, data root, class lines, label conventions, every
-setting except ``window_batch`` and ``block_size`` — which only partition the work — and the
-model identities). A later run with the same fingerprint reads every state file, skips the
-ids listed there and adds their counters: integer sums, so the result is the one a fresh run
-gives. ``--limit`` is not part of the fingerprint (an image's counters do not depend on it, so
-a run over the first N images can be continued by a run over all of them); instead, a run
-with ``--limit N`` writes ``results_limitN.json``/``.md`` and a run over the whole dataset
-``results.json``/``.md``, so that runs over different numbers of images never replace each
-other's results. A torn last line (a crash mid-write) is ignored and cut off; a different
-fingerprint is refused unless ``--restart`` discards the state (``--restart`` deletes no result
-file). Resume works with any world size; with several nodes, ``OUT`` must be a folder every
-node sees (checked: the ranks must agree).
+setting except ``window_batch`` and ``block_size``, which only partition the work, and
+``allow_slow``; and the model identities). A later run with the same fingerprint reads every
+state file, skips the ids listed there and adds their counters: integer sums, so the result is
+the one a fresh run gives. ``--limit`` is not part of the fingerprint (an image's counters do
+not depend on it, so a run over the first N images can be continued by a run over all of them);
+instead, a run with ``--limit N`` writes ``results_limitN.json``/``.md`` and a run over the
+whole dataset ``results.json``/``.md``, so that runs over different numbers of images never
+replace each other's results. A torn last line (a crash mid-write) is ignored and cut off; a
+different fingerprint is refused unless ``--restart`` discards the state (``--restart`` deletes
+no result file). Resume works with any world size; with several nodes, ``OUT`` must be a folder
+every node sees (checked: the ranks must agree).
 
 Distributed. The images still to do are split with ``distributed.shard`` (no padding, no
 duplicates); each rank writes its own predictions and state file; the per-rank counters are

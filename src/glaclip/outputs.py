@@ -23,7 +23,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from glaclip.imageio import write_error
+from glaclip.imageio import WriteError, write_error
 
 MANIFEST_NAME = ".glaclip-outputs"
 LOCK_NAME = ".glaclip-lock"
@@ -172,7 +172,10 @@ def _acquire(path: Path, flag: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise write_error(path, err) from None
+            cause = err.strerror or str(err)
+            raise WriteError(
+                err.errno, f"cannot write into {flag} {path.parent}: {cause}"
+            ) from None
         if not _try_lock(fd):
             os.close(fd)
             raise OutputBusyError(

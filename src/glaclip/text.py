@@ -213,19 +213,18 @@ def check_vocabulary(
         for i in holders.get(key_of.get(classes[j][0], classes[j][0]), []):
             if wanted.issubset(seen[i]):
                 same = set(classes[j]).issubset(classes[i])
-                why = (
-                    ""
+                note = (
+                    "(positions count from 0)"
                     if same
                     else (
-                        ": its names differ only where the text encoder cannot tell (letter case, "
-                        "spaces, or words past the end of its context)"
+                        "as the text encoder sees them (it does not tell letter case, repeated "
+                        "spaces or words past the end of its context apart; positions count from 0)"
                     )
                 )
                 raise ValueError(
                     f"{source}: class {j} ({'; '.join(classes[j])!r}) can never win, because "
                     f"class {i} ({'; '.join(classes[i])!r}) comes first and has all its query "
-                    f"names{why} (positions count from 0): remove the duplicate or make the "
-                    "names differ"
+                    f"names {note}: remove the duplicate or make the names differ"
                 )
         for key in wanted:
             holders.setdefault(key, []).append(j)
