@@ -374,7 +374,9 @@ def _photos(folder: Path, names: list[str]) -> list[str]:
     return [str(folder / name) for name in names]
 
 
-def test_a_write_that_loses_data_fails_the_image(tiny_model_args, tmp_path, capsys, monkeypatch):
+def test_a_write_that_loses_data_fails_the_image(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
     """A nearly full disk that keeps 1000 bytes of the overlay without an error: the overlay
     is not left under its name, the JSON (the finished mark) is not written, exit 1."""
     from tests.faults import JPEG_START, faulty_disk, silent_loss
@@ -390,7 +392,9 @@ def test_a_write_that_loses_data_fails_the_image(tiny_model_args, tmp_path, caps
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
 
 
-def test_a_full_disk_stops_the_batch_with_one_line(tiny_model_args, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_stops_the_batch_with_one_line(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
     from tests.faults import JPEG_START, faulty_disk, full_disk
 
     images = _photos(tmp_path / "in", ["a.png", "b.png", "c.png"])
@@ -605,7 +609,9 @@ def test_a_class_file_that_is_no_file(kind: str, inputs, tmp_path, capsys) -> No
     assert f"class file {path} {what}" in err and "does not exist" not in err
 
 
-def test_warnings_are_one_line_without_the_source(inputs, tiny_model_args, tmp_path, capsys):
+def test_warnings_are_one_line_without_the_source(
+    inputs, tiny_model_args, tmp_path, capsys
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     out = tmp_path / "o"

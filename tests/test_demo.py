@@ -181,7 +181,7 @@ def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkey
     present_at_json: list[str] = []
     real_write = batch.atomic_write_bytes
 
-    def spy(path, data):
+    def spy(path: Path, data: bytes) -> Path:
         if path.suffix == ".json":
             present_at_json.extend(sorted(p.name for p in out.iterdir()))
         return real_write(path, data)

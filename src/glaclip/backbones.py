@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -352,12 +352,7 @@ def load_clip(
                 f"{reason}. Is it a checkpoint of another model? Pass the matching --clip"
             ) from None
         raise _offline_hint("clip", name, pretrained, err) from err
-    if name.startswith("local-dir:"):
-        folder = name.removeprefix("local-dir:")
-        weights = weights_in(folder, CLIP_PREFERRED)
-        _check_fits(model, weights, f"CLIP {name} (open_clip_config.json)")
-    elif pretrained and os.path.isfile(pretrained):
-        _check_fits(model, pretrained, f"CLIP architecture {name}")
+    _check_clip_fits(model, name, pretrained)
     tokenizer = open_clip.get_tokenizer(name)
     pp = getattr(model.visual, "preprocess_cfg", None) or {}
     mean = tuple(pp.get("mean", getattr(model.visual, "image_mean", None) or OPENAI_CLIP_MEAN))
@@ -365,7 +360,7 @@ def load_clip(
     return model.eval(), tokenizer, mean, std
 
 
-def load_tokenizer(name: str = DEFAULT_CLIP):
+def load_tokenizer(name: str = DEFAULT_CLIP) -> Callable | None:
     """The tokenizer of the CLIP ``name`` when it can be had without the network and without
     the weights (an open_clip model name or ``local-dir:``), else None (``hf-hub:`` names,
     unknown names, a folder without a readable config)."""
@@ -417,7 +412,7 @@ def load_vfm(
         reason = hub.check_download(repo, _VFM_FILES)
         if reason:
             raise _offline_hint("vfm", name, None, reason)
-    resized: tuple[str, ...] = ()  # tensors resampled on purpose (the 224-pixel window)
+    resized: tuple[str, ...] = ()  # resampled on purpose (the 224-pixel window)
     try:
         try:
             model = timm.create_model(name, pretrained=True, **kwargs)
@@ -435,12 +430,20 @@ def load_vfm(
             ) from None
         raise _offline_hint("vfm", name, checkpoint, err) from err
     if checkpoint is not None:
-        what = f"VFM architecture {name.split('.')[0]}"
-        _check_fits(model, checkpoint, what, skip=resized)
+        _check_fits(model, checkpoint, f"VFM architecture {name.split('.')[0]}", resized)
     elif name.startswith("local-dir:"):
         weights = weights_in(name.removeprefix("local-dir:"), VFM_PREFERRED)
-        _check_fits(model, weights, f"VFM {name} (config.json)", skip=resized)
+        _check_fits(model, weights, f"VFM {name} (config.json)", resized)
     return model.to(device).eval()
+
+
+def _check_clip_fits(model: nn.Module, name: str, pretrained: str | None) -> None:
+    """``_check_fits`` for a CLIP from a local folder or a local checkpoint file."""
+    if name.startswith("local-dir:"):
+        weights = weights_in(name.removeprefix("local-dir:"), CLIP_PREFERRED)
+        _check_fits(model, weights, f"CLIP {name} (open_clip_config.json)")
+    elif pretrained and os.path.isfile(pretrained):
+        _check_fits(model, pretrained, f"CLIP architecture {name}")
 
 
 def _check_fits(

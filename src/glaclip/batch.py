@@ -294,6 +294,39 @@ def name_problem(out_dir: Path, stem: str, write_overlay: bool = True) -> str | 
     return None
 
 
+class _NameTooLong(ValueError):
+    """An output name is longer than the file system allows."""
+
+
+def _segment_one(
+    segmenter: Segmenter,
+    path: Path,
+    stem: str,
+    class_lines: Sequence[str],
+    folder: OutputFolder,
+    models: dict[str, Any],
+    write_overlay: bool,
+    progress: bool,
+) -> None:
+    """Read, segment and write one image of ``segment_files`` (its outputs claimed first).
+
+    Raises:
+        _NameTooLong, ImageReadError, WriteError: the image fails (the message names it).
+    """
+    problem = name_problem(folder.path, stem, write_overlay)
+    if problem is not None:
+        raise _NameTooLong(f"{path}: {problem}")
+    rgb = read_image(path)
+    stages = StageBar(progress)
+    try:
+        result = segmenter.segment(rgb, class_lines, progress=stages)
+    finally:
+        stages.close()
+    folder.claim(p.name for p in output_paths(folder.path, stem, write_overlay))
+    settings = segmenter.settings
+    write_outputs(result, rgb, folder.path, stem, path, settings, models, write_overlay)
+
+
 def segment_files(
     segmenter: Segmenter,
     paths: Sequence[Path],
@@ -319,9 +352,8 @@ def segment_files(
 
     Raises:
         ValueError: before any work, a class that can never win (``text.check_vocabulary``),
-            or an output that would replace an input, a folder or a
-            file glaclip did not write (``check_outputs``; the last allowed with
-            ``overwrite``).
+            or an output that would replace an input, a folder or a file glaclip did not write
+            (``check_outputs``; the last allowed with ``overwrite``).
         WriteError: ``out_dir`` cannot be made.
     """
     dist = dist or DistInfo()
@@ -337,25 +369,13 @@ def segment_files(
     models = models or segmenter.model_names()
     bar = tqdm(jobs, desc="segment", unit="img", disable=not progress or len(jobs) < 2)
     for number, (path, stem) in enumerate(bar):
-        problem = name_problem(out_dir, stem, write_overlay)
-        if problem is not None:
-            report.failed.append((path, f"{path}: {problem}"))
-            continue
         try:
-            rgb = read_image(path)
-        except ImageReadError as err:
+            _segment_one(
+                segmenter, path, stem, class_lines, folder, models, write_overlay, progress
+            )
+        except (ImageReadError, _NameTooLong) as err:
             report.failed.append((path, str(err)))
             continue
-        stages = StageBar(progress)
-        try:
-            result = segmenter.segment(rgb, class_lines, progress=stages)
-        finally:
-            stages.close()
-        try:
-            folder.claim(p.name for p in output_paths(out_dir, stem, write_overlay))
-            write_outputs(
-                result, rgb, out_dir, stem, path, segmenter.settings, models, write_overlay
-            )
         except WriteError as err:
             report.failed.append((path, f"{path}: {err}"))
             if err.errno in STOP_ERRNOS:

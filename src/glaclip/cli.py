@@ -130,11 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_segment(args: argparse.Namespace) -> int:
+def _segment_classes(args: argparse.Namespace) -> list[str]:
+    """The class lines of ``--classes`` or ``--class-file``, each class able to win as the text
+    encoder will see it (checked with the tokenizer where it needs no download)."""
     from glaclip.backbones import load_tokenizer
-    from glaclip.batch import check_outputs, collect_images, segment_files
-    from glaclip.config import check_vocabulary_size, settings_from_kwargs, unlabelled_value
-    from glaclip.distributed import gather_messages, process_group
     from glaclip.text import EncoderView, check_vocabulary, parse_classes_arg, read_class_file
 
     if args.class_file:
@@ -145,8 +144,17 @@ def _run_segment(args: argparse.Namespace) -> int:
         source = "--classes"
     check_vocabulary(lines, source)
     tokenizer = load_tokenizer(args.clip)
-    if tokenizer is not None:  # the names as the text encoder will see them
+    if tokenizer is not None:
         check_vocabulary(lines, source, keys=EncoderView(tokenizer))
+    return lines
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from glaclip.batch import check_outputs, collect_images, segment_files
+    from glaclip.config import check_vocabulary_size, settings_from_kwargs, unlabelled_value
+    from glaclip.distributed import gather_messages, process_group
+
+    lines = _segment_classes(args)
     settings = settings_from_args(args)
     settings.setdefault("background_index", unlabelled_value(len(lines)))
     # everything that can be checked is checked before any model loads
