@@ -178,27 +178,27 @@ def _run_segment(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         # one summary for the whole run, from rank 0 (under torchrun)
-        lines = [f"skipped: {message}" for _path, message in report.failed]
+        messages = [f"skipped: {message}" for _path, message in report.failed]
         if report.stopped:
-            lines.append(
+            messages.append(
                 f"error: stopped: {report.stopped}; {len(report.left)} image(s) not reached. "
                 "Make room and run the same command again"
             )
         done = len(report.done)
         if info.enabled:
-            gathered = gather_messages("\n".join(lines), info, max_bytes=1 << 16)
-            lines = [m for text in gathered for m in text.splitlines() if m]
+            gathered = gather_messages("\n".join(messages), info, max_bytes=1 << 16)
+            messages = [m for text in gathered for m in text.splitlines() if m]
             done = sum(int(t or 0) for t in gather_messages(str(len(report.done)), info, 32))
     if not info.is_main:
         return 0
-    for line in lines:
+    for line in messages:
         print(f"glaclip: {line}", file=sys.stderr)
-    failed = sum(line.startswith("skipped:") for line in lines)
+    failed = sum(line.startswith("skipped:") for line in messages)
     print(
         f"segmented {done} image(s) into {args.out}" + (f"; {failed} failed" if failed else ""),
         file=sys.stderr,
     )
-    return 1 if lines else 0
+    return 1 if messages else 0
 
 
 def _locks(folders: list[tuple[Path, str]]) -> contextlib.AbstractContextManager:

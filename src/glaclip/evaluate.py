@@ -470,8 +470,7 @@ def evaluate(
     resumed = sum(i in done for i in ids)
     todo = shard([s for s in task.samples if s.id not in done], dist)
     check_eval_outputs(out, task, save_predictions, overwrite)
-    pred_dir = Path(save_predictions) if save_predictions else None
-    predictions = OutputFolder(pred_dir, "--save-predictions") if pred_dir else None
+    predictions = OutputFolder(save_predictions, "--save-predictions") if save_predictions else None
 
     local = SegMetric(num_classes)
     writer = StateWriter(state_dir, dist.rank, config)
@@ -485,9 +484,9 @@ def evaluate(
     try:
         for sample in bar:
             pred, metric = evaluate_image(segmenter, sample, task)
-            if pred_dir is not None and predictions is not None:
+            if predictions is not None:
                 predictions.claim([f"{sample.id}.png"])
-                save_label_png(pred_dir / f"{sample.id}.png", pred)
+                save_label_png(predictions.path / f"{sample.id}.png", pred)
             writer.add(sample.id, metric)
             local.merge(metric)
             processed += 1
@@ -655,6 +654,5 @@ def write_report(
     out.check(names, overwrite)
     text, md = encode_json(data, str(out.path / names[0])), markdown(data).encode("utf-8")
     out.claim(names)
-    return atomic_write_bytes(out.path / names[0], text), atomic_write_bytes(
-        out.path / names[1], md
-    )
+    json_path = atomic_write_bytes(out.path / names[0], text)
+    return json_path, atomic_write_bytes(out.path / names[1], md)

@@ -75,15 +75,15 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
     return classes
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines splits
+
+
 def _check_printable(name: str, where: str) -> None:
-    """ValueError if a query name holds a line break, a tab or another control character."""
-    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    """ValueError if a query name holds a line break or another control character (a tab is
+    a space to the tokenizer)."""
+    bad = [c for c in name if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")]
     if bad:
-        what = (
-            "a line break"
-            if bad[0] in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-            else (f"the control character {bad[0]!r}")
-        )
+        what = "a line break" if bad[0] in _LINE_BREAKS else f"the control character {bad[0]!r}"
         raise ValueError(
             f"{where}: the class name {name!r} holds {what}: write each name on one line, "
             "with spaces between its words"
