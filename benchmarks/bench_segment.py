@@ -13,6 +13,17 @@ from the text cache) before the timed call: the seconds are those of one image.
     python benchmarks/bench_segment.py --json results.json
 
 The dense oracle is skipped (with a printed reason) where its ``N x N`` matrices cannot fit.
+
+On a GPU (``--device cuda``) the configurations of one base method run in one process (the
+models are built once), the seconds per stage are taken with ``torch.cuda.synchronize`` at
+every stage border, and the peak memory is ``torch.cuda.max_memory_allocated``, reset before
+each configuration's calls:
+
+    python benchmarks/bench_segment.py --device cuda --sizes 336x448,2048x2048 \\
+        --precisions fp32,bf16,fp16
+
+``--one-process`` runs a base's configurations in one process on the CPU too (faster to run;
+the peak memory then includes the earlier configurations').
 """
 
 from __future__ import annotations
@@ -86,7 +97,7 @@ def tower_flops(seg, crop) -> tuple[float, float]:
 
     from glaclip.device import StageTimer
 
-    timer = StageTimer(torch.device("cpu"))
+    timer = StageTimer(crop.device)
     with torch.enable_grad():
         vfm = 0
         if seg.base.needs_vfm:
@@ -124,7 +135,7 @@ def attention_statistics(
     k = F.normalize(keys.reshape(-1, keys.shape[-1]).float(), dim=-1)
     n = k.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(n, generator=gen)[: min(rows, n)]
+    idx = torch.randperm(n, generator=gen)[: min(rows, n)].to(k.device)
     tau = cfg.proxy_threshold
     start = k if initial is None else F.normalize(initial.float(), dim=-1)
     with torch.inference_mode():
@@ -189,24 +200,32 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
-def run_child(args: argparse.Namespace) -> dict:
+def build_segmenter(args: argparse.Namespace):
+    """The benchmark's Segmenter for ``args.base`` on ``args.device`` (random real-size models)."""
     import torch
 
-    from glaclip.attention import auto_block_size, initial_proxies
-    from glaclip.bases import needs_vfm, token_positions
+    from glaclip.bases import needs_vfm
     from glaclip.config import settings_from_kwargs
     from glaclip.segmenter import Segmenter
 
-    height, width = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(args.threads or torch.get_num_threads())
     clip, vfm, tok = _common.build_models(seed=0, with_vfm=needs_vfm(args.base))
-    settings = settings_from_kwargs(
-        attention_impl=args.impl,
-        base=args.base,
-        precision=args.precision,
-        **parse_settings(args.set),
-    )
-    seg = Segmenter(clip, vfm, tok, settings, text_cache_dir=args.text_cache)
+    settings = settings_from_kwargs(base=args.base, **parse_settings(args.set))
+    return Segmenter(clip, vfm, tok, settings, device=args.device, text_cache_dir=args.text_cache)
+
+
+def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str) -> dict:
+    """One configuration on an already built Segmenter: seconds per stage, peak memory, FLOPs,
+    sampled statistics of the method."""
+    import torch
+
+    from glaclip.attention import auto_block_size, initial_proxies
+    from glaclip.bases import token_groups
+
+    seg = seg.with_settings(attention_impl=impl, precision=precision)
+    settings = seg.settings
+    on_gpu = seg.device.type == "cuda"
+    height, width = (int(v) for v in size.split("x"))
     recorded = {}
     window_features = seg.base.window_features
 
@@ -220,19 +239,29 @@ def run_child(args: argparse.Namespace) -> dict:
     seg.query_embeddings(lines)  # text outside the timed call (cached on disk)
     x = _common.synthetic_image(height, width, seed=0)
     rss_before = _common.current_rss_bytes()
-    reset = _reset_peak_rss()
+    if on_gpu:
+        torch.cuda.synchronize(seg.device)
+        torch.cuda.reset_peak_memory_stats(seg.device)
+        reset = True
+    else:
+        reset = _reset_peak_rss()
     for _ in range(args.warmup):
         seg.segment_tensor(x, lines)
     totals, stage_runs = [], []
     for _ in range(args.repeat):
         start = time.perf_counter()
         out = seg.segment_tensor(x, lines)
+        if on_gpu:
+            torch.cuda.synchronize(seg.device)
         totals.append(time.perf_counter() - start)
         stage_runs.append(out.timings)
-    peak = _vm_hwm() if reset else _common.peak_rss_bytes()
+    if on_gpu:
+        peak = torch.cuda.max_memory_allocated(seg.device)
+    else:
+        peak = _vm_hwm() if reset else _common.peak_rss_bytes()
     # after the timed calls: counting runs one window with autograd on, whose memory the
     # allocator keeps, which would change both the peak and the speed of the calls
-    vfm_f, clip_f = tower_flops(seg, _common.synthetic_image(224, 224, seed=1))
+    vfm_f, clip_f = tower_flops(seg, _common.synthetic_image(224, 224, seed=1).to(seg.device))
     seconds = statistics.median(totals)
     timings = {s: statistics.median(t.get(s, 0.0) for t in stage_runs) for s in stage_runs[0]}
     keys = recorded["feats"].keys
@@ -243,25 +272,25 @@ def run_child(args: argparse.Namespace) -> dict:
     initial = None
     if args.base == "clearclip":
         gh, gw = recorded["feats"].grid
-        pos = token_positions(recorded["windows"], (gh, gw), seg.clip_tower.patch_size)
-        initial = initial_proxies(keys.reshape(n_windows, gh, gw, c), pos)
+        group, n_groups = token_groups(recorded["windows"], (gh, gw), seg.clip_tower.patch_size)
+        q = keys.reshape(n_windows, gh, gw, c)
+        initial = initial_proxies(q, group.to(q.device), n_groups)
     stats = attention_statistics(keys, n_windows, settings.gla, initial=initial)
     iters = settings.gla.proxy_iters
-    if args.impl == "dense":
+    if impl == "dense":
         att = attention_flops_dense(n, c, d, iters)
         block = n
     else:
-        block = settings.gla.block_size or auto_block_size(
-            n, torch.device("cpu"), symmetric=initial is None
-        )
+        block = settings.gla.block_size or auto_block_size(n, seg.device, symmetric=initial is None)
         general = n * (1.0 - stats["single_row_fraction"])
         att = attention_flops_blocked(n, c, d, iters, block, general, symmetric=initial is None)
     embed = seg.clip_model.visual.output_dim
     return {
-        "size": args.size,
+        "size": size,
         "base": args.base,
-        "precision": args.precision,
-        "impl": args.impl,
+        "precision": precision,
+        "impl": impl,
+        "device": str(seg.device),
         "windows": n_windows,
         "tokens": n,
         "block": block,
@@ -285,6 +314,20 @@ def run_child(args: argparse.Namespace) -> dict:
     }
 
 
+def run_child(args: argparse.Namespace) -> None:
+    """Every configuration of ``args.configs`` (``size:precision:impl,...``) on one Segmenter,
+    printing one ``RESULT`` line each (or ``FAILED`` with the reason, and on to the next)."""
+    seg = build_segmenter(args)
+    for config in args.configs.split(","):
+        size, precision, impl = config.split(":")
+        try:
+            result = measure(seg, args, size, precision, impl)
+        except Exception as err:  # e.g. out of memory: report it, measure the others
+            print("FAILED " + json.dumps({"config": config, "error": repr(err)[:500]}), flush=True)
+            continue
+        print("RESULT " + json.dumps(result), flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Orchestration (parent process)
 
@@ -297,10 +340,16 @@ def _mem_available() -> int:
     return 0
 
 
-def dense_fits(n: int) -> tuple[bool, str]:
-    """The dense oracle holds about five ``N x N`` float32 matrices at its peak."""
+def dense_fits(n: int, device: str = "cpu") -> tuple[bool, str]:
+    """The dense oracle holds about five ``N x N`` float32 matrices at its peak (on a GPU,
+    within 80 % of the free device memory)."""
     need = 5 * 4 * n * n
-    avail = _mem_available()
+    if device.startswith("cuda"):
+        import torch
+
+        avail = int(0.8 * torch.cuda.mem_get_info(torch.device(device))[0])
+    else:
+        avail = _mem_available()
     if need > avail:
         return False, (
             f"N = {n:,}: each N x N float32 matrix is {4 * n * n / 2**30:.1f} GiB and the oracle "
@@ -319,8 +368,10 @@ def tokens_for(size: str, base: str) -> tuple[int, int]:
     return n_windows, n_windows * side * side
 
 
-def machine_line() -> str:
+def machine_line(device: str = "cpu") -> str:
     import torch
+
+    from glaclip.device import describe_device, resolve_device
 
     cpu = platform.processor() or "?"
     try:
@@ -336,7 +387,10 @@ def machine_line() -> str:
         for line in fh:
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) * 1024
-    return (
+    gpu = ""
+    if device != "cpu":
+        gpu = f"{describe_device(resolve_device(device))}, CUDA {torch.version.cuda}; host: "
+    return gpu + (
         f"{cpu}, {os.cpu_count()} logical CPUs, {mem / 2**30:.0f} GiB RAM, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
@@ -359,12 +413,13 @@ def _rate(flops: float, seconds: float) -> str:
 def print_result(r: dict) -> None:
     t = r["timings"]
     f = r["flops"]
-    runs = ", ".join(f"{x:.2f}" for x in r["seconds_all"])
+    runs = ", ".join(f"{x:.3f}" for x in r["seconds_all"])
+    memory = f"peak {_gib(r['peak_rss'])} GiB (before call {_gib(r['rss_before'])})"
+    if r.get("device", "cpu").startswith("cuda"):
+        memory = f"{1 / r['seconds']:.2f} images/s, GPU peak {_gib(r['peak_rss'])} GiB allocated"
     print(
         f"{r['size']:>10} {r['base']:>9} {r['precision']:>4} {r['impl']:>7}  "
-        f"L={r['windows']:<3d} N={r['tokens']:<6d} "
-        f"{r['seconds']:7.2f} s  peak {_gib(r['peak_rss'])} GiB "
-        f"(before call {_gib(r['rss_before'])})"
+        f"L={r['windows']:<3d} N={r['tokens']:<6d} {r['seconds']:7.3f} s  {memory}"
         + (f"  [runs: {runs}]" if len(r["seconds_all"]) > 1 else ""),
         flush=True,
     )
@@ -372,7 +427,7 @@ def print_result(r: dict) -> None:
         sec = t.get(stage, 0.0)
         fl = f.get(stage)
         extra = f"  {fl / 1e12:7.3f} TFLOP  {_rate(fl, sec):>5} GFLOP/s" if fl else ""
-        print(f"{'':>30}{stage:>10} {sec:7.2f} s{extra}")
+        print(f"{'':>30}{stage:>10} {sec:7.3f} s{extra}")
     parts = f["attention_parts"]
     print(
         f"{'':>30}attention products: "
@@ -388,25 +443,33 @@ def print_result(r: dict) -> None:
     )
 
 
-def run_configuration(
-    args: argparse.Namespace, size: str, base: str, precision: str, impl: str
-) -> dict | None:
-    """One configuration in a fresh subprocess; its result, or None (printed why)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--size", size, "--base", base]
-    cmd += ["--precision", precision]
-    cmd += ["--impl", impl, "--classes", args.classes, "--text-cache", args.text_cache]
+def run_configurations(args: argparse.Namespace, base: str, configs: list[str]) -> list[dict]:
+    """Configurations (``size:precision:impl``) of one base in a fresh subprocess; their
+    results, as they come (a failed one is printed with its reason)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--base", base]
+    cmd += ["--configs", ",".join(configs), "--device", args.device]
+    cmd += ["--classes", args.classes, "--text-cache", args.text_cache]
     cmd += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
     cmd += ["--warmup", str(args.warmup)]
     for pair in args.set:
         cmd += ["--set", pair]
     env = dict(os.environ, **dict(pair.split("=", 1) for pair in args.env))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        print(f"{size:>10} {base:>9} {precision:>4} {impl:>7}  FAILED (exit {proc.returncode})")
-        print(proc.stderr[-3000:])
-        return None
-    return json.loads(lines[-1][len("RESULT ") :])
+    results = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                results.append(json.loads(line[len("RESULT ") :]))
+                print_result(results[-1])
+            elif line.startswith("FAILED "):
+                failed = json.loads(line[len("FAILED ") :])
+                print(f"{failed['config']:>30} {base}  FAILED: {failed['error']}", flush=True)
+        stderr = proc.stderr.read()
+    if proc.returncode != 0:
+        print(f"{base}: {','.join(configs)}: the process FAILED (exit {proc.returncode})")
+        print(stderr[-3000:])
+    return results
 
 
 def print_blocked_vs_dense(size: str, base: str, b: dict, d: dict) -> None:
@@ -461,36 +524,41 @@ def main(argv: list[str] | None = None) -> int:
         help="environment of the measured processes, e.g. --env MALLOC_TRIM_THRESHOLD_=8589934592",
     )
     parser.add_argument("--json", help="also write all results to this JSON file")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument(
+        "--one-process", action="store_true", help="a base's configurations in one process"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--configs", help=argparse.SUPPRESS)
     parser.add_argument("--base", default="proxyclip", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        run_child(args)
         return 0
 
-    print(f"machine: {machine_line()}")
+    print(f"machine: {machine_line(args.device)}")
     print(f"command: python {' '.join([os.path.relpath(__file__)] + (argv or sys.argv[1:]))}")
     results: list[dict] = []
     precisions = args.precisions.split(",")
-    for size in args.sizes.split(","):
-        for base in args.bases.split(","):
+    # CPU: one process per configuration, for its own peak RSS
+    one_process = args.one_process or args.device.startswith("cuda")
+    for base in args.bases.split(","):
+        configs = []
+        for size in args.sizes.split(","):
             n_windows, n = tokens_for(size, base)
             for precision in precisions:
                 for impl in args.impl.split(","):
                     if impl == "dense" and precision != "fp32":
                         continue
                     if impl == "dense":
-                        ok, why = dense_fits(n)
+                        ok, why = dense_fits(n, args.device)
                         if not ok:
                             print(f"{size:>10} {base:>9} fp32   dense  skipped: {why}", flush=True)
                             continue
-                    r = run_configuration(args, size, base, precision, impl)
-                    if r is not None:
-                        results.append(r)
-                        print_result(r)
+                    configs.append(f"{size}:{precision}:{impl}")
+        for group in [configs] if one_process else [[c] for c in configs]:
+            results += run_configurations(args, base, group)
     print()
     print("ratios (same run):")
     by = {(r["size"], r["base"], r["precision"], r["impl"]): r for r in results}
@@ -519,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine_line(), "results": results}, fh, indent=1)
+            json.dump({"machine": machine_line(args.device), "results": results}, fh, indent=1)
     return 0
 
 

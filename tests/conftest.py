@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.golden import COMPACT_DIR
+
+
+@pytest.fixture(scope="session")
+def test_device() -> str:
+    """Where the golden cases run: ``$GLACLIP_TEST_DEVICE`` (``cuda``, ``cuda:1``, ``mps``),
+    default the CPU. ``benchmarks/gpu_check.py`` runs them on a GPU this way."""
+    return os.environ.get("GLACLIP_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -49,20 +49,24 @@ def dense_counts(k: torch.Tensor, cfg: GLAConfig) -> torch.Tensor:
     return m.sum(dim=1).to(k.dtype)
 
 
+# the blocked attention with host decisions (the CPU's path) and without (the GPUs' path)
+ON_HOST = pytest.mark.parametrize("on_host", [True, False], ids=["host-decisions", "no-readback"])
+
 SWITCHES = list(
     itertools.product([True, False], [True, False], [True, False], [0, 1, 2])
 )  # proxy_anchor, dynamic_norm, token_norm, proxy_iters
 
 
+@ON_HOST
 @pytest.mark.parametrize(("proxy", "dynamic", "token_norm", "iters"), SWITCHES)
-def test_blocked_equals_dense_for_every_switch(proxy, dynamic, token_norm, iters):
+def test_blocked_equals_dense_for_every_switch(proxy, dynamic, token_norm, iters, on_host):
     k, v = clustered_keys(0), random_values(0)
     base = dict(proxy_anchor=proxy, dynamic_norm=dynamic, token_norm=token_norm)
     ref = att.global_attention_dense(k, v, N_WIN, GLAConfig(proxy_iters=iters, **base))
     assert ref.shape == (N_WIN * N_TOK, HEADS * HEAD_DIM)
     for block in (7, 32, 50, 119, 120, 500):  # 7, 32, 50 do not divide N = 120
         cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)
-        out = att.global_attention_blocked(k, v, N_WIN, cfg)
+        out = att.global_attention_blocked(k, v, N_WIN, cfg, decide_on_host=on_host)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"block {block}")
 
 
@@ -80,11 +84,12 @@ def test_mask_decisions_identical(iters, block):
         assert 0.05 < float(count.mean()) / k.shape[0] < 0.95  # the masks are not trivial
 
 
-def test_float32_agrees_with_oracle():
+@ON_HOST
+def test_float32_agrees_with_oracle(on_host):
     k, v = clustered_keys(3, torch.float32), random_values(3, dtype=torch.float32)
     cfg = GLAConfig(block_size=37)
     ref = att.global_attention_dense(k, v, N_WIN, cfg)
-    out = att.global_attention_blocked(k, v, N_WIN, cfg)
+    out = att.global_attention_blocked(k, v, N_WIN, cfg, decide_on_host=on_host)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -189,13 +194,14 @@ def test_sparse_softmax_cut_on_hand_made_matrix():
     torch.testing.assert_close(w, expected, rtol=0, atol=1e-15)
 
 
+@ON_HOST
 @pytest.mark.parametrize("rows", [[0, 1, 2, 3], [1], [1, 1, 1, 0], [0, 3], [1, 2]])
-def test_softmax_times_values_matches_reference(rows):
+def test_softmax_times_values_matches_reference(rows, on_host):
     """The in-place block version (single-entry rows gathered) equals softmax(z) @ V."""
     z = HAND_Z[rows]
     v = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = torch.empty(len(rows), 3, dtype=torch.float64)
-    att._softmax_times_values(z.clone(), v, out)
+    att._softmax_times_values(z.clone(), v, out, on_host)
     torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=0, atol=1e-14)
 
 
@@ -208,14 +214,15 @@ def test_compact_rows_in_place():
     assert torch.equal(top, expected)
 
 
-def test_softmax_times_values_large_maximum_and_many_single_rows():
+@ON_HOST
+def test_softmax_times_values_large_maximum_and_many_single_rows(on_host):
     g = torch.Generator().manual_seed(1)
     z = torch.randn(40, 30, dtype=torch.float64, generator=g) - 3.0  # mostly negative maxima
     z[3] += 60.0  # a row whose maximum needs the shift before exp
     z[5] = z[5].abs()  # a positive row
     v = torch.randn(30, 6, dtype=torch.float64, generator=g)
     out = torch.empty(40, 6, dtype=torch.float64)
-    att._softmax_times_values(z.clone(), v, out)
+    att._softmax_times_values(z.clone(), v, out, on_host)
     torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=1e-12, atol=1e-12)
     assert torch.equal(out[0], v[z[0].argmax()])  # a single-entry row is its value, exactly
 
@@ -236,6 +243,20 @@ def test_auto_block_size_bounds():
     big = att.auto_block_size(n, cpu, budget_bytes=1 << 40)
     assert 64 <= big <= n
     assert big * n * 4 <= att._TARGET_BUFFER_BYTES  # CPU cap on one buffer
+
+
+def test_auto_block_size_on_a_gpu():
+    """CUDA (budget given, so no GPU is asked): a VOC-sized image in one block, a large one in
+    blocks of at most 2 GiB that still have thousands of rows, and never twice the budget."""
+    cuda = torch.device("cuda")
+    free = 140 << 30  # an H200's memory, a quarter of it the budget
+    assert att.auto_block_size(4704, cuda, budget_bytes=free // 4) == 4704
+    n = 254_016  # 2048 x 2048: 324 windows of 28 x 28 DINO tokens
+    rows = att.auto_block_size(n, cuda, budget_bytes=free // 4)
+    assert rows * n * 4 <= att._TARGET_BUFFER_BYTES_CUDA and rows >= 2000
+    small = 8 << 30  # a small GPU: the budget rules
+    rows = att.auto_block_size(n, cuda, budget_bytes=small // 4)
+    assert 2 * rows * n * 4 <= small // 4 and rows >= 1000
 
 
 def test_attend_routes_to_the_oracle_and_validates():
@@ -332,14 +353,14 @@ def _literal_initial_proxies(q, positions):
 
 @pytest.mark.parametrize(("height", "width"), [(224, 336), (336, 500), (224, 224)])
 def test_initial_proxies_equal_the_literal_mask_mean(height, width):
-    from glaclip.bases import token_positions
+    from glaclip.bases import token_groups, token_positions
     from glaclip.windows import window_grid
 
     windows = window_grid(height, width, 224, 112)
     g = torch.Generator().manual_seed(height + width)
     q = torch.randn(len(windows), 14, 14, 8, generator=g, dtype=torch.float64)
     positions = token_positions(windows, (14, 14), (16, 16))
-    got = att.initial_proxies(q, positions)
+    got = att.initial_proxies(q, *token_groups(windows, (14, 14), (16, 16)))
     ref = _literal_initial_proxies(q, positions)
     torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
 
@@ -366,15 +387,18 @@ INITIAL_SWITCHES = (
 )
 
 
+@ON_HOST
 @pytest.mark.parametrize(("proxy", "dynamic", "dyn_beta", "iters"), INITIAL_SWITCHES)
-def test_blocked_equals_dense_from_initial_proxies(proxy, dynamic, dyn_beta, iters):
+def test_blocked_equals_dense_from_initial_proxies(proxy, dynamic, dyn_beta, iters, on_host):
     k, v = clustered_keys(5), random_values(5)
     initial = _initial_for(k, 5)
     base = dict(proxy_anchor=proxy, dynamic_norm=dynamic, dynamic_beta=dyn_beta)
     ref = att.global_attention_dense(k, v, N_WIN, GLAConfig(proxy_iters=iters, **base), initial)
     for block in (7, 50, 120):
         cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)
-        out = att.global_attention_blocked(k, v, N_WIN, cfg, initial=initial)
+        out = att.global_attention_blocked(
+            k, v, N_WIN, cfg, initial=initial, decide_on_host=on_host
+        )
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"block {block}")
 
 
@@ -390,7 +414,8 @@ def test_initial_proxies_change_the_result_only_where_used():
         assert (not torch.allclose(a, b)) == used
 
 
-def test_empty_masks_give_zero_rows():
+@ON_HOST
+def test_empty_masks_give_zero_rows(on_host):
     """T = 0 from initial proxies: a row whose mask is empty has an infinite gamma; the
     reference's NaN weights become 0, so the row's output is zero (SPEC 12.2)."""
     k, v = clustered_keys(7), random_values(7)
@@ -399,9 +424,8 @@ def test_empty_masks_give_zero_rows():
     empty = ((initial @ k.T) > 0.9).sum(dim=1) == 0
     assert 0 < int(empty.sum()) < k.shape[0]
     ref = att.global_attention_dense(k, v, N_WIN, cfg, initial)
-    out = att.global_attention_blocked(
-        k, v, N_WIN, GLAConfig(proxy_iters=0, proxy_threshold=0.9, block_size=16), initial=initial
-    )
+    cfg16 = GLAConfig(proxy_iters=0, proxy_threshold=0.9, block_size=16)
+    out = att.global_attention_blocked(k, v, N_WIN, cfg16, initial=initial, decide_on_host=on_host)
     assert torch.isfinite(ref).all() and torch.isfinite(out).all()
     assert (ref[empty] == 0).all() and (ref[~empty].abs().sum(dim=1) > 0).all()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)

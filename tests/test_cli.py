@@ -54,6 +54,7 @@ def test_batch_with_broken_and_missing_files(inputs, tiny_model_args, tmp_path, 
     )
     err = capsys.readouterr().err
     assert code == 1
+    assert "glaclip: running on cpu (" in err  # the device, named before the work starts
     assert "broken.jpg" in err and "not an image" in err
     assert "missing.png" in err and "no such file" in err
     good = [k for k in inputs if k != "broken"]
@@ -235,11 +236,12 @@ def test_folder_input_and_colliding_stems(tiny_model_args, tmp_path) -> None:
 
 
 def test_prepare_coco_object(tmp_path, capsys) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    Image.fromarray(np.array([[0, 79], [80, 255]], np.uint8)).save(src / "1_labelTrainIds.png")
-    assert main(["prepare", "coco-object", str(src), str(dst)]) == 0
-    out = np.asarray(Image.open(dst / "1_instanceTrainIds.png"))
+    src, root = tmp_path / "annotations", tmp_path / "coco_stuff164k"
+    (src / "val2017").mkdir(parents=True)
+    label = np.array([[0, 79], [80, 255]], np.uint8)
+    Image.fromarray(label).save(src / "val2017" / "1_labelTrainIds.png")
+    assert main(["prepare", "coco-object", str(src), str(root)]) == 0
+    out = np.asarray(Image.open(root / "annotations" / "val2017" / "1_instanceTrainIds.png"))
     assert out.tolist() == [[1, 80], [0, 0]]
 
 

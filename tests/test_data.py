@@ -257,8 +257,9 @@ def _save_l(path: Path, array: list[list[int]]) -> None:
 
 
 def test_convert_coco_object(tmp_path: Path) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
+    src, root = tmp_path / "annotations" / "val2017", tmp_path / "coco_stuff164k"
+    src.mkdir(parents=True)
+    dst = root / "annotations" / "val2017"
     # trainIds: things 0..79 -> 1..80, stuff 80..170 and 255 -> 0
     _save_l(src / "000000000001_labelTrainIds.png", [[0, 79, 80], [170, 255, 5]])
     # raw stuffthingmaps (category id - 1): 0 person -> 1, 11 unused id 12 -> 0,
@@ -266,7 +267,8 @@ def test_convert_coco_object(tmp_path: Path) -> None:
     _save_l(src / "000000000002.png", [[0, 11, 12], [89, 91, 255]])
     # raw map beside its trainIds: the trainIds one wins
     _save_l(src / "000000000001.png", [[200, 200, 200], [200, 200, 200]])
-    assert convert_coco_object(src, dst) == 2
+    report = convert_coco_object(src, root, progress=False)
+    assert (report.written, report.skipped, report.failed) == (2, 0, [])
     out1 = Image.open(dst / "000000000001_instanceTrainIds.png")
     out2 = Image.open(dst / "000000000002_instanceTrainIds.png")
     assert out1.mode == "L" and out2.mode == "L"
@@ -277,17 +279,19 @@ def test_convert_coco_object(tmp_path: Path) -> None:
         "000000000002_instanceTrainIds.png",
     ]  # no temporary file left behind
     # its own outputs are never read as inputs: a folder of outputs only has no label map
-    with pytest.raises(ValueError, match="no COCO-Stuff label maps"):
-        convert_coco_object(dst, dst)
+    assert convert_coco_object(dst, root, progress=False).notes[0].startswith("no COCO-Stuff")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        convert_coco_object(tmp_path / "nowhere", dst)
+        convert_coco_object(tmp_path / "nowhere", root)
 
 
 def test_convert_coco_object_in_place(tmp_path: Path) -> None:
-    _save_l(tmp_path / "7_labelTrainIds.png", [[3, 100]])
-    assert convert_coco_object(tmp_path, tmp_path) == 1
-    assert np.array(Image.open(tmp_path / "7_instanceTrainIds.png")).tolist() == [[4, 0]]
-    assert convert_coco_object(tmp_path, tmp_path) == 1  # rerun: outputs are not inputs
+    labels = tmp_path / "annotations" / "val2017"
+    labels.mkdir(parents=True)
+    _save_l(labels / "7_labelTrainIds.png", [[3, 100]])
+    assert convert_coco_object(tmp_path / "annotations", tmp_path, progress=False).written == 1
+    assert np.array(Image.open(labels / "7_instanceTrainIds.png")).tolist() == [[4, 0]]
+    again = convert_coco_object(tmp_path / "annotations", tmp_path, progress=False)
+    assert (again.written, again.skipped) == (0, 1)  # rerun: outputs are not inputs, not redone
 
 
 def test_display_names_are_the_datasets_own() -> None:

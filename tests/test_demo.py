@@ -276,6 +276,39 @@ def test_demo_has_every_model_and_method_flag_of_segment() -> None:
     assert args.host == "127.0.0.1" and args.port == 7860 and args.share is False
 
 
+def _page(app) -> tuple[str, list[str]]:
+    """The page's heading text and the method choices it offers."""
+    components = app.get_config_file()["components"]
+    heading = next(c["props"]["value"] for c in components if c.get("type") == "markdown")
+    radio = next(c for c in components if c["props"].get("elem_id") == "glaclip-method")
+    return heading, [label for label, _ in radio["props"]["choices"]]
+
+
+@pytest.mark.parametrize("base", ["proxyclip", "clearclip"])
+def test_demo_command_builds_the_page_for_every_base(base, tiny_model_args, monkeypatch) -> None:
+    """``glaclip demo --base B`` loads the models and builds its page (served elsewhere): with
+    ``--base clearclip`` and no ``--vfm`` it offers the ClearCLIP methods and says there is no
+    VFM; with the default base, all four methods and the VFM's name."""
+    built = {}
+
+    def build_instead_of_serving(segmenter, models, **kwargs):
+        built["page"] = _page(demo.build_app(segmenter, models, kwargs["max_megapixels"]))
+
+    monkeypatch.setattr(demo, "serve", build_instead_of_serving)
+    args = list(tiny_model_args)
+    if base == "clearclip":  # the CLIP-only demo: no VFM named at all
+        index = args.index("--vfm")
+        del args[index : index + 2]
+    assert main(["demo", "--base", base, *args]) == 0
+    heading, methods = built["page"]
+    if base == "clearclip":
+        assert "no VFM" in heading
+        assert methods == [m for m, s in demo.METHODS.items() if s["base"] == "clearclip"]
+    else:
+        assert "VFM `local-dir:vfm`" in heading
+        assert methods == list(demo.METHODS)
+
+
 def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail
     code = main(["demo", "--clip", "local-dir:/nonexistent", "--device", "cpu"])

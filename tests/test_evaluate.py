@@ -297,6 +297,7 @@ def test_layouts_end_to_end(
         capsys,
     )
     assert code == 0, err
+    assert "glaclip: running on cpu (" in err  # the device, named before the work starts
     assert results is not None and results["reduce_zero_label"] is reduce
     check_run(results, preset, root, made, layout, tmp_path / "p", reduce, short_side)
     if preset == "coco_object":  # label 90 is outside the 81 classes: counted, reported

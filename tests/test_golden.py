@@ -2,9 +2,12 @@
 
 Every test runs on the compact set shipped in ``tests/golden`` and, where the full fixtures are
 present (``$GLACLIP_GOLDEN`` or ``../shared/golden``), on those too (``tests/golden.py``).
+``GLACLIP_TEST_DEVICE=cuda`` runs the cases on a GPU (``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -31,20 +34,45 @@ SETS = golden_sets()
 
 @pytest.mark.parametrize("which", list(SETS))
 @pytest.mark.parametrize("case", GOLDEN_CASES)
-def test_golden_case(case: str, which: str, golden_modules) -> None:
+def test_golden_case(case: str, which: str, golden_modules, test_device) -> None:
     """Every case through ``from_modules`` + ``segment_tensor``, the CLI's code path; the
-    ClearCLIP cases without any VFM."""
+    ClearCLIP cases without any VFM. On ``$GLACLIP_TEST_DEVICE`` (default the CPU), with the
+    same tolerance rule (CUDA runs with TF32 off, as every call does)."""
     g = load_case(SETS[which], case)
     clip, vfm, tokenizer = golden_modules
     if is_clearclip(g["params"]):
         vfm = None
-    seg = Segmenter.from_modules(clip, vfm, tokenizer, **settings_of(g["params"]))
+    if test_device != "cpu":  # from_modules moves the models: leave the shared ones alone
+        clip, vfm = copy.deepcopy(clip), copy.deepcopy(vfm)
+    settings = settings_of(g["params"])
+    seg = Segmenter.from_modules(clip, vfm, tokenizer, device=test_device, **settings)
     out = seg.segment_tensor(g["image"], g["class_lines"])
+    assert out.labels.device == seg.device
 
     names = [n for line in g["class_lines"] for n in line.split("; ")]
     assert out.query_names == names
     text = seg.text.encode(names)
     assert torch.allclose(text.cpu(), g["text_features"], atol=1e-6)
+    close, worst, agree = golden_agreement(out.query_logits, out.labels, g)
+    print(  # shown by pytest -rA (benchmarks/gpu_check.py)
+        f"{case} [{which}] on {seg.device}: {100 * close:.3f} % of logits within 1e-4, "
+        f"max diff {worst:.2e}, labels equal on {100 * agree:.3f} %"
+    )
+    assert_matches_golden(out.query_logits, out.labels, g)
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_golden_case_without_readback(case: str, golden_modules, monkeypatch) -> None:
+    """The attention as it runs on GPUs (no value read back to the host: dense products, the
+    shifted softmax; ``attention.host_decisions``), here on the CPU, meets the same rule."""
+    from glaclip import attention
+
+    monkeypatch.setattr(attention, "host_decisions", lambda device: False)
+    g = load_case(COMPACT_DIR, case)
+    clip, vfm, tokenizer = golden_modules
+    vfm = None if is_clearclip(g["params"]) else vfm
+    seg = Segmenter.from_modules(clip, vfm, tokenizer, **settings_of(g["params"]))
+    out = seg.segment_tensor(g["image"], g["class_lines"])
     assert_matches_golden(out.query_logits, out.labels, g)
 
 

@@ -97,6 +97,11 @@ def test_all_runs_the_benchmarks_found_and_writes_table1(suite_root: Suite, suit
     base, code, err, loads, _ = suite_run
     assert code == 1, err  # ADE20K failed; the others ran
     assert loads == 1
+    # the data check comes first, before the models load: found or not, and what is wrong
+    summary = err[: err.index("Estimated time")]
+    assert "the data under" in summary and "Context60    not found" in summary
+    assert "ADE20K       PROBLEMS: 2 images, 2 labels (official val: 2,000)" in summary
+    assert "labels of another size (1): 2008_000001.png (50x60" in summary
     table = json.loads((base / "runs" / "table1.json").read_text())
     rows = table["benchmarks"]
     assert [r["dataset"] for r in rows] == list(RAN)  # the paper's order, present ones

@@ -28,6 +28,13 @@ Two implementations of the KV-extended attention compute the same thing:
   equal in exact arithmetic but rounds differently, and flipped the cut of a few rows whose
   maximum is near 0 (it is used for the one global mean of the "token norm off" ablation).
 
+Device placement: every tensor is made on the device of the keys. On the CPU the blocked
+implementation takes a few decisions on the host from the data (a sparse product for a sparse
+mask, skipping the subtraction of the row maximum where the exponentials cannot overflow,
+gathering single-entry rows); elsewhere (CUDA, MPS) those would stall the device on every block,
+so it runs without reading any value back (``host_decisions``): dense products, the standard
+shifted softmax, the same threshold decisions. Both give the oracle's result to round-off.
+
 ``window_attention`` is the per-window baseline of the ProxyCLIP base (KV extension off),
 ``query_attention`` that of the ClearCLIP base (SPEC 12.1), and ``initial_proxies`` the
 ClearCLIP base's starting point of the proxy iteration (SPEC 12.2), in ``O(N x D)``.
@@ -55,11 +62,18 @@ SPARSE_MASK_DENSITY = 0.01
 # Query-row blocks are sized so that one ``block x N`` float32 buffer has about this many bytes
 # (larger blocks gain nothing on the CPU and cost cache misses in the element-wise passes).
 _TARGET_BUFFER_BYTES = 96 << 20
+_TARGET_BUFFER_BYTES_CUDA = 2 << 30  # on a GPU, larger blocks: fewer, larger products
 # exp(z) is used without subtracting the row maximum while the maximum is below this.
 _EXP_SAFE = 40.0
 _TINY = torch.finfo(torch.float32).tiny
 _DROPPED = -80.0  # exp(-80) = 1.8e-35, a normal float32
 _DROPPED_EXP = 1e-30
+
+
+def host_decisions(device: torch.device) -> bool:
+    """Whether the blocked attention may read values back to the host to choose its path
+    (free on the CPU; a stall of the whole device per read elsewhere)."""
+    return device.type == "cpu"
 
 
 def attend(
@@ -172,9 +186,8 @@ def global_attention_dense(
             m = cur > tau
         for _ in range(cfg.proxy_iters):
             m = cur > tau
-            empty = ~m.any(dim=1)
-            idx = torch.nonzero(empty).squeeze(1)
-            m[idx, idx] = True
+            diagonal = m.diagonal()
+            diagonal |= ~m.any(dim=1)  # an empty row keeps its own token
             mf = m.to(k.dtype)
             p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + _EPS), dim=-1)
             cur = p @ k.T
@@ -204,11 +217,18 @@ def auto_block_size(
 
     The blocked attention holds one ``block x N`` buffer (plus ``O(N x Ck)`` and small
     temporaries); twice its size must fit the budget, by default a quarter of the free memory
-    (CUDA: free device memory; CPU: available system memory). Within it: with ``symmetric``
-    (the first proxy step from the keys, which skips the lower triangle only across blocks)
-    at most a quarter of the rows, and, on the CPU, about 96 MiB per buffer (larger blocks only
-    add cache misses to the element-wise passes, measured in BENCHMARKS.md). At least
-    ``min(64, n)``, at most ``n``.
+    (CUDA: free device memory; CPU: available system memory). Within it:
+
+    * on the CPU (and MPS), about 96 MiB per buffer (larger blocks only add cache misses to the
+      element-wise passes, measured in BENCHMARKS.md), and with ``symmetric`` (the first proxy
+      step from the keys, which skips the lower triangle only across blocks) at most a quarter
+      of the rows;
+    * on CUDA, at most 2 GiB per buffer: one block of a VOC-sized image (N = 4,704) is all its
+      rows, since a GPU is faster on a few large products than on many small ones (each block
+      costs a dozen kernel launches), and a 2048 x 2048 image (N = 254,016) takes blocks of
+      about 2,100 rows, each a product of about 0.8 TFLOP, within 3 GiB of working memory.
+
+    At least ``min(64, n)``, at most ``n``.
     """
     if budget_bytes is None:
         if device.type == "cuda":
@@ -217,9 +237,11 @@ def auto_block_size(
         else:
             budget_bytes = _available_memory() // 4
     rows = budget_bytes // max(1, n * 4 * 2)
-    if symmetric:
-        rows = min(rows, max(256, -(-n // 4)))
-    if device.type != "cuda":
+    if device.type == "cuda":
+        rows = min(rows, _TARGET_BUFFER_BYTES_CUDA // max(1, n * 4))
+    else:
+        if symmetric:
+            rows = min(rows, max(256, -(-n // 4)))
         rows = min(rows, _TARGET_BUFFER_BYTES // max(1, n * 4))
     return int(max(min(64, n), min(n, rows)))
 
@@ -246,6 +268,7 @@ def global_attention_blocked(
     sparse_density: float = SPARSE_MASK_DENSITY,
     initial: torch.Tensor | None = None,
     progress: Progress | None = None,
+    decide_on_host: bool | None = None,
 ) -> torch.Tensor:
     """Same result as ``global_attention_dense`` with ``O(block x N)`` extra memory.
 
@@ -258,6 +281,9 @@ def global_attention_blocked(
             (0: always dense; 1: always sparse). Changes speed and round-off, not decisions.
         initial: ``N x Ck`` L2-normalised initial proxies, or None for the keys themselves.
         progress: ``progress("attention", rows_done, N)`` after each block of rows.
+        decide_on_host: read values back to choose faster paths (sparse products, see the
+            module docstring); None: on the CPU only (``host_decisions``). Without it no value
+            is read back and the products are dense.
 
     Returns:
         ``N x (heads * d_h)`` float32; zero rows where the last mask is empty (see
@@ -265,8 +291,10 @@ def global_attention_blocked(
     """
     n, c = k.shape
     heads, _, d_h = v.shape
+    if decide_on_host is None:
+        decide_on_host = host_decisions(k.device)
     block = cfg.block_size or auto_block_size(n, k.device, symmetric=initial is None)
-    work = _Workspace(k, min(n, block), sparse_density)
+    work = _Workspace(k, min(n, block), sparse_density if decide_on_host else 0.0)
     anchors, count = _anchors(work, cfg, initial)
     v_flat = v.permute(1, 0, 2).reshape(n, heads * d_h)  # N x D: heads side by side
     global_mu = None
@@ -290,13 +318,13 @@ def global_attention_blocked(
             beta, gamma = normalisation(cfg, n_windows, count_b)
             bm = beta * mu
         empty = None
-        if count_b is not None and bool((count_b == 0).any()):
-            empty = count_b == 0  # infinite gamma: the reference's NaN weights become 0
-            gamma = gamma.masked_fill(empty.unsqueeze(1), 1.0)
+        if count_b is not None:  # an empty mask: infinite gamma, the reference's NaN weights
+            empty = (count_b == 0).unsqueeze(1)  # become 0
+            gamma = gamma.masked_fill(empty, 1.0)
         x.sub_(bm).mul_(gamma)  # Z, bit for bit as in the dense oracle
-        _softmax_times_values(x, v_flat, out[rows])
+        _softmax_times_values(x, v_flat, out[rows], decide_on_host)
         if empty is not None:
-            out[rows][empty] = 0.0
+            out[rows].masked_fill_(empty, 0.0)
         if progress is not None:
             progress("attention", rows.stop, n)
     return out
@@ -441,26 +469,42 @@ def _proxies_from_sums(work: _Workspace, sums: torch.Tensor, start: int) -> torc
     view of the first ``Ck`` columns of ``sums``.
     """
     c = work.c
-    count = sums[:, c]
-    empty = torch.nonzero(count == 0).squeeze(1)
-    if empty.numel():
-        sums[empty, :c] = work.k[start + empty]
-        sums[empty, c] = 1.0
-    proxies = sums[:, :c].div_(sums[:, c : c + 1] + _EPS)
+    count = sums[:, c : c + 1]
+    empty = count == 0
+    own = work.k[start : start + sums.shape[0]]
+    sums[:, :c] = torch.where(empty, own, sums[:, :c])
+    count.masked_fill_(empty, 1.0)
+    proxies = sums[:, :c].div_(count + _EPS)
     # F.normalize, in place: x / max(||x||, 1e-12)
     return proxies.div_(torch.linalg.vector_norm(proxies, dim=1, keepdim=True).clamp_min_(1e-12))
 
 
-def _softmax_times_values(z: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor) -> None:
+def _softmax_times_values(
+    z: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor, decide_on_host: bool = True
+) -> None:
     """SPEC 7 for a block: cut at ``min(rowmax, 0)``, softmax, times values; into ``out``.
 
     ``z`` (``B x N``) is overwritten. The keep decision ``z >= cut`` is the oracle's: it is
     taken on ``z - cut``, whose sign is that of the comparison in IEEE arithmetic (tested
     against ``-tiny``, so only a negative subnormal ``z - cut``, below 1.2e-38, would be kept
     wrongly). The softmax is normalised after the product with the values.
+
+    With ``decide_on_host`` (the CPU) three shortcuts are chosen from the data: rows with a
+    non-negative maximum skip the subtraction of the cut (it is 0), the row maximum is not
+    subtracted where no exponential can overflow, and rows left with a single entry take that
+    token's value by a gather instead of a product. Without it (GPUs) nothing is read back:
+    the cut and the row maximum are always subtracted and every row goes through the product.
     """
     zmax = z.amax(dim=1)
     cut = zmax.clamp_max(0.0)
+    if not decide_on_host:
+        z.sub_(cut.unsqueeze(1))  # exact where cut is 0
+        F.threshold_(z, -_TINY, float("-inf"))  # keep z - cut >= 0
+        z.sub_((zmax - cut).unsqueeze(1))
+        z.exp_()
+        torch.mm(z, v_flat, out=out)
+        out.div_(z.sum(dim=1, keepdim=True))
+        return
     negative = cut < 0
     if bool(negative.any()):
         z.sub_(cut.unsqueeze(1))  # rows with a negative maximum: z - zmax, their max is 0
@@ -553,7 +597,7 @@ def window_attention(
 # ClearCLIP base (SPEC 12)
 
 
-def initial_proxies(q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def initial_proxies(q: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """SPEC 12.2's initial proxies, without an ``N x N`` mask.
 
     Token ``r``'s candidates are every token at the same position (in any window, ``r``
@@ -564,8 +608,10 @@ def initial_proxies(q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
     Args:
         q: ``L x gh x gw x D`` unnormalised key rows on each window's token grid.
-        positions: ``L x gh x gw`` integer position of each token (equal numbers = the same
-            pixel of the image).
+        group: ``N`` int64 on ``q``'s device, window-major: the position group of each token
+            (equal numbers = the same pixel of the image), numbered ``0 .. n_groups - 1``
+            (``bases.token_groups``).
+        n_groups: the number of distinct positions.
 
     Returns:
         ``N x D`` float32 (``N = L*gh*gw``, window-major), not normalised.
@@ -573,10 +619,8 @@ def initial_proxies(q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     n_win, gh, gw, d = q.shape
     q = q.float()
     flat = q.reshape(-1, d)
-    _, group = torch.unique(positions.reshape(-1), return_inverse=True)
-    n_groups = int(group.max()) + 1
     same_sum = flat.new_zeros(n_groups, d).index_add_(0, group, flat)
-    same_count = torch.bincount(group, minlength=n_groups).to(flat.dtype)
+    same_count = flat.new_zeros(n_groups).index_add_(0, group, flat.new_ones(flat.shape[0]))
     padded = F.pad(q, (0, 0, 1, 1, 1, 1))  # L x (gh+2) x (gw+2) x D, zero border
     ones = F.pad(q.new_ones(1, gh, gw), (1, 1, 1, 1))
     box = torch.zeros_like(q)

@@ -189,8 +189,12 @@ class VFMKeyTower(nn.Module):
         self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.patch_size = _pair(model.patch_embed.patch_size)
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", mean)).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", std)).view(1, 3, 1, 1), False)
+        # made where the model is; as buffers they move with the tower (``tower.to(device)``)
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        for name, value in (("mean", cfg.get("mean", mean)), ("std", cfg.get("std", std))):
+            buffer = torch.tensor(value, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            self.register_buffer(name, buffer, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype | None:

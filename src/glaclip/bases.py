@@ -148,9 +148,8 @@ class ProxyCLIPBase(BaseMethod):
 
     def features(self, crops, settings, timer):
         with timer("vfm"):
-            mean, std = self.clip_mean.to(crops.device), self.clip_std.to(crops.device)
             fused = settings.runtime.fused_attention
-            k = self.vfm.keys(crops, mean, std, fused_attention=fused)  # b x gh x gw x Ck
+            k = self.vfm.keys(crops, self.clip_mean, self.clip_std, fused_attention=fused)
         gh, gw = k.shape[1], k.shape[2]
         with timer("clip"):
             v = self.clip.values(crops)  # b x D x gh' x gw'
@@ -192,23 +191,38 @@ class ClearCLIPBase(BaseMethod):
         gh, gw = feats.grid
         initial = None
         if cfg.proxy_anchor or cfg.dynamic_norm:
-            positions = token_positions(windows, feats.grid, self.clip.patch_size)
-            initial = initial_proxies(feats.keys.reshape(n_win, gh, gw, d), positions)
+            group, n_groups = token_groups(windows, feats.grid, self.clip.patch_size)
+            q = feats.keys.reshape(n_win, gh, gw, d)
+            initial = initial_proxies(q, group.to(q.device), n_groups)
         return attend(feats.keys, feats.values, cfg, initial=initial, progress=progress)
 
 
 def token_positions(
     windows: Sequence[Window], grid: tuple[int, int], patch: tuple[int, int]
 ) -> torch.Tensor:
-    """``L x gh x gw`` int64: each token's position, the index of the top-left pixel of its
-    patch in the (resized) image, ``y * width + x`` (SPEC 12.2)."""
+    """``L x gh x gw`` int64 on the CPU: each token's position, the index of the top-left
+    pixel of its patch in the (resized) image, ``y * width + x`` (SPEC 12.2). Made on the host
+    from the windows' coordinates (numbers, not device data)."""
     gh, gw = grid
+    cpu = torch.device("cpu")
     width = max(w.x2 for w in windows)
-    y0 = torch.tensor([w.y1 for w in windows]).view(-1, 1, 1)
-    x0 = torch.tensor([w.x1 for w in windows]).view(-1, 1, 1)
-    ys = y0 + patch[0] * torch.arange(gh).view(1, gh, 1)
-    xs = x0 + patch[1] * torch.arange(gw).view(1, 1, gw)
+    y0 = torch.tensor([w.y1 for w in windows], device=cpu).view(-1, 1, 1)
+    x0 = torch.tensor([w.x1 for w in windows], device=cpu).view(-1, 1, 1)
+    ys = y0 + patch[0] * torch.arange(gh, device=cpu).view(1, gh, 1)
+    xs = x0 + patch[1] * torch.arange(gw, device=cpu).view(1, 1, gw)
     return ys * width + xs
+
+
+def token_groups(
+    windows: Sequence[Window], grid: tuple[int, int], patch: tuple[int, int]
+) -> tuple[torch.Tensor, int]:
+    """``(group, n_groups)``: the tokens' positions (``token_positions``, flattened
+    window-major) numbered ``0 .. n_groups - 1`` in order of position, on the CPU. Computed on
+    the host, so that the device never has to report how many distinct positions there are."""
+    unique, group = torch.unique(
+        token_positions(windows, grid, patch).reshape(-1), return_inverse=True
+    )
+    return group, unique.numel()
 
 
 REGISTRY: dict[str, type[BaseMethod]] = {"proxyclip": ProxyCLIPBase, "clearclip": ClearCLIPBase}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from glaclip import __version__
+from glaclip.cli_prepare import add_prepare_parser, print_data_check, run_prepare
 from glaclip.data import PRESETS
 from glaclip.options import (
     UNLABELLED,
@@ -39,8 +40,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--out",
-        required=True,
-        help="folder for results.json, results.md, state (all: OUT/<preset>/ and table1.*)",
+        help="folder for results.json, results.md, state (all: OUT/<preset>/ and table1.*); "
+        "required unless --check",
     )
     g.add_argument("--class-file", help="custom vocabulary in label order (default: preset's)")
     g.add_argument(
@@ -60,6 +61,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="replace result and prediction files that glaclip did not write (refused otherwise)",
     )
     g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
+    g.add_argument(
+        "--check",
+        action="store_true",
+        help="check the data only (counts, label sizes and values, estimated time), then exit",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -120,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo)
     add_method_arguments(demo)
 
-    prep = sub.add_parser("prepare", help="convert dataset annotations")
-    prep_sub = prep.add_subparsers(dest="what", required=True)
-    coco = prep_sub.add_parser(
-        "coco-object", help="COCO-Stuff164k label maps -> COCO-Object labels (things 1..80)"
-    )
-    coco.add_argument("src", help="folder of COCO-Stuff label maps")
-    coco.add_argument("dst", help="output folder for *_instanceTrainIds.png")
+    add_prepare_parser(sub)
     return parser
 
 
@@ -222,6 +222,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         write_results,
     )
 
+    if args.check:
+        return 0 if print_data_check(args) else 1
+    if args.out is None:
+        raise ValueError("--out is required: the folder for the results (or pass --check)")
     if args.dataset == "all":
         return _run_eval_all(args)
     from glaclip.config import settings_from_kwargs
@@ -282,7 +286,7 @@ def _print_result(name: str, results: dict, path: Path) -> None:
 
 def _run_eval_all(args: argparse.Namespace) -> int:
     """``--dataset all``: every benchmark under --data-root, then table1.json/md."""
-    from glaclip.distributed import process_group
+    from glaclip.distributed import dist_info_from_env, process_group
     from glaclip.evaluate import (
         check_limit,
         check_output_folder,
@@ -319,6 +323,8 @@ def _run_eval_all(args: argparse.Namespace) -> int:
         check_states(benchmarks, out, settings, models)
     limit = effective_limit(benchmarks, args.limit)
     check_all_outputs(benchmarks, out, args.save_predictions, args.overwrite, args.data_root, limit)
+    if dist_info_from_env().is_main:  # what is there, and how long it will take
+        print_data_check(args)
 
     def report(bench: Benchmark, results: dict | None, error: Exception | None) -> None:
         name = bench.preset.name
@@ -439,11 +445,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "demo":
             return _run_demo(args)
         if args.command == "prepare":
-            from glaclip.data.coco_object import convert_coco_object
-
-            count = convert_coco_object(Path(args.src), Path(args.dst))
-            print(f"wrote {count} COCO-Object label maps to {args.dst}")
-            return 0
+            return run_prepare(args)
     except WriteError as err:  # before FileNotFoundError: a folder vanished while writing
         print(f"glaclip: error: {err}", file=sys.stderr)
         return 1

@@ -455,15 +455,15 @@ def build_app(
             files,
         )
 
-    clip_name, vfm_name = (
-        _model_label(segmenter.clip_info.name),
-        _model_label(segmenter.vfm_info.name),
-    )
+    clip_name = _model_label(segmenter.clip_info.name)
+    vfm_text = "no VFM (keys from CLIP itself)"
+    if segmenter.vfm_info is not None:
+        vfm_text = f"VFM `{_model_label(segmenter.vfm_info.name)}`"
     # delete_cache: Gradio's copies of uploads and results live an hour (and not past a restart)
     with gr.Blocks(title="glaclip", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(
             "## glaclip: segment an image into the classes you name\n"
-            f"GLA-CLIP, training-free. CLIP `{clip_name}`, VFM `{vfm_name}`, "
+            f"GLA-CLIP, training-free. CLIP `{clip_name}`, {vfm_text}, "
             f"on `{segmenter.device}`."
         )
         with gr.Row():

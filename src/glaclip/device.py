@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -36,9 +37,37 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
         raise ValueError(f"device {device!r} asked for, but MPS is not available: use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
+    # meta: PyTorch's shape-only device, on which the tests check where tensors are made
+    if dev.type not in ("cpu", "cuda", "mps", "meta"):
         raise ValueError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
     return dev
+
+
+def describe_device(device: torch.device) -> str:
+    """A line naming the device for users and reports: ``cuda:0 (NVIDIA H200, 139.7 GiB)``,
+    ``cpu (Intel(R) Xeon(R) ..., 2 threads, AVX512)``, ``mps``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    if device.type == "cpu":
+        parts = [cpu_name(), f"{torch.get_num_threads()} threads"]
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+        return f"cpu ({', '.join(p for p in parts + [capability] if p)})"
+    return str(device)
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), or an empty string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -88,8 +88,9 @@ def gather_messages(message: str, info: DistInfo, max_bytes: int = 2048) -> list
     A collective: every rank must call it. Uses ``all_reduce_sum`` (gloo and nccl alike).
     """
     data = message.encode("utf-8")[:max_bytes]
-    table = torch.zeros(info.world_size, max_bytes, dtype=torch.int64)
-    table[info.rank, : len(data)] = torch.tensor(list(data), dtype=torch.int64)
+    cpu = torch.device("cpu")  # host data; all_reduce_sum moves it where the backend needs it
+    table = torch.zeros(info.world_size, max_bytes, dtype=torch.int64, device=cpu)
+    table[info.rank, : len(data)] = torch.tensor(list(data), dtype=torch.int64, device=cpu)
     table = all_reduce_sum(table, info)
     return [bytes(row[row > 0].tolist()).decode("utf-8", "replace") for row in table]
 

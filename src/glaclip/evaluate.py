@@ -466,7 +466,7 @@ def evaluate(
     prior = SegMetric(num_classes)
     for sid in ids:
         if sid in done:
-            prior.merge(SegMetric.from_tensor(torch.tensor(done[sid]), num_classes))
+            prior.merge(SegMetric.from_tensor(torch.tensor(done[sid], device="cpu"), num_classes))
     resumed = sum(i in done for i in ids)
     todo = shard([s for s in task.samples if s.id not in done], dist)
     check_eval_outputs(out, task, save_predictions, overwrite)
@@ -511,7 +511,7 @@ def evaluate(
         failures = [f"rank {r}: {m}" for r, m in enumerate(messages) if m]
         if failures:
             raise OtherRankFailed("; ".join(failures))
-    per_rank = torch.zeros(dist.world_size, dtype=torch.int64)
+    per_rank = torch.zeros(dist.world_size, dtype=torch.int64, device="cpu")
     per_rank[dist.rank] = processed
     per_rank = all_reduce_sum(per_rank, dist)
     total = SegMetric.from_tensor(all_reduce_sum(local.to_tensor(), dist), num_classes)

@@ -7,6 +7,8 @@ they build. Every command that runs the model takes the same flags from here.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
@@ -142,9 +144,10 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]) -> Segmenter:
     """A Segmenter from the model flags and flat settings."""
+    from glaclip.device import describe_device
     from glaclip.segmenter import Segmenter
 
-    return Segmenter.from_pretrained(
+    segmenter = Segmenter.from_pretrained(
         clip=args.clip,
         clip_pretrained=args.clip_pretrained,
         vfm=args.vfm,
@@ -153,6 +156,9 @@ def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]) -> Segme
         text_cache_dir=None if args.no_text_cache else args.text_cache,
         **settings,
     )
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun (each rank: its local GPU)
+        print(f"glaclip: running on {describe_device(segmenter.device)}", file=sys.stderr)
+    return segmenter
 
 
 def model_identity(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,33 +33,44 @@ from glaclip.config import PostConfig
 TILE_BYTES = 16 << 20
 
 
+class AxisWeights(NamedTuple):
+    """One axis of a bilinear resize: output ``j`` is ``w0[j] * x[i0[j]] + w1[j] * x[i1[j]]``.
+
+    ``i0``, ``i1`` (int64) and ``w0``, ``w1`` (float32, PyTorch's own weights on that device)
+    are on the device of the logits; ``host_i0``, ``host_i1`` are the same indices on the CPU,
+    where the rows a band reads are looked up without a read-back from the device.
+    """
+
+    i0: torch.Tensor
+    i1: torch.Tensor
+    w0: torch.Tensor
+    w1: torch.Tensor
+    host_i0: torch.Tensor
+    host_i1: torch.Tensor
+
+
 @functools.lru_cache(maxsize=64)
-def _axis_weights(n_in: int, n_out: int, device: str) -> tuple[torch.Tensor, ...]:
-    dev = torch.device(device)
-    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
-    real = (scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5).clamp_min(0.0)
-    i0 = real.to(torch.int64).clamp_max(n_in - 1)
+def _axis_weights(n_in: int, n_out: int, device: str) -> AxisWeights:
+    dev, cpu = torch.device(device), torch.device("cpu")
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32, device=cpu)
+    real = scale * (torch.arange(n_out, dtype=torch.float32, device=cpu) + 0.5) - 0.5
+    i0 = real.clamp_min(0.0).to(torch.int64).clamp_max(n_in - 1)
     i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
-    # one-hot patterns through the kernel itself: even source positions set, then odd ones;
-    # each output is then exactly one of its two weights (or their sum where i0 == i1)
-    even = (torch.arange(n_in) % 2 == 0).to(torch.float32)
-    pattern = torch.stack([even, 1.0 - even]).view(1, 2, 1, n_in).to(dev)
+    # one-hot patterns through the device's own kernel: even source positions set, then odd
+    # ones; each output is then exactly one of its two weights (or their sum where i0 == i1)
+    even = (torch.arange(n_in, device=dev) % 2 == 0).to(torch.float32)
+    pattern = torch.stack([even, 1.0 - even]).view(1, 2, 1, n_in)
     seen = F.interpolate(pattern, size=(1, n_out), mode="bilinear", align_corners=False)
-    w_even, w_odd = seen[0, 0, 0].cpu(), seen[0, 1, 0].cpu()
-    first_even = i0 % 2 == 0
-    same = i0 == i1
+    w_even, w_odd = seen[0, 0, 0], seen[0, 1, 0]
+    first_even, same = (i0 % 2 == 0).to(dev), (i0 == i1).to(dev)
     w0 = torch.where(same, w_even + w_odd, torch.where(first_even, w_even, w_odd))
     w1 = torch.where(same, torch.zeros_like(w0), torch.where(first_even, w_odd, w_even))
-    return tuple(t.to(dev) for t in (i0, i1, w0, w1))
+    return AxisWeights(i0.to(dev), i1.to(dev), w0, w1, i0, i1)
 
 
-def axis_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Source indices and weights of one axis of a bilinear resize (``align_corners=False``).
-
-    Returns:
-        ``(i0, i1, w0, w1)``, each of length ``n_out``: output ``j`` is
-        ``w0[j] * x[i0[j]] + w1[j] * x[i1[j]]``, with PyTorch's own float32 weights.
-    """
+def axis_weights(n_in: int, n_out: int, device: torch.device) -> AxisWeights:
+    """Source indices and weights of one axis of a bilinear resize (``align_corners=False``)
+    from ``n_in`` to ``n_out`` samples, on ``device`` (cached)."""
     return _axis_weights(n_in, n_out, str(device))
 
 
@@ -86,11 +98,12 @@ def resize_rows(logits: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -
     if height == out_h:  # weights 1 and 0: the rows themselves
         lo, hi = r0, r1
     else:
-        h0, h1, hw0, hw1 = (t[r0:r1] for t in axis_weights(height, out_h, logits.device))
-        lo, hi = int(h0.min()), int(h1.max()) + 1
+        rows = axis_weights(height, out_h, logits.device)
+        h0, h1, hw0, hw1 = (t[r0:r1] for t in rows[:4])
+        lo, hi = int(rows.host_i0[r0:r1].min()), int(rows.host_i1[r0:r1].max()) + 1
     slab = logits[:, lo:hi]  # the source rows this band reads
     if width != out_w:
-        w0, w1, ww0, ww1 = axis_weights(width, out_w, logits.device)
+        w0, w1, ww0, ww1 = axis_weights(width, out_w, logits.device)[:4]
         slab = _fma(slab[:, :, w0], ww0, slab[:, :, w1], ww1)
     if height == out_h:
         return slab
@@ -148,7 +161,7 @@ def labels_from_logits(
             probs = torch.stack([probs[g].amax(dim=0) for g in groups])
         best, index = probs.max(dim=0)
         if post.prob_threshold > 0:
-            index[best < post.prob_threshold] = post.background_index
+            index.masked_fill_(best < post.prob_threshold, post.background_index)
         labels[r0:r1] = index
         if scores is not None:
             scores[:, r0:r1] = probs

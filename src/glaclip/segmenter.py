@@ -34,7 +34,7 @@ from glaclip.text import (
     parse_classes_arg,
 )
 from glaclip.viz import pixel_shares
-from glaclip.windows import network_canvas, stitch, window_grid
+from glaclip.windows import Window, network_canvas, stitch, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -118,12 +118,12 @@ class Segmenter:
         text_cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.device = resolve_device(device or next(clip_model.parameters()).device.type)
+        self.device = resolve_device(device if device is not None else module_device(clip_model))
         self.clip_model = clip_model.to(self.device).eval()
         self.clip_tower = backbones.ClipTower(self.clip_model.visual)
         self.vfm_tower = None
         if vfm_model is not None:
-            self.vfm_tower = backbones.VFMKeyTower(vfm_model.to(self.device).eval())
+            self.vfm_tower = backbones.VFMKeyTower(vfm_model.eval()).to(self.device)
         # backbone towers per precision: fp32 wraps the models; bf16/fp16 are cast copies
         # (made on first use, shared with with_settings copies)
         self._towers: dict[str, tuple[backbones.ClipTower, backbones.VFMKeyTower | None]] = {
@@ -133,8 +133,12 @@ class Segmenter:
         self.vfm_info = vfm_info or (
             backbones.ModelInfo(type(vfm_model).__name__, None) if vfm_model is not None else None
         )
-        self.clip_mean = torch.tensor(clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.clip_std = torch.tensor(clip_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.normalisation = (tuple(map(float, clip_mean)), tuple(map(float, clip_std)))
+        mean, std = (
+            torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            for v in self.normalisation
+        )
+        self.clip_mean, self.clip_std = mean, std  # 1 x 3 x 1 x 1, on the device
         self.base = self._make_base()
         self.text = TextEncoder(self.clip_model, tokenizer, cache_dir=text_cache_dir)
 
@@ -145,15 +149,21 @@ class Segmenter:
         clip_model: torch.nn.Module,
         vfm_model: torch.nn.Module | None,
         tokenizer: Any,
+        device: str | torch.device | None = None,
         **settings: Any,
     ) -> Segmenter:
         """Wrap an open_clip ``CLIP`` model, a timm ViT and an open_clip tokenizer.
 
         ``settings`` are flat keyword settings (see ``glaclip.config``), e.g.
-        ``kv_extension=False, prob_threshold=0.1``. Runs on the models' device.
-        ``vfm_model`` may be None with ``base="clearclip"``, which takes its keys from CLIP.
+        ``kv_extension=False, prob_threshold=0.1``. ``vfm_model`` may be None with
+        ``base="clearclip"``, which takes its keys from CLIP.
+
+        Args:
+            device: where to run (``cpu``, ``cuda``, ``cuda:1``, ``mps``); the models are moved
+                there (``Module.to``, in place). None: the CLIP model's device, index included
+                (models on ``cuda:1`` run on ``cuda:1``).
         """
-        return cls(clip_model, vfm_model, tokenizer, settings_from_kwargs(**settings))
+        return cls(clip_model, vfm_model, tokenizer, settings_from_kwargs(**settings), device)
 
     @classmethod
     def from_pretrained(
@@ -276,11 +286,7 @@ class Segmenter:
         h0, w0 = rgb.shape[:2]
         win = self.settings.window
         size = protocol_size(h0, w0, win.short_side, win.max_long_side)
-        x = to_tensor(
-            resize_image(rgb, size),
-            self.clip_mean.flatten().tolist(),
-            self.clip_std.flatten().tolist(),
-        )
+        x = to_tensor(resize_image(rgb, size), *self.normalisation)
         return x, (h0, w0)
 
     def segment(
@@ -359,8 +365,6 @@ class Segmenter:
             len(parse_class_lines(class_lines)), self.settings.post.background_index
         )
         timer = StageTimer(self.device)
-        with timer("text"):
-            text, classes, names, owner = self.query_embeddings(class_lines)
         x = x.to(self.device, torch.float32)
         height, width = x.shape[-2:]
         win = self.settings.window
@@ -372,7 +376,12 @@ class Segmenter:
         if (canvas_h, canvas_w) != (ch, cw):  # zeros: the mean colour after normalisation
             work = F.pad(work, (0, canvas_w - cw, 0, canvas_h - ch))
         with strict_fp32(self.device):
-            logits = self._stitched_logits(work, text, timer, progress)
+            # the class-independent work first: windows, backbones, the global attention
+            windows, grid, attended = self._attend_windows(work, timer, progress)
+            with timer("text"):
+                text, classes, names, owner = self.query_embeddings(class_lines)
+            with timer("stitch"):
+                logits = self._stitch(attended, windows, grid, text, (canvas_h, canvas_w))
         with timer("labels"):
             logits = logits[:, :ch, :cw]
             if (ch, cw) != (height, width):
@@ -382,27 +391,36 @@ class Segmenter:
             )
         return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
 
-    def _stitched_logits(
-        self,
-        x: torch.Tensor,
-        text: torch.Tensor,
-        timer: StageTimer,
-        progress: Progress | None = None,
-    ) -> torch.Tensor:
+    def _attend_windows(
+        self, x: torch.Tensor, timer: StageTimer, progress: Progress | None = None
+    ) -> tuple[list[Window], tuple[int, int], torch.Tensor]:
+        """The windows of the canvas ``x``, their token grid, and the attention output of
+        every window's tokens (``L x S x D``, before CLIP's output projection)."""
         cfg = self.settings
         h, w = x.shape[-2:]
         windows = window_grid(h, w, cfg.window.crop, cfg.window.stride)
         feats = self.base.window_features(x, windows, cfg, timer, progress)
-        gh, gw = feats.grid
         with timer("attention"):
             out = self.base.attend(feats, windows, cfg.gla, progress)  # L x S x D
-        with timer("stitch"):
-            feats = F.normalize(self.clip_tower.project(out), dim=-1)  # L x S x E
-            logits = feats @ text.T  # L x S x Q
-            logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
-            crop = (cfg.window.crop, cfg.window.crop)
-            logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
-            return stitch(logits, windows, h, w)
+        return windows, feats.grid, out
+
+    def _stitch(
+        self,
+        attended: torch.Tensor,
+        windows: list[Window],
+        grid: tuple[int, int],
+        text: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """SPEC 9.1-9.2: project, cosine logits with the ``Q x E`` text embeddings, upsample
+        each window's map to the crop, average the overlaps: ``Q x H x W`` at canvas ``size``."""
+        gh, gw = grid
+        feats = F.normalize(self.clip_tower.project(attended), dim=-1)  # L x S x E
+        logits = feats @ text.T  # L x S x Q
+        logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
+        crop = (self.settings.window.crop, self.settings.window.crop)
+        logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
+        return stitch(logits, windows, *size)
 
     def labels_from_logits(
         self,
@@ -420,6 +438,12 @@ class Segmenter:
         return labels_from_logits(
             logits, query_class, num_classes, self.settings.post, output_size, return_scores
         )
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (with its index: ``cuda:1``), or the CPU."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -244,7 +244,7 @@ def prompt_keys(
     """
     if not names:
         return {}
-    tokens = torch.as_tensor(tokenizer([t(n) for n in names for t in templates]))
+    tokens = torch.as_tensor(tokenizer([t(n) for n in names for t in templates]), device="cpu")
     rows = tokens.reshape(len(names), len(templates), -1)
     pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
     full = (rows[..., -1] != pad).sum(dim=1).tolist()
@@ -353,11 +353,13 @@ def text_truncation_is_exact(model: torch.nn.Module) -> bool:
     causal = torch.full((n, n), float("-inf"), dtype=mask.dtype, device=mask.device).triu_(1)
     if not torch.equal(mask, causal):
         return False
-    probe = torch.zeros(1, n, dtype=torch.long)
+    probe = torch.zeros(1, n, dtype=torch.long, device="cpu")  # tokens live on the CPU
     return _pool_positions(model, probe) is not None
 
 
-def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_truncated(
+    model: torch.nn.Module, tokens: torch.Tensor, length: int | None = None
+) -> torch.Tensor:
     """``model.encode_text(tokens)`` over the first ``L`` tokens only (``L``: the last pooled
     position of the batch, plus one), through open_clip's own modules.
 
@@ -366,16 +368,19 @@ def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch
 
     Args:
         tokens: ``P x context`` int64 token ids from the model's tokenizer.
+        length: ``L``, where the caller knows it (read from tokens on the CPU, so that no
+            value is read back from the device).
 
     Returns:
         ``P x E`` unnormalised text embeddings in the text tower's dtype.
     """
     from open_clip.transformer import text_global_pool
 
-    positions = _pool_positions(model, tokens)
-    if positions is None:
-        raise ValueError("the model's text pooling does not take one token: use encode_text")
-    length = int(positions.max()) + 1
+    if length is None:
+        positions = _pool_positions(model, tokens)
+        if positions is None:
+            raise ValueError("the model's text pooling does not take one token: use encode_text")
+        length = int(positions.max()) + 1
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
@@ -428,7 +433,7 @@ def text_fingerprint(model: torch.nn.Module, tokenizer: Callable) -> str:
             h.update(data.view(torch.uint8).numpy().data)
     add(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}")
     add(f"context_length={getattr(tokenizer, 'context_length', None)!r}")
-    tokens = torch.as_tensor(tokenizer(list(_TOKENIZER_PROBES)))
+    tokens = torch.as_tensor(tokenizer(list(_TOKENIZER_PROBES)), device="cpu")
     add(f"probes {tokens.dtype} {tuple(tokens.shape)}")
     h.update(tokens.to(torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -529,10 +534,12 @@ class TextEncoder:
                 stacklevel=3,
             )
 
-    def _forward(self, tokens: torch.Tensor, truncated: bool) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, truncated: bool, device: torch.device) -> torch.Tensor:
+        """Embeddings of CPU ``tokens``, computed on ``device``."""
         if truncated:
-            return encode_text_truncated(self.model, tokens)
-        return self.model.encode_text(tokens)
+            length = int(_pool_positions(self.model, tokens).max()) + 1  # on the CPU
+            return encode_text_truncated(self.model, tokens.to(device), length)
+        return self.model.encode_text(tokens.to(device))
 
     @torch.inference_mode()
     def _encode(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -545,11 +552,11 @@ class TextEncoder:
         if truncated:  # group prompts of similar length: each batch stops at its longest
             order = torch.argsort(_pool_positions(self.model, tokens), stable=True)
         else:
-            order = torch.arange(len(prompts))
+            order = torch.arange(len(prompts), device="cpu")  # tokens live on the CPU
         feats = []
         for start in range(0, len(prompts), self.batch_prompts):
-            batch = tokens[order[start : start + self.batch_prompts]].to(device)
-            emb = self._forward(batch, truncated).float()
+            batch = tokens[order[start : start + self.batch_prompts]]
+            emb = self._forward(batch, truncated, device).float()
             feats.append(F.normalize(emb, dim=-1).cpu())
         sorted_feats = torch.cat(feats)
         per_prompt = torch.empty_like(sorted_feats)

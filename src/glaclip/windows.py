@@ -76,9 +76,11 @@ def grid_shape(height: int, width: int, crop: int = 224, stride: int = 112) -> t
     return len(_starts(height, crop, stride)), len(_starts(width, crop, stride))
 
 
-def coverage(windows: list[Window], height: int, width: int) -> torch.Tensor:
-    """``height x width`` float32 tensor: how many windows cover each pixel."""
-    count = torch.zeros(height, width)
+def coverage(
+    windows: list[Window], height: int, width: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``height x width`` float32 tensor on ``device``: how many windows cover each pixel."""
+    count = torch.zeros(height, width, device=device)
     for w in windows:
         count[w.y1 : w.y2, w.x1 : w.x2] += 1
     return count

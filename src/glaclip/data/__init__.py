@@ -1,7 +1,11 @@
 """Datasets: folder-layout readers, benchmark presets and class-name files."""
 
+from glaclip.data.cityscapes import convert_cityscapes
 from glaclip.data.coco_object import convert_coco_object
+from glaclip.data.coco_stuff import convert_coco_stuff
+from glaclip.data.convert import ConvertReport, MissingExtraError, OutputError
 from glaclip.data.datasets import LAYOUTS, Sample, list_samples, load_label, resolve_layout
+from glaclip.data.pascal_context import convert_pascal_context
 from glaclip.data.presets import (
     PAPER_AVERAGE_MIOU,
     PRESETS,
@@ -19,8 +23,14 @@ __all__ = [
     "PAPER_AVERAGE_MIOU",
     "Preset",
     "Sample",
+    "ConvertReport",
+    "MissingExtraError",
+    "OutputError",
     "class_file_path",
+    "convert_cityscapes",
     "convert_coco_object",
+    "convert_coco_stuff",
+    "convert_pascal_context",
     "get_preset",
     "list_samples",
     "load_label",

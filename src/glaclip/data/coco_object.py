@@ -3,17 +3,20 @@
 COCO-Object has 81 classes: 0 = background, 1..80 = the 80 COCO thing classes in COCO order.
 Every thing pixel becomes its thing index + 1; stuff and unlabelled (255) pixels become 0.
 
-Two input kinds are accepted, told apart by file name:
+``glaclip prepare coco-object SOURCE ROOT`` reads the split folders (``train2017/``,
+``val2017/``) of ``SOURCE``, as ``coco_stuff.py`` does, and writes
+``ROOT/annotations/<split>/<id>_instanceTrainIds.png``. Two input kinds are accepted, told
+apart by file name:
 
-* ``<id>_labelTrainIds.png`` (mmseg's converted COCO-Stuff164k): things are 0..79, stuff
-  80..170, 255 unlabelled.
-* any other ``<id>.png`` (the raw ``stuffthingmaps``): pixel = COCO category id - 1, so the
-  80 things are the values 0..89 with gaps (11, 25, 28, 29, 44, 65, 67, 68, 70, 82 unused),
+* ``<id>_labelTrainIds.png`` (``glaclip prepare coco-stuff164k`` or mmseg's converter): things
+  are 0..79, stuff 80..170, 255 unlabelled.
+* any other ``<id>.png`` (the official ``stuffthingmaps``): pixel = COCO category id - 1, so
+  the 80 things are the values 0..89 with gaps (11, 25, 28, 29, 44, 65, 67, 68, 70, 82 unused),
   stuff 91..181, 255 unlabelled.
 
-When both exist for one id (mmseg writes its trainIds beside the raw maps), the trainIds map
-is used. Files already named ``*_instanceTrainIds.png`` are skipped, so ``dst`` may equal
-``src``. Only the top level of ``src`` is read.
+When both exist for one id (the trainIds are written beside the official maps), the trainIds
+map is used. Files named ``*_instanceTrainIds.png`` are outputs, never inputs. Every value that
+is not a thing becomes 0, as in the reference's conversion.
 """
 
 from __future__ import annotations
@@ -22,12 +25,24 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from glaclip.imageio import atomic_write
+from glaclip.data.coco_stuff import (
+    INSTANCE_SUFFIX,
+    TRAIN_SUFFIX,
+    check_root,
+    coco_splits,
+    raw_maps,
+)
+from glaclip.data.convert import (
+    ConvertReport,
+    Job,
+    OnFailure,
+    ensure_folder,
+    read_label_map,
+    run_jobs,
+)
 
-TRAIN_SUFFIX = "_labelTrainIds.png"
-OUT_SUFFIX = "_instanceTrainIds.png"
+OUT_SUFFIX = INSTANCE_SUFFIX
 
 # COCO category ids (1-based, with gaps) of the 80 thing classes, in COCO order.
 _THING_IDS = [
@@ -53,20 +68,15 @@ LUT_TRAIN_IDS = _lookup_train_ids()  # (256,) uint8: trainId -> COCO-Object labe
 LUT_RAW = _lookup_raw()  # (256,) uint8: stuffthingmaps value -> COCO-Object label
 
 
-def _sources(src: Path) -> list[tuple[str, Path, np.ndarray]]:
-    """``(id, path, lookup table)`` for every label map in ``src``, sorted by id."""
-    train: dict[str, Path] = {}
-    raw: dict[str, Path] = {}
-    for entry in src.iterdir():
-        name = entry.name
-        if not entry.is_file() or not name.endswith(".png") or name.endswith(OUT_SUFFIX):
-            continue
-        if name.endswith(TRAIN_SUFFIX):
-            train[name[: -len(TRAIN_SUFFIX)]] = entry
-        else:
-            raw[name[: -len(".png")]] = entry
+def _sources(folder: Path) -> list[tuple[str, Path, np.ndarray]]:
+    """``(id, path, lookup table)`` for every label map in a split folder, sorted by id."""
+    train = {
+        e.name[: -len(TRAIN_SUFFIX)]: e
+        for e in folder.iterdir()
+        if e.name.endswith(TRAIN_SUFFIX) and not e.is_dir()
+    }
     out = [(i, p, LUT_TRAIN_IDS) for i, p in train.items()]
-    out += [(i, p, LUT_RAW) for i, p in raw.items() if i not in train]
+    out += [(i, p, LUT_RAW) for i, p in raw_maps(folder).items() if i not in train]
     return sorted(out, key=lambda item: item[0])
 
 
@@ -81,41 +91,53 @@ def to_coco_object(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def convert_coco_object(src: str | os.PathLike, dst: str | os.PathLike) -> int:
-    """Convert every COCO-Stuff164k label map in ``src`` to ``dst/<id>_instanceTrainIds.png``.
+def convert_coco_object(
+    source: str | os.PathLike,
+    root: str | os.PathLike,
+    splits: list[str] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    workers: int = 1,
+    on_failure: OnFailure | None = None,
+) -> ConvertReport:
+    """Write ``ROOT/annotations/<split>/<id>_instanceTrainIds.png`` from COCO-Stuff's maps.
 
     Args:
-        src: folder of ``*_labelTrainIds.png`` and/or raw stuffthingmaps ``*.png``.
-        dst: output folder (created if missing; may equal ``src``).
+        source: the folder holding ``train2017/`` and/or ``val2017/`` (``*_labelTrainIds.png``
+            and/or the official stuffthingmaps ``*.png``), or one of those folders.
+        root: the dataset root (``coco_stuff164k``).
+        splits: the splits to convert (default: every one found).
 
     Returns:
-        The number of label maps written. Each is a uint8 PNG (mode ``L``) written atomically
-        (temporary file in ``dst``, then ``os.replace``).
+        The report of :func:`glaclip.data.convert.run_jobs`; each output is a uint8 PNG
+        (mode ``L``) in ``[0, 80]``, written atomically.
 
     Raises:
-        FileNotFoundError: ``src`` is not a folder.
-        ValueError: ``src`` holds no label map, or one is not single-channel 8-bit.
+        FileNotFoundError, ValueError: a source or root that cannot be right (before any work).
+        OutputError: an output could not be written.
     """
-    src = Path(src)
-    dst = Path(dst)
-    if not src.is_dir():
-        raise FileNotFoundError(
-            f"COCO-Stuff label folder {src} not found: pass e.g. coco_stuff164k/annotations/val2017"
+    source, root = Path(source), Path(root)
+    check_root(root)
+    report = ConvertReport()
+    for split, folder in coco_splits(source, splits):
+        found = _sources(folder)
+        if not found:
+            report.notes.append(
+                f"no COCO-Stuff label maps in {folder}: expected *{TRAIN_SUFFIX} or the "
+                "official stuffthingmaps *.png"
+            )
+            continue
+        out_dir = root / "annotations" / split
+        ensure_folder(out_dir, "label folder")
+        jobs = [
+            Job(
+                p,
+                out_dir / f"{sid}{OUT_SUFFIX}",
+                lambda p=p, t=t: to_coco_object(read_label_map(p), t),
+            )
+            for sid, p, t in found
+        ]
+        report.merge(
+            run_jobs(jobs, f"COCO-Object {split}", progress, overwrite, workers, on_failure)
         )
-    sources = _sources(src)
-    if not sources:
-        raise ValueError(
-            f"no COCO-Stuff label maps in {src}: expected *{TRAIN_SUFFIX} (mmseg trainIds) "
-            "or raw stuffthingmaps *.png"
-        )
-    dst.mkdir(parents=True, exist_ok=True)
-    for sid, path, lut in sources:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P"):
-                raise ValueError(
-                    f"{path} has image mode {img.mode!r}: expected a single-channel 8-bit label map"
-                )
-            label = np.array(img, dtype=np.uint8)
-        out = Image.fromarray(to_coco_object(label, lut))
-        atomic_write(dst / f"{sid}{OUT_SUFFIX}", lambda tmp, im=out: im.save(tmp, format="PNG"))
-    return len(sources)
+    return report

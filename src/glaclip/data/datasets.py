@@ -76,22 +76,24 @@ LAYOUTS: dict[str, _Layout] = {
         "SegmentationClassContext",
         ".png",
         split_file="ImageSets/SegmentationContext/val.txt",
-        hint="point --data-root at VOCdevkit/VOC2010",
+        hint="point --data-root at VOCdevkit/VOC2010; make the labels with "
+        "'glaclip prepare pascal-context trainval_merged.json VOCdevkit/VOC2010'",
     ),
     "coco_object": _Layout(
         "images/val2017",
         ".jpg",
         "annotations/val2017",
         "_instanceTrainIds.png",
-        hint="point --data-root at the COCO folder; make the labels with "
-        "'glaclip prepare coco-object'",
+        hint="point --data-root at coco_stuff164k; make the labels with "
+        "'glaclip prepare coco-object coco_stuff164k/annotations coco_stuff164k'",
     ),
     "coco_stuff": _Layout(
         "images/val2017",
         ".jpg",
         "annotations/val2017",
         "_labelTrainIds.png",
-        hint="point --data-root at coco_stuff164k, converted with mmseg's coco_stuff164k tool",
+        hint="point --data-root at coco_stuff164k; make the labels with "
+        "'glaclip prepare coco-stuff164k coco_stuff164k/annotations coco_stuff164k'",
     ),
     "cityscapes": _Layout(
         "leftImg8bit/val",
@@ -99,7 +101,8 @@ LAYOUTS: dict[str, _Layout] = {
         "gtFine/val",
         "_gtFine_labelTrainIds.png",
         nested=True,
-        hint="point --data-root at the cityscapes folder; labelTrainIds from cityscapesscripts",
+        hint="point --data-root at the cityscapes folder; make the labels with "
+        "'glaclip prepare cityscapes cityscapes/gtFine cityscapes'",
     ),
     "ade20k": _Layout(
         "images/validation",
