@@ -153,9 +153,10 @@ def test_empty_rows_get_their_own_token():
 
 
 def test_all_rows_empty_above_one():
-    """tau above every similarity: every mask is the diagonal, proxies are the keys."""
+    """tau at the top of the similarity range (1, the largest setting allows): every mask is
+    the diagonal (empty rows get their own token), proxies are the keys."""
     k, v = clustered_keys(7), random_values(7)
-    cfg = GLAConfig(proxy_threshold=1.5, block_size=33)
+    cfg = GLAConfig(proxy_threshold=1.0, block_size=33)
     work = att._Workspace(k, 33, 0.0)
     anchors, count = att._anchors(work, cfg)
     assert torch.equal(count, torch.ones_like(count))
@@ -462,11 +463,12 @@ def test_half_products_stay_close_to_the_oracle(half, products):
 
 def test_half_mask_products_count_in_float32():
     """Mask row counts are summed in float32 beside the half-precision product: with every
-    entry in the mask (tau below every similarity) each count is N exactly, though N = 601 is
-    not a bfloat16 number."""
+    entry in the mask (keys around one direction, tau 0 below every similarity) each count is
+    N exactly, though N = 601 is not a bfloat16 number."""
     g = torch.Generator().manual_seed(0)
-    k = F.normalize(torch.randn(601, DIM, generator=g), dim=-1)
-    cfg = GLAConfig(proxy_threshold=-2.0, proxy_iters=2, block_size=128)
+    k = F.normalize(torch.randn(601, DIM, generator=g) + 3.0, dim=-1)
+    assert (k @ k.T).min() > 0
+    cfg = GLAConfig(proxy_threshold=0.0, proxy_iters=2, block_size=128)
     work = att._Workspace(k, 128, 0.0, torch.bfloat16, frozenset({"mask_keys"}))
     _, count = att._anchors(work, cfg)
     assert torch.equal(count, torch.full_like(count, 601.0))

@@ -210,3 +210,75 @@ def test_no_network_fails_at_once(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(backbones.ModelLoadError, match="HF_HUB_OFFLINE is set"):
         backbones.load_vfm("vit_base_patch8_224.dino")
+
+
+# ------------------------------------------------------------------ configs against weights
+def _tiny_dirs(state: dict, root) -> dict[str, str]:
+    from tests.conftest import write_tiny_checkpoints
+
+    return write_tiny_checkpoints(state, root)
+
+
+def _edit_config(folder: str, file: str, edit) -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(folder.removeprefix("local-dir:")) / file
+    cfg = json.loads(path.read_text())
+    edit(cfg)
+    path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("patch", [16, 7])
+def test_vfm_config_with_another_patch_size_than_its_weights(
+    golden_models_state, tmp_path, patch: int
+) -> None:
+    """timm would resample the patch-8 embedding to the configured patch without a word."""
+    dirs = _tiny_dirs(golden_models_state, tmp_path)
+    _edit_config(dirs["vfm"], "config.json", lambda c: c["model_args"].update(patch_size=patch))
+    with pytest.raises(backbones.ModelLoadError) as info:
+        backbones.load_vfm(dirs["vfm"])
+    message = str(info.value)
+    assert (
+        f"patch_embed.proj.weight is [64, 3, {patch}, {patch}] in the configured model" in message
+    )
+    assert "but [64, 3, 8, 8] in the weights" in message
+    assert f"(patch size {patch} in the config, 8 in the weights)" in message
+
+
+def test_clip_config_with_another_image_size_than_its_weights(
+    golden_models_state, tmp_path
+) -> None:
+    """open_clip would resample the position embedding of a 224-pixel CLIP to 448 pixels."""
+    dirs = _tiny_dirs(golden_models_state, tmp_path)
+    _edit_config(
+        dirs["clip"],
+        "open_clip_config.json",
+        lambda c: c["model_cfg"]["vision_cfg"].update(image_size=448),
+    )
+    with pytest.raises(backbones.ModelLoadError) as info:
+        backbones.load_clip(dirs["clip"])
+    message = str(info.value)
+    assert "open_clip_config.json) does not fit its weights" in message
+    assert "visual.positional_embedding is [785, 64] in the configured model" in message
+    assert "but [197, 64] in the weights" in message
+
+
+def test_vfm_checkpoint_of_another_patch_size(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    patch8 = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, patch_size=8
+    )
+    path = tmp_path / "patch8.safetensors"
+    save_file({k: v.contiguous() for k, v in patch8.state_dict().items()}, str(path))
+    with pytest.raises(backbones.ModelLoadError, match="patch size 16 in the config, 8 in the"):
+        backbones.load_vfm("vit_tiny_patch16_224", checkpoint=str(path))
+
+
+def test_checkpoint_shapes_of_a_wrapped_state_dict(tmp_path) -> None:
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {"module.a.weight": torch.zeros(2, 3)}, "epoch": 4}, path)
+    from glaclip.checkpoints import checkpoint_shapes
+
+    assert checkpoint_shapes(path) == {"a.weight": (2, 3)}

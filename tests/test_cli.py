@@ -58,7 +58,7 @@ def test_batch_with_broken_and_missing_files(inputs, tiny_model_args, tmp_path, 
     assert "broken.jpg" in err and "not an image" in err
     assert "missing.png" in err and "no such file" in err
     good = [k for k in inputs if k != "broken"]
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.iterdir() if p.name != ".glaclip-outputs")
     assert written == sorted(f"{k}{ext}" for k in good for ext in (".png", ".json", "_overlay.jpg"))
     expected_sizes = {
         "rgb": (240, 320),
@@ -384,3 +384,260 @@ def test_fused_attention_flag(flags, expected) -> None:
     settings = settings_from_kwargs(**settings_from_args(args))
     assert settings.runtime.fused_attention is expected
     assert settings.runtime.fused is (True if expected is None else expected)
+
+
+# ------------------------------------------------------------------ writes: complete or absent
+def _photos(folder: Path, names: list[str]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(names):
+        Image.fromarray(_rgb(224, 240, k)).save(folder / name)
+    return [str(folder / name) for name in names]
+
+
+def test_a_write_that_loses_data_fails_the_image(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    """A nearly full disk that keeps 1000 bytes of the overlay without an error: the overlay
+    is not left under its name, the JSON (the finished mark) is not written, exit 1."""
+    from tests.faults import JPEG_START, faulty_disk, silent_loss
+
+    images = _photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    faulty_disk(monkeypatch, out, silent_loss(JPEG_START, keep=1000))
+    code = main(["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "a_overlay.jpg" in err and "bytes reached the disk" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+
+
+def test_a_full_disk_stops_the_batch_with_one_line(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from tests.faults import JPEG_START, faulty_disk, full_disk
+
+    images = _photos(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    faulty_disk(monkeypatch, out, full_disk(JPEG_START))
+    code = main(["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"cannot write {out / 'a_overlay.jpg'}: No space left on device" in err
+    assert "2 image(s) not reached" in err
+    assert not list(out.glob("*.json")) and not list(out.glob("*.png"))
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp"]
+
+
+def test_a_read_only_folder_is_one_line_not_a_traceback(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from tests.faults import read_only
+
+    images = _photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    read_only(monkeypatch, out)
+    code = main(["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"glaclip: error: cannot write into --out {out}: Permission denied" in err
+    assert list(out.iterdir()) == []
+
+
+def test_a_name_as_long_as_the_file_system_allows(tiny_model_args, tmp_path, capsys) -> None:
+    """A 249-character file name: its label PNG and JSON fit, its overlay's name does not.
+    Temporary names are short, so the files that fit are written; the image whose overlay
+    cannot be named fails with one line and the next image is still segmented."""
+    long_name = "p" * 245 + ".png"
+    images = _photos(tmp_path / "in", [long_name, "b.png"])
+    out = tmp_path / "out"
+    args = ["segment", *images, "--classes", "x, y", "--out", str(out)] + tiny_model_args
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "_overlay.jpg: its name is 257 bytes long and the file system allows 255" in err
+    assert sorted(p.name for p in out.glob("*.json")) == ["b.json"]
+    code = main(args + ["--no-overlay"])
+    assert code == 0
+    assert (out / ("p" * 245 + ".json")).is_file() and (out / long_name).is_file()
+
+
+def test_a_class_name_with_a_line_break_is_refused_before_any_work(
+    inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    monkeypatch.setattr(
+        segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
+    )
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "a\nb, c", "--out", str(out)]
+    assert main(args + tiny_model_args) == 2
+    err = capsys.readouterr().err
+    assert "'a\\nb'" in err and "line break" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ output ownership and lock
+def _no_model(monkeypatch) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    monkeypatch.setattr(
+        segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
+    )
+
+
+def test_a_labelme_folder_into_itself_keeps_its_annotations(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    folder = tmp_path / "labelme"
+    _photos(folder, ["img1.jpg"])
+    annotation = folder / "img1.json"
+    annotation.write_text('{"shapes": []}')
+    _no_model(monkeypatch)
+    code = main(["segment", str(folder), "--classes", "x, y", "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"already holds {annotation}, which glaclip did not write" in err
+    assert "--overwrite" in err
+    assert annotation.read_text() == '{"shapes": []}'
+    assert sorted(p.name for p in folder.iterdir()) == ["img1.jpg", "img1.json"]
+
+
+def test_an_unrelated_photo_is_replaced_only_with_overwrite(
+    tiny_model_args, tmp_path, capsys
+) -> None:
+    folder = tmp_path / "ph"
+    [photo] = _photos(folder, ["a.jpg"])
+    other = folder / "a.png"
+    Image.fromarray(_rgb(100, 100, 7)).save(other)
+    before = other.read_bytes()
+    args = ["segment", photo, "--classes", "x, y", "--out", str(folder)] + tiny_model_args
+    assert main(args) == 2
+    assert f"already holds {other}" in capsys.readouterr().err
+    assert other.read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+    assert Image.open(other).mode == "P"  # now the label map, and glaclip's own
+    assert main(args) == 0  # replacing its own outputs needs no flag
+
+
+def test_a_folder_segmented_into_itself_twice(tiny_model_args, tmp_path, capsys) -> None:
+    """The second run does not take the first run's outputs for images."""
+    folder = tmp_path / "photos"
+    _photos(folder, ["a.jpg", "b.jpg"])
+    args = ["segment", str(folder), "--classes", "x, y", "--out", str(folder)] + tiny_model_args
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "segmented 2 image(s)" in capsys.readouterr().err
+
+
+def test_a_folder_named_like_an_output_is_refused(
+    inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "o"
+    (out / "rgb.json").mkdir(parents=True)
+    _no_model(monkeypatch)
+    args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out), "--overwrite"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"holds a folder named like an output file: {out / 'rgb.json'}" in err
+
+
+def test_a_second_run_into_the_same_folder_is_refused(
+    inputs, tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    import os
+
+    from glaclip.outputs import output_lock
+
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out)] + tiny_model_args
+    with output_lock(out):  # the first run, still writing
+        _no_model(monkeypatch)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is in use by another glaclip run (process {os.getpid()} on" in err
+        monkeypatch.undo()
+    assert main(args) == 0  # the first run has ended
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".glaclip-outputs",
+        "rgb.json",
+        "rgb.png",
+        "rgb_overlay.jpg",
+    ]
+
+
+# ------------------------------------------------------------------ inputs that were unclear
+def test_avif_and_jpeg2000_images_are_segmented(tiny_model_args, tmp_path, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_rgb(224, 240, 1)).save(folder / "a.avif")
+    Image.fromarray(_rgb(224, 240, 2)).save(folder / "b.jp2")
+    out = tmp_path / "o"
+    args = ["segment", str(folder), "--classes", "x, y", "--out", str(out), "--no-overlay"]
+    assert main(args + tiny_model_args) == 0
+    assert "segmented 2 image(s)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [({}, "(it is empty)"), ({"notes.txt": "hello"}, "(it holds 1 other file(s), e.g. notes.txt)")],
+)
+def test_a_folder_without_images_is_refused(
+    content: dict, message: str, tmp_path, capsys, monkeypatch
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, text in content.items():
+        (folder / name).write_text(text)
+    _no_model(monkeypatch)
+    assert main(["segment", str(folder), "--classes", "x", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {folder} holds no image to segment {message}" in err
+
+
+def test_broken_and_looping_links_are_named_as_such(tiny_model_args, tmp_path, capsys) -> None:
+    folder = tmp_path / "in"
+    [good] = _photos(folder, ["good.png"])
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    out = tmp_path / "o"
+    args = ["segment", str(folder), str(loop), "--classes", "x", "--out", str(out)]
+    assert main(args + tiny_model_args) == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'gone.jpg'}: is a broken symbolic link (to {tmp_path / 'deleted.jpg'}" in err
+    assert f"{loop}: is a symbolic link loop" in err and "no such file" not in err
+    assert "segmented 1 image(s)" in err and (out / "good.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["folder", "loop"])
+def test_a_class_file_that_is_no_file(kind: str, inputs, tmp_path, capsys) -> None:
+    path = tmp_path / "classes.txt"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path)
+    args = ["segment", str(inputs["rgb"]), "--class-file", str(path), "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    what = "is a folder, not a file" if kind == "folder" else "is a symbolic link loop"
+    assert f"class file {path} {what}" in err and "does not exist" not in err
+
+
+def test_warnings_are_one_line_without_the_source(
+    inputs, tiny_model_args, tmp_path, capsys
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "o"
+    args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out), "--no-overlay"]
+    args += tiny_model_args + ["--text-cache", str(blocker / "cache")]  # the last one wins
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "glaclip: warning: text embeddings are not cached on disk: cannot write" in err
+    assert "warnings.warn" not in err and "RuntimeWarning" not in err

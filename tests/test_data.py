@@ -350,3 +350,25 @@ def test_class_files_are_the_reference_words_line_for_line(name: str) -> None:
         )
     bundled = class_file_path(name).read_text(encoding="utf-8").splitlines()
     assert bundled == reference.read_text(encoding="utf-8").splitlines()
+
+
+def test_a_duplicate_id_in_a_split_file_is_an_error(tmp_path: Path) -> None:
+    from tests.test_evaluate import make_dataset
+
+    made = make_dataset(tmp_path, "voc", [0, 1], count=2)
+    split = tmp_path / "ImageSets" / "Segmentation" / "val.txt"
+    first = list(made)[0]
+    split.write_text("\n".join([*made, first]) + "\n")
+    with pytest.raises(ValueError, match=f"lists the image id '{first}' twice \\(lines 1 and 3\\)"):
+        list_samples("voc", tmp_path)
+
+
+def test_blank_line_in_an_eval_class_file(tmp_path: Path) -> None:
+    from glaclip.evaluate import make_task
+    from tests.test_evaluate import make_dataset
+
+    make_dataset(tmp_path, "voc", [0, 1], count=1)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\n\naeroplane\n")
+    with pytest.raises(ValueError, match=r"classes\.txt, line 2 is blank"):
+        make_task("voc21", tmp_path, class_file=classes)

@@ -88,7 +88,8 @@ def test_request_writes_what_segment_files_writes(segmenter, photo, tmp_path) ->
     )
     baseline = segmenter.with_settings(kv_extension=False, prob_threshold=0.4)
     segment_files(baseline, [photo], lines, out_cli, models=MODELS, progress=False)
-    assert sorted(p.name for p in out_demo.iterdir()) == sorted(p.name for p in out_cli.iterdir())
+    cli_files = [p.name for p in out_cli.iterdir() if p.name != ".glaclip-outputs"]
+    assert sorted(p.name for p in out_demo.iterdir()) == sorted(cli_files)
     assert run.files.labels.read_bytes() == (out_cli / "my photo.png").read_bytes()
     got = json.loads(run.files.record.read_text())
     want = json.loads((out_cli / "my photo.json").read_text())
@@ -178,13 +179,14 @@ def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkey
     out = tmp_path / "out"
     out.mkdir()
     present_at_json: list[str] = []
-    real_save_json = batch.save_json
+    real_write = batch.atomic_write_bytes
 
-    def spy(path, obj):
-        present_at_json.extend(sorted(p.name for p in out.iterdir()))
-        return real_save_json(path, obj)
+    def spy(path: Path, data: bytes) -> Path:
+        if path.suffix == ".json":
+            present_at_json.extend(sorted(p.name for p in out.iterdir()))
+        return real_write(path, data)
 
-    monkeypatch.setattr(batch, "save_json", spy)
+    monkeypatch.setattr(batch, "atomic_write_bytes", spy)
     files = write_outputs(result, rgb, out, "x", photo, segmenter.settings, MODELS)
     assert present_at_json == ["x.png", "x_overlay.jpg"]
     assert (files.labels, files.overlay, files.record) == (
@@ -267,6 +269,7 @@ def _option_strings(parser, command: str) -> set[str]:
 def test_demo_has_every_model_and_method_flag_of_segment() -> None:
     parser = build_parser()
     segment_only = {"--classes", "--class-file", "--out", "--no-overlay", "--no-progress"}
+    segment_only.add("--overwrite")
     missing = _option_strings(parser, "segment") - segment_only - _option_strings(parser, "demo")
     assert missing == set()
     args = parser.parse_args(["demo"])
@@ -312,6 +315,32 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2
     assert 'pip install "glaclip[demo]"' in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port=-1"], "--port must be a TCP port from 1 to 65535, got -1"),
+        (["--port", "99999"], "--port must be a TCP port from 1 to 65535, got 99999"),
+        (["--max-megapixels", "inf"], "--max-megapixels must be a finite number above 0, got inf"),
+        (["--max-megapixels", "nan"], "--max-megapixels must be a finite number above 0, got nan"),
+        (["--max-megapixels", "0"], "--max-megapixels must be a finite number above 0, got 0"),
+    ],
+)
+def test_demo_server_flags_are_checked_before_any_model_loads(
+    flags: list[str], message: str, monkeypatch, capsys
+) -> None:
+    import glaclip.cli as cli
+
+    monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
+    assert main(["demo", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_build_app_refuses_a_size_limit_that_is_no_number(segmenter) -> None:
+    with pytest.raises(ValueError, match="max_megapixels must be a finite number above 0"):
+        demo.build_app(segmenter, {}, max_megapixels=float("inf"))
 
 
 # ------------------------------------------------------------------------------ the browser

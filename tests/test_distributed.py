@@ -17,6 +17,7 @@ from PIL import Image
 
 from glaclip.cli import main
 from glaclip.distributed import DistInfo, all_reduce_sum, dist_info_from_env, shard
+from glaclip.outputs import read_manifest
 
 from .test_evaluate import make_dataset
 
@@ -101,7 +102,9 @@ def test_eval_two_processes_equals_one(
         assert double[key] == single[key], key
     assert double["world_size"] == 2
     assert double["processed_per_rank"] == [2, 1]  # every image once, none padded in
-    assert sorted(p.name for p in pred.iterdir()) == sorted(f"{i}.png" for i in made)
+    written = sorted(p.name for p in pred.iterdir() if p.name != ".glaclip-outputs")
+    assert written == sorted(f"{i}.png" for i in made)
+    assert read_manifest(pred) == set(written)  # both ranks recorded their files
     state = sorted(p.name for p in (out / "eval_state").iterdir())
     assert state == ["rank0.jsonl", "rank1.jsonl"]
     assert proc.stderr.count("wrote " + str(out / "results.json")) == 1  # rank 0 alone
@@ -167,4 +170,5 @@ def test_segment_two_processes_write_each_image_once(
     ]
     assert proc.stderr.count("skipped:") == 1 and "broken.jpg" in proc.stderr
     expected = sorted(f"{i}{ext}" for i in made for ext in (".png", ".json"))
-    assert sorted(p.name for p in out.iterdir()) == expected
+    assert sorted(p.name for p in out.iterdir() if p.name != ".glaclip-outputs") == expected
+    assert read_manifest(out) == set(expected)  # both ranks recorded their files

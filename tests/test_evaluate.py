@@ -252,7 +252,8 @@ def check_run(
     assert results["ber_pairs"] == {"differ": differ, "total": total}
     assert results["BER"] == pytest.approx(100.0 * differ / total, abs=1e-9)
     assert results["label_pixels_outside_classes"] == outside
-    assert sorted(p.name for p in pred_dir.iterdir()) == sorted(f"{s}.png" for s in made)
+    written = [p.name for p in pred_dir.iterdir() if p.name != ".glaclip-outputs"]
+    assert sorted(written) == sorted(f"{s}.png" for s in made)
     return {**expected, "BER": 100.0 * differ / total}
 
 
@@ -500,3 +501,135 @@ def test_evaluation_library_does_not_import_the_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------ faults
+def _small_voc(root: Path) -> dict[str, tuple[int, int]]:
+    return make_dataset(root, "voc", [0, 1, 15], count=2, sizes=[(224, 240)])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_label_file_is_a_clear_message(
+    damage: str, tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "VOC2012"
+    made = _small_voc(root)
+    label = root / PATHS["voc"][1].format(id=list(made)[1])
+    data = label.read_bytes()
+    label.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"id,class\n1,cat\n")
+    out = tmp_path / "o"
+    code = main(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+        + ["--no-progress"]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    what = "cannot be decoded, truncated or corrupt" if damage == "truncated" else "is not an image"
+    assert f"label file {label} {what}" in err
+    assert not (out / "results.json").exists()
+
+
+def test_a_full_disk_during_eval_is_one_line(
+    tiny_model_args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.faults import faulty_disk, full_disk
+
+    root = tmp_path / "VOC2012"
+    made = _small_voc(root)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    faulty_disk(monkeypatch, pred, full_disk())
+    out = tmp_path / "o"
+    code = main(
+        ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+        + ["--save-predictions", str(pred), "--no-progress"]
+        + tiny_model_args
+    )
+    err = capsys.readouterr().err
+    first = pred / f"{list(made)[0]}.png"
+    assert code == 1 and "Traceback" not in err
+    assert f"glaclip: error: cannot write {first}: No space left on device" in err
+    assert not list(pred.glob("*.png")) and not (out / "results.json").exists()
+    state = (out / STATE_DIR / "rank0.jsonl").read_text().splitlines()
+    assert len(state) == 1  # the header only: no image was recorded as finished
+
+
+# ------------------------------------------------------------------------ output ownership
+@pytest.fixture()
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    monkeypatch.setattr(
+        segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
+    )
+
+
+def test_predictions_never_go_onto_the_ground_truth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None
+) -> None:
+    data = tmp_path / "data"
+    root = data / "VOCdevkit" / "VOC2012"  # also the layout of --dataset all
+    _small_voc(root)
+    labels = root / "SegmentationClass"
+    before = {p.name: p.read_bytes() for p in labels.iterdir()}
+    outside = tmp_path / "gt"  # a label folder linked from outside the data root
+    (root / "SegmentationClass").rename(outside)
+    labels.symlink_to(outside)
+    out = ["--out", str(tmp_path / "o"), "--overwrite"]
+    for pred, message in (
+        (labels, f"--save-predictions {labels} is the label folder {labels}"),
+        (outside, f"--save-predictions {outside} is the label folder {labels}"),
+        (root / "preds", f"--save-predictions {root / 'preds'} lies inside the data root {root}"),
+    ):
+        argv = ["eval", "--dataset", "voc21", "--data-root", str(root), "--save-predictions"]
+        assert main([*argv, str(pred), *out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "outside it" in err
+    argv = ["eval", "--dataset", "all", "--data-root", str(data), "--save-predictions"]
+    assert main([*argv, str(data / "preds"), *out]) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'preds' / 'voc21'} lies inside the data root {data}" in err
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+
+def test_results_and_predictions_replace_only_glaclips_files(
+    tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "VOC2012"
+    made = _small_voc(root)
+    out, pred = tmp_path / "o", tmp_path / "pred"
+    pred.mkdir()
+    mine = pred / f"{list(made)[0]}.png"
+    mine.write_bytes(b"someone's picture")
+    argv = ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+    argv += ["--save-predictions", str(pred), "--no-progress"] + tiny_model_args
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--save-predictions {pred} already holds {mine}, which glaclip did not write" in err
+    assert mine.read_bytes() == b"someone's picture" and not out.exists()
+    assert main(argv + ["--overwrite"]) == 0
+    assert Image.open(mine).size == made[mine.stem][::-1]
+    assert main(argv) == 0  # its own files now
+    capsys.readouterr()
+    (out / "results.md").unlink()
+    (out / "results.md").write_text("my notes")
+    (out / ".glaclip-outputs").write_text("")  # a folder from before the manifest
+    assert main(argv) == 2
+    assert f"already holds {out / 'results.json'}, {out / 'results.md'}" in capsys.readouterr().err
+
+
+def test_a_limit_above_the_image_count_is_the_whole_dataset(
+    tiny_model_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "VOC2012"
+    _small_voc(root)
+    out = tmp_path / "o"
+    argv = ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
+    assert main(argv + ["--limit", "999999", "--no-progress"] + tiny_model_args) == 0
+    assert f"wrote {out / 'results.json'}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("results*")) == ["results.json", "results.md"]
+    assert json.loads((out / "results.json").read_text())["limit"] is None

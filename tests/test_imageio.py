@@ -309,3 +309,56 @@ def test_save_json_format(tmp_path: Path) -> None:
     text = p.read_bytes().decode("utf-8")
     assert text.endswith("}\n") and '\n  "miou": 0.5' in text and "café" in text
     assert json.loads(text) == {"miou": 0.5, "name": "café", "ids": [0, 1]}
+
+
+def test_atomic_write_reports_the_write_error_not_the_clean_up(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    def full(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def unlink_fails(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", unlink_fails)
+    target = tmp_path / "x.bin"
+    with pytest.raises(OSError) as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == f"cannot write {target}: No space left on device"
+    assert info.value.__context__ is None or "Permission" not in str(info.value.__context__)
+
+
+def test_temporary_names_are_short(tmp_path: Path) -> None:
+    """A name of 250 characters can be written: the temporary name does not grow with it."""
+    seen: list[str] = []
+    target = tmp_path / ("n" * 246 + ".txt")
+    atomic_write(target, lambda tmp: (seen.append(tmp.name), tmp.write_text("ok")))
+    assert target.read_text() == "ok" and len(seen[0]) <= 32
+
+
+def test_save_json_refuses_nan_and_infinity(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        save_json(tmp_path / "x.json", {"share": float("nan")})
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        save_json(tmp_path / "x.json", {"share": float("inf")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pillow_warnings_about_a_readable_file_are_not_passed_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large image below the refused size, and a corrupt EXIF block (which is ignored)."""
+    import warnings
+
+    large = tmp_path / "large.png"
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(large)
+    corrupt = tmp_path / "exif.jpg"
+    exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(corrupt, exif=exif)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 2500 pixels: warned, not refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(large).shape == (50, 50, 3)
+        assert read_image(corrupt).shape == (20, 20, 3)

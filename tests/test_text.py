@@ -4,6 +4,7 @@ import re
 import warnings
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -404,3 +405,88 @@ def test_cli_refuses_a_class_that_can_never_win(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
+
+
+# ----------------------------------------------------------- names as the text encoder sees them
+LONG = " ".join(f"word{i}" for i in range(90))  # far more than 77 tokens
+
+
+@pytest.mark.parametrize(
+    ("lines", "loser", "winner"),
+    [
+        (["cat", "Cat", "dog"], 1, 0),
+        (["big cat", "big  cat"], 1, 0),
+        (["dog", "CAT; Dog", "cat"], 2, 1),
+        ([LONG + " cat", LONG + " dog"], 1, 0),
+    ],
+)
+def test_classes_the_encoder_cannot_tell_apart_can_never_win(
+    lines: list[str], loser: int, winner: int
+) -> None:
+    from glaclip.text import EncoderView
+
+    keys = EncoderView(open_clip.get_tokenizer("ViT-B-16"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the long names' warning
+        with pytest.raises(
+            ValueError, match=f"class {loser} .*can never win.*class {winner} "
+        ) as e:
+            check_vocabulary(lines, keys=keys)
+    assert "as the text encoder sees them (it does not tell letter case" in str(e.value)
+
+
+def test_names_the_encoder_tells_apart_pass_and_a_long_name_is_reported() -> None:
+    from glaclip.text import EncoderView
+
+    keys = EncoderView(open_clip.get_tokenizer("ViT-B-16"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_vocabulary(["cat", "cats", "big cat", "dog; Dog"], keys=keys)
+    with pytest.warns(RuntimeWarning, match="longer than the text encoder reads.*77 tokens"):
+        check_vocabulary(["cat", LONG], keys=keys)
+
+
+def test_segment_compares_the_names_the_encoder_receives(seg: Segmenter) -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="class 1 .*can never win"):
+        seg.segment(rgb, "cat, Cat, dog")
+
+
+def test_segment_without_classes_says_what_to_pass(seg: Segmenter) -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"classes is None: pass the class names, e\.g\."):
+        seg.segment(rgb, None)
+    with pytest.raises(TypeError, match="must be a list of class names"):
+        seg.segment_tensor(torch.zeros(1, 3, 224, 224), None)
+
+
+def test_cli_compares_the_names_the_encoder_receives_before_any_model_loads(
+    tiny_model_args, tmp_path, capsys, monkeypatch
+) -> None:
+    from glaclip import segmenter as segmenter_module
+
+    monkeypatch.setattr(
+        segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
+    )
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    argv = ["segment", str(image), "--classes", "cat, big cat, big  Cat", "--out", "o"]
+    assert main(argv + tiny_model_args) == 2
+    err = capsys.readouterr().err
+    assert "--classes: class 2 ('big  Cat') can never win, because class 1 ('big cat')" in err
+
+
+def test_comment_lines_in_a_class_file_are_skipped(tmp_path) -> None:
+    f = tmp_path / "c.txt"
+    f.write_text("# my vocabulary\ncat\n   # dogs later\nbird; fowl\n")
+    assert read_class_file(f) == ["cat", "bird; fowl"]
+
+
+def test_blank_lines_where_line_order_is_label_order(tmp_path) -> None:
+    f = tmp_path / "c.txt"
+    f.write_text("background\ncat\n\ndog\n\n")
+    assert read_class_file(f) == ["background", "cat", "dog"]
+    with pytest.raises(ValueError, match=r"c\.txt, line 3 is blank: each line is the class"):
+        read_class_file(f, blank_lines=False)
+    f.write_text("background\ncat\ndog\n\n\n")  # blank lines at the end shift nothing
+    assert read_class_file(f, blank_lines=False) == ["background", "cat", "dog"]

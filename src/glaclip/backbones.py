@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glaclip import hub
+from glaclip.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, config_mismatch, weights_in
 from glaclip.imageio import CLIP_MEAN, CLIP_STD
 
 # OpenAI CLIP's normalisation, defined once in imageio (where images are normalised)
@@ -398,11 +399,28 @@ def load_clip(
                 f"{reason}. Is it a checkpoint of another model? Pass the matching --clip"
             ) from None
         raise _offline_hint("clip", name, pretrained, err) from err
+    _check_clip_fits(model, name, pretrained)
     tokenizer = open_clip.get_tokenizer(name)
     pp = getattr(model.visual, "preprocess_cfg", None) or {}
     mean = tuple(pp.get("mean", getattr(model.visual, "image_mean", None) or OPENAI_CLIP_MEAN))
     std = tuple(pp.get("std", getattr(model.visual, "image_std", None) or OPENAI_CLIP_STD))
     return model.eval(), tokenizer, mean, std
+
+
+def load_tokenizer(name: str = DEFAULT_CLIP) -> Callable | None:
+    """The tokenizer of the CLIP ``name`` when it can be had without the network and without
+    the weights (an open_clip model name or ``local-dir:``), else None (``hf-hub:`` names,
+    unknown names, a folder without a readable config)."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        return None
+    if not name.startswith("local-dir:") and name not in open_clip.list_models():
+        return None
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception:  # noqa: BLE001 - the loader reports a bad model itself, later
+        return None
 
 
 def load_vfm(
@@ -441,12 +459,14 @@ def load_vfm(
         reason = hub.check_download(repo, _VFM_FILES)
         if reason:
             raise _offline_hint("vfm", name, None, reason)
+    resized: tuple[str, ...] = ()  # resampled on purpose (the 224-pixel window)
     try:
         try:
             model = timm.create_model(name, pretrained=True, **kwargs)
         except TypeError:
             kwargs.pop("dynamic_img_size")  # a model family without dynamic sizes
             model = timm.create_model(name, pretrained=True, img_size=224, **kwargs)
+            resized = ("pos_embed",)
     except Exception as err:  # download, cache and file errors come in many types
         if checkpoint or name.startswith("local-dir:"):
             reason = hub.summarise_load_error(str(err)) or _first_line(err)
@@ -456,7 +476,31 @@ def load_vfm(
                 "the matching --vfm"
             ) from None
         raise _offline_hint("vfm", name, checkpoint, err) from err
+    if checkpoint is not None:
+        _check_fits(model, checkpoint, f"VFM architecture {name.split('.')[0]}", resized)
+    elif name.startswith("local-dir:"):
+        weights = weights_in(name.removeprefix("local-dir:"), VFM_PREFERRED)
+        _check_fits(model, weights, f"VFM {name} (config.json)", resized)
     return model.to(device).eval()
+
+
+def _check_clip_fits(model: nn.Module, name: str, pretrained: str | None) -> None:
+    """``_check_fits`` for a CLIP from a local folder or a local checkpoint file."""
+    if name.startswith("local-dir:"):
+        weights = weights_in(name.removeprefix("local-dir:"), CLIP_PREFERRED)
+        _check_fits(model, weights, f"CLIP {name} (open_clip_config.json)")
+    elif pretrained and os.path.isfile(pretrained):
+        _check_fits(model, pretrained, f"CLIP architecture {name}")
+
+
+def _check_fits(
+    model: nn.Module, weights: str | None, what: str, skip: tuple[str, ...] = ()
+) -> None:
+    """ModelLoadError when ``model``'s configuration disagrees with its weight file
+    (``checkpoints.config_mismatch``)."""
+    problem = config_mismatch(model, weights, what, skip)
+    if problem:
+        raise ModelLoadError(problem)
 
 
 def _first_line(err: Exception) -> str:

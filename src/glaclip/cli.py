@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from glaclip import __version__
 from glaclip.cli_prepare import add_prepare_parser, print_data_check, run_prepare
@@ -51,6 +55,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate only the first N images (of each benchmark); writes results_limitN.*",
     )
     g.add_argument("--save-predictions", metavar="DIR", help="write DIR/<image id>.png labels")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace result and prediction files that glaclip did not write (refused otherwise)",
+    )
     g.add_argument("--restart", action="store_true", help="discard the resume state found in --out")
     g.add_argument(
         "--check",
@@ -97,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("--class-file", help="one class per line, synonyms separated by '; '")
     seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files at the output paths that glaclip did not write (refused otherwise)",
+    )
     seg.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
     seg.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_arguments(seg)
@@ -116,18 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _segment_classes(args: argparse.Namespace) -> list[str]:
+    """The class lines of ``--classes`` or ``--class-file``, each class able to win as the text
+    encoder will see it (checked with the tokenizer where it needs no download)."""
+    from glaclip.backbones import load_tokenizer
+    from glaclip.text import EncoderView, check_vocabulary, parse_classes_arg, read_class_file
+
+    if args.class_file:
+        lines = read_class_file(args.class_file)
+        source = f"class file {args.class_file}"
+    else:
+        lines = parse_classes_arg(args.classes, source="--classes")
+        source = "--classes"
+    check_vocabulary(lines, source)
+    tokenizer = load_tokenizer(args.clip)
+    if tokenizer is not None:
+        check_vocabulary(lines, source, keys=EncoderView(tokenizer))
+    return lines
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     from glaclip.batch import check_outputs, collect_images, segment_files
     from glaclip.config import check_vocabulary_size, settings_from_kwargs, unlabelled_value
     from glaclip.distributed import gather_messages, process_group
-    from glaclip.text import check_vocabulary, parse_classes_arg, read_class_file
 
-    if args.class_file:
-        lines = read_class_file(args.class_file)
-        check_vocabulary(lines, source=f"class file {args.class_file}")
-    else:
-        lines = parse_classes_arg(args.classes, source="--classes")
-        check_vocabulary(lines, source="--classes")
+    lines = _segment_classes(args)
     settings = settings_from_args(args)
     settings.setdefault("background_index", unlabelled_value(len(lines)))
     # everything that can be checked is checked before any model loads
@@ -135,8 +162,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     settings_from_kwargs(**settings)
     paths = collect_images(args.images)
     out = Path(args.out)
-    check_outputs(paths, out, not args.no_overlay)
-    with process_group(args.device) as (info, args.device):
+    check_outputs(paths, out, not args.no_overlay, args.overwrite)
+    with _locks([(out, "--out")]), process_group(args.device) as (info, args.device):
+        check_outputs(paths, out, not args.no_overlay, args.overwrite)  # now under the lock
         segmenter = build_segmenter(args, settings)
         report = segment_files(
             segmenter,
@@ -147,29 +175,44 @@ def _run_segment(args: argparse.Namespace) -> int:
             models=model_identity(args),
             dist=info,
             progress=not args.no_progress and info.is_main,
+            overwrite=args.overwrite,
         )
         # one summary for the whole run, from rank 0 (under torchrun)
-        failed = [message for _path, message in report.failed]
+        messages = [f"skipped: {message}" for _path, message in report.failed]
+        if report.stopped:
+            messages.append(
+                f"error: stopped: {report.stopped}; {len(report.left)} image(s) not reached. "
+                "Make room and run the same command again"
+            )
         done = len(report.done)
         if info.enabled:
-            gathered = gather_messages("\n".join(failed), info, max_bytes=1 << 16)
-            failed = [m for text in gathered for m in text.splitlines() if m]
+            gathered = gather_messages("\n".join(messages), info, max_bytes=1 << 16)
+            messages = [m for text in gathered for m in text.splitlines() if m]
             done = sum(int(t or 0) for t in gather_messages(str(len(report.done)), info, 32))
     if not info.is_main:
         return 0
-    for message in failed:
-        print(f"glaclip: skipped: {message}", file=sys.stderr)
+    for line in messages:
+        print(f"glaclip: {line}", file=sys.stderr)
+    failed = sum(line.startswith("skipped:") for line in messages)
     print(
-        f"segmented {done} image(s) into {args.out}"
-        + (f"; {len(failed)} failed" if failed else ""),
+        f"segmented {done} image(s) into {args.out}" + (f"; {failed} failed" if failed else ""),
         file=sys.stderr,
     )
-    return 1 if failed else 0
+    return 1 if messages else 0
+
+
+def _locks(folders: list[tuple[Path, str]]) -> contextlib.AbstractContextManager:
+    """The output folders' locks, held by the main process of a run (rank 0 under torchrun,
+    where the other ranks write into the same folders)."""
+    from glaclip.outputs import is_main_process, output_locks
+
+    return output_locks(folders) if is_main_process() else contextlib.nullcontext()
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from glaclip.distributed import process_group
     from glaclip.evaluate import (
+        check_eval_outputs,
         check_output_folder,
         check_state,
         evaluate,
@@ -197,7 +240,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     models = model_identity(args)
     if not args.restart:  # refuse a foreign state before loading any model
         check_state(out, task, settings_from_kwargs(**settings).to_dict(), models)
-    with process_group(args.device) as (info, args.device):
+    check_eval_outputs(out, task, args.save_predictions, args.overwrite)
+    with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
         segmenter = build_segmenter(args, settings)
         results = evaluate(
             segmenter,
@@ -208,12 +252,20 @@ def _run_eval(args: argparse.Namespace) -> int:
             restart=args.restart,
             dist=info,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
         if info.is_main:
-            write_results(out, results)
+            write_results(out, results, args.overwrite)
     if info.is_main:
-        _print_result(task.dataset, results, out / f"{results_stem(args.limit)}.json")
+        _print_result(task.dataset, results, out / f"{results_stem(task.limit)}.json")
     return 0
+
+
+def _eval_folders(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    folders = [(Path(args.out), "--out")]
+    if args.save_predictions:
+        folders.append((Path(args.save_predictions), "--save-predictions"))
+    return folders
 
 
 def _print_result(name: str, results: dict, path: Path) -> None:
@@ -243,7 +295,9 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     )
     from glaclip.table import (
         Benchmark,
+        check_all_outputs,
         check_states,
+        effective_limit,
         evaluate_benchmarks,
         find_benchmarks,
         write_table,
@@ -267,6 +321,8 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     models = model_identity(args)
     if not args.restart:  # refuse a foreign state before loading any model
         check_states(benchmarks, out, settings, models)
+    limit = effective_limit(benchmarks, args.limit)
+    check_all_outputs(benchmarks, out, args.save_predictions, args.overwrite, args.data_root, limit)
     if dist_info_from_env().is_main:  # what is there, and how long it will take
         print_data_check(args)
 
@@ -276,9 +332,10 @@ def _run_eval_all(args: argparse.Namespace) -> int:
             if info.is_main:
                 print(f"glaclip: error: {bench.preset.title}: {error}", file=sys.stderr)
         elif info.is_main and results is not None:
-            _print_result(name, results, out / name / f"{results_stem(args.limit)}.json")
+            stem = results_stem(results.get("limit"))
+            _print_result(name, results, out / name / f"{stem}.json")
 
-    with process_group(args.device) as (info, args.device):
+    with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
         for bench in benchmarks:
             if bench.status == "failed" and info.is_main:
                 print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
@@ -294,11 +351,12 @@ def _run_eval_all(args: argparse.Namespace) -> int:
             dist=info,
             progress=not args.no_progress,
             report=report,
-            limit=args.limit,
+            limit=limit,
             data_root=args.data_root,
+            overwrite=args.overwrite,
         )
         if info.is_main:
-            _, md_path = write_table(out, table)
+            _, md_path = write_table(out, table, args.overwrite)
     if info.is_main:
         avg = table["average"]
         print(
@@ -310,17 +368,31 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     return 1 if table["failed"] else 0
 
 
+def check_server_flags(port: int, max_megapixels: float) -> None:
+    """Raise ValueError unless ``--port`` is a TCP port and ``--max-megapixels`` a finite
+    positive number."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be a TCP port from 1 to 65535, got {port}")
+    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
+        raise ValueError(
+            f"--max-megapixels must be a finite number above 0, got {max_megapixels:g} "
+            "(the default is 16)"
+        )
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    from glaclip.config import settings_from_kwargs
+
+    check_server_flags(args.port, args.max_megapixels)
+    settings = settings_from_args(args)
+    settings.setdefault("background_index", UNLABELLED)
+    settings_from_kwargs(**settings)  # refused before any model loads
     try:
         import gradio  # noqa: F401
     except ImportError:
         return _fail(DEMO_INSTALL)
-    if args.max_megapixels <= 0:
-        return _fail(f"--max-megapixels must be positive, got {args.max_megapixels}")
     from glaclip.demo import serve
 
-    settings = settings_from_args(args)
-    settings.setdefault("background_index", UNLABELLED)
     segmenter = build_segmenter(args, settings)
     try:
         serve(
@@ -341,10 +413,29 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, ``glaclip: warning: ...``, without the source line."""
+    print(f"glaclip: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from glaclip.backbones import ModelLoadError
+    from glaclip.imageio import WriteError
 
     try:
         if args.command == "segment":
@@ -355,8 +446,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_demo(args)
         if args.command == "prepare":
             return run_prepare(args)
+    except WriteError as err:  # before FileNotFoundError: a folder vanished while writing
+        print(f"glaclip: error: {err}", file=sys.stderr)
+        return 1
     except (ModelLoadError, ValueError, FileNotFoundError) as err:
         return _fail(str(err))
+    except OSError as err:  # the file system failed; one line, not a traceback
+        where = f"{err.filename}: " if err.filename and str(err.filename) not in str(err) else ""
+        print(f"glaclip: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("glaclip: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it

@@ -7,8 +7,39 @@ keyword settings (``kv_extension=False, prob_threshold=0.1, ...``) to the right 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """Raise ValueError unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_real(
+    name: str,
+    value: Any,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> None:
+    """Raise ValueError unless ``value`` is a finite real number (not a bool) in range:
+    ``> above``, ``>= at_least``, ``<= at_most`` (each bound optional)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if above is not None and not value > above:
+        raise ValueError(f"{name} must be above {above:g}, got {value:g}")
+    if at_least is not None and value < at_least:
+        raise ValueError(f"{name} must be at least {at_least:g}, got {value:g}")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"{name} must be at most {at_most:g}, got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -22,8 +53,7 @@ class WindowConfig:
 
     def __post_init__(self) -> None:
         for name in ("crop", "stride", "short_side", "max_long_side"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive number of pixels")
+            check_int(name, getattr(self, name), 1)
         if self.stride > self.crop:
             raise ValueError(
                 f"stride {self.stride} is larger than crop {self.crop}: the windows would leave "
@@ -87,10 +117,12 @@ class GLAConfig:
     def __post_init__(self) -> None:
         if self.base not in BASES:
             raise ValueError(f"base must be one of {', '.join(BASES)}, got {self.base!r}")
-        if self.proxy_iters < 0:
-            raise ValueError(f"proxy_iters must be >= 0, got {self.proxy_iters}")
-        if self.block_size is not None and self.block_size <= 0:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        check_int("proxy_iters", self.proxy_iters, 0)
+        check_real("proxy_threshold", self.proxy_threshold, at_least=0.0, at_most=1.0)
+        for name in ("beta_alpha", "gamma_alpha", "fixed_beta", "fixed_gamma"):
+            check_real(name, getattr(self, name), above=0.0)
+        if self.block_size is not None:
+            check_int("block_size", self.block_size, 1)
         if self.attention_impl not in ("blocked", "dense"):
             raise ValueError(
                 f"attention_impl must be 'blocked' or 'dense', got {self.attention_impl!r}"
@@ -106,10 +138,9 @@ class PostConfig:
     background_index: int = 0  # label for low-confidence pixels (0: the first class)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.prob_threshold <= 1.0:
-            raise ValueError(f"prob_threshold must be in [0, 1], got {self.prob_threshold}")
-        if self.background_index < 0:
-            raise ValueError(f"background_index must be >= 0, got {self.background_index}")
+        check_real("logit_scale", self.logit_scale, above=0.0)
+        check_real("prob_threshold", self.prob_threshold, at_least=0.0, at_most=1.0)
+        check_int("background_index", self.background_index, 0)
 
 
 @dataclass(frozen=True)
@@ -126,19 +157,19 @@ class RuntimeConfig:
 
     window_batch: int = 4  # windows per backbone batch (larger batches are not faster on CPU)
     precision: str = "fp32"  # fp32 (exact) | bf16 | fp16 (the fast mode)
-    # fused SDPA in the VFM: None follows the precision (on in bf16/fp16, off in fp32)
+    # fused attention kernels in the towers: None follows the precision (on in bf16/fp16)
     fused_attention: bool | None = None
+    allow_slow: bool = False  # run settings that take far longer than the paper's (slow_reasons)
 
     @property
     def fused(self) -> bool:
-        """Whether the VFM runs its fused attention kernel."""
+        """Whether the towers run fused attention kernels (the VFM's, CLIP's blocks)."""
         if self.fused_attention is None:
             return self.precision != "fp32"
         return self.fused_attention
 
     def __post_init__(self) -> None:
-        if self.window_batch <= 0:
-            raise ValueError(f"window_batch must be positive, got {self.window_batch}")
+        check_int("window_batch", self.window_batch, 1)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
@@ -152,6 +183,13 @@ class Settings:
     post: PostConfig = field(default_factory=PostConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    def __post_init__(self) -> None:
+        reasons = slow_reasons(self)
+        if reasons and not self.runtime.allow_slow:
+            raise ValueError(
+                "; ".join(reasons) + ". Pass allow_slow=True (--allow-slow) to run it anyway"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """Flat ``{name: value}`` of every setting (for result files)."""
         out: dict[str, Any] = {}
@@ -162,6 +200,48 @@ class Settings:
     def replace(self, **kwargs: Any) -> Settings:
         """A copy with some flat settings changed."""
         return settings_from_kwargs(self, **kwargs)
+
+
+SLOW_STRIDE_DIVISOR = 8  # a stride below crop / 8 is refused without allow_slow
+MAX_PROXY_ITERS = 10  # more proxy iterations are refused without allow_slow
+_REFERENCE_IMAGE = (3, 4)  # the aspect ratio of the image the window estimate is made for
+
+
+def _window_count(settings: WindowConfig, stride: int) -> tuple[int, int, int]:
+    """``(windows, height, width)`` for a 3:4 photo at the protocol size (SPEC 1-2)."""
+    h = settings.short_side
+    w = min(settings.max_long_side, round(h * _REFERENCE_IMAGE[1] / _REFERENCE_IMAGE[0]))
+    h, w = max(h, settings.crop), max(w, settings.crop)
+
+    def count(size: int) -> int:
+        return max(size - settings.crop + stride - 1, 0) // stride + 1
+
+    return count(h) * count(w), h, w
+
+
+def slow_reasons(settings: Settings) -> list[str]:
+    """Why ``settings`` would take far longer than the paper's (empty when they would not):
+    a stride below ``crop / 8`` (the windows grow with the square of ``crop / stride``) or more
+    than 10 proxy iterations (each one is a pass of the global attention), with an estimate."""
+    win, gla, reasons = settings.window, settings.gla, []
+    if win.stride * SLOW_STRIDE_DIVISOR < win.crop:
+        n, h, w = _window_count(win, win.stride)
+        usual = max(1, win.crop // 2)
+        base, _, _ = _window_count(win, usual)
+        reasons.append(
+            f"stride {win.stride} is below crop / {SLOW_STRIDE_DIVISOR} "
+            f"({win.crop / SLOW_STRIDE_DIVISOR:g}): a {h} x {w} image would take {n:,} windows "
+            f"instead of {base:,} at stride {usual}, at least {n / base:,.0f} times the work "
+            "(hours instead of seconds on a CPU); pass a stride of at least "
+            f"{math.ceil(win.crop / SLOW_STRIDE_DIVISOR)}"
+        )
+    if gla.proxy_iters > MAX_PROXY_ITERS:
+        reasons.append(
+            f"proxy_iters {gla.proxy_iters} is above {MAX_PROXY_ITERS}: each iteration is one "
+            "more pass of the global attention over every window (the paper's is 2), so the "
+            f"attention would take about {gla.proxy_iters / 2:,.0f} times as long"
+        )
+    return reasons
 
 
 _PARTS = {"window": WindowConfig, "gla": GLAConfig, "post": PostConfig, "runtime": RuntimeConfig}

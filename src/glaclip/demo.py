@@ -11,6 +11,7 @@ already seen are not embedded again. Needs the ``demo`` extra: ``pip install "gl
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 import shutil
@@ -37,9 +38,10 @@ from glaclip.config import (  # noqa: E402
     unlabelled_value,
 )
 from glaclip.data.presets import PRESETS, preset_classes  # noqa: E402
-from glaclip.imageio import ImageReadError, read_image  # noqa: E402
+from glaclip.imageio import ImageReadError, quiet_pillow, read_image  # noqa: E402
 from glaclip.segmenter import Segmentation, Segmenter  # noqa: E402
 from glaclip.text import (  # noqa: E402
+    QueryKeys,
     check_vocabulary,
     expand_queries,
     parse_class_lines,
@@ -124,8 +126,9 @@ def preset_text(name: str | None) -> str:
     return ", ".join(preset_classes(name)) if name else ""
 
 
-def parse_page_classes(text: str | None) -> list[str]:
-    """The class box's text to class lines, in the syntax of ``glaclip segment --classes``."""
+def parse_page_classes(text: str | None, keys: QueryKeys | None = None) -> list[str]:
+    """The class box's text to class lines, in the syntax of ``glaclip segment --classes``;
+    ``keys`` compares the names as the text encoder sees them (``check_vocabulary``)."""
     if text is None or not text.strip():
         raise DemoInputError(
             "No classes: type the classes to find, separated by commas, with ';' between "
@@ -133,7 +136,7 @@ def parse_page_classes(text: str | None) -> list[str]:
         )
     try:
         lines = parse_classes_arg(text, source="the class list")
-        check_vocabulary(lines, source="the class list")
+        check_vocabulary(lines, source="the class list", keys=keys)
     except ValueError as err:
         raise DemoInputError(f"Classes: {err}") from err
     return lines
@@ -147,7 +150,7 @@ def check_image(path: str | os.PathLike, name: str, max_pixels: int) -> tuple[in
             ``max_pixels`` pixels.
     """
     try:
-        with Image.open(path) as im:
+        with quiet_pillow(), Image.open(path) as im:
             width, height = im.size
     except Image.DecompressionBombError:
         raise DemoInputError(too_large_message(name, None, max_pixels)) from None
@@ -245,7 +248,7 @@ def run_request(
             "No image: upload or drop a photo (or pick an example), then press Segment."
         )
     name = name or Path(image_path).name
-    lines = parse_page_classes(class_text)
+    lines = parse_page_classes(class_text, segmenter.text.query_keys)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError):
@@ -403,7 +406,13 @@ def build_app(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     folders: RequestFolders | None = None,
 ) -> gr.Blocks:
-    """The Gradio page over ``segmenter`` (not launched; see ``serve``)."""
+    """The Gradio page over ``segmenter`` (not launched; see ``serve``).
+
+    Raises:
+        ValueError: ``max_megapixels`` is not a finite number above 0.
+    """
+    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
+        raise ValueError(f"max_megapixels must be a finite number above 0, got {max_megapixels}")
     folders = folders or RequestFolders()
     max_pixels = int(max_megapixels * 1e6)
 

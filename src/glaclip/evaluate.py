@@ -16,17 +16,17 @@ Resume. Every finished image appends one JSON line ``{"id", "counts"}`` (its own
 counters, ``SegMetric.to_tensor``) to ``OUT/eval_state/rank<r>.jsonl``, flushed and fsynced
 after its prediction file is in place. Each state file starts with a header holding a
 fingerprint of the evaluation (dataset, data root, class lines, label conventions, every
-setting except ``window_batch`` and ``block_size`` — which only partition the work — and the
-model identities). A later run with the same fingerprint reads every state file, skips the
-ids listed there and adds their counters: integer sums, so the result is the one a fresh run
-gives. ``--limit`` is not part of the fingerprint (an image's counters do not depend on it, so
-a run over the first N images can be continued by a run over all of them); instead, a run
-with ``--limit N`` writes ``results_limitN.json``/``.md`` and a run over the whole dataset
-``results.json``/``.md``, so that runs over different numbers of images never replace each
-other's results. A torn last line (a crash mid-write) is ignored and cut off; a different
-fingerprint is refused unless ``--restart`` discards the state (``--restart`` deletes no result
-file). Resume works with any world size; with several nodes, ``OUT`` must be a folder every
-node sees (checked: the ranks must agree).
+setting except ``window_batch`` and ``block_size``, which only partition the work, and
+``allow_slow``; and the model identities). A later run with the same fingerprint reads every
+state file, skips the ids listed there and adds their counters: integer sums, so the result is
+the one a fresh run gives. ``--limit`` is not part of the fingerprint (an image's counters do
+not depend on it, so a run over the first N images can be continued by a run over all of them);
+instead, a run with ``--limit N`` writes ``results_limitN.json``/``.md`` and a run over the
+whole dataset ``results.json``/``.md``, so that runs over different numbers of images never
+replace each other's results. A torn last line (a crash mid-write) is ignored and cut off; a
+different fingerprint is refused unless ``--restart`` discards the state (``--restart`` deletes
+no result file). Resume works with any world size; with several nodes, ``OUT`` must be a folder
+every node sees (checked: the ranks must agree).
 
 Distributed. The images still to do are split with ``distributed.shard`` (no padding, no
 duplicates); each rank writes its own predictions and state file; the per-rank counters are
@@ -59,8 +59,9 @@ from glaclip.data import (
     preset_display_names,
 )
 from glaclip.distributed import DistInfo, all_reduce_sum, barrier, gather_messages, shard
-from glaclip.imageio import atomic_write, save_json, save_label_png
+from glaclip.imageio import atomic_write_bytes, encode_json, save_label_png, write_error
 from glaclip.metrics import SegMetric
+from glaclip.outputs import OutputFolder, check_outside
 from glaclip.text import read_class_file
 from glaclip.windows import network_canvas
 
@@ -69,8 +70,9 @@ if TYPE_CHECKING:
 
 STATE_DIR = "eval_state"
 STATE_VERSION = 2  # 2: the image records hold SegMetric.tensor_length(C) = 4*C + 3 counters
-# settings that only decide how the work is partitioned, not what is computed
-_RUNTIME_ONLY = ("window_batch", "block_size")
+# settings that only decide how the work is partitioned (or whether it may run), not what is
+# computed
+_RUNTIME_ONLY = ("window_batch", "block_size", "allow_slow")
 
 
 # ---------------------------------------------------------------------------------- task
@@ -134,7 +136,8 @@ def make_task(
         dataset: preset name (``voc21``, ..., ``ade20k``).
         data_root: the dataset's root folder, in the layout of the preset.
         class_file: a custom vocabulary in label order (default: the preset's bundled one).
-        limit: evaluate only the first ``limit`` images.
+        limit: evaluate only the first ``limit`` images (a limit of at least the number of
+            images is the whole dataset: ``task.limit`` is then None).
         reduce_zero_label: override the preset's reduce_zero_label.
 
     Raises:
@@ -143,9 +146,11 @@ def make_task(
     """
     preset = get_preset(dataset)
     check_limit(limit)
-    lines = read_class_file(class_file) if class_file else preset_classes(preset)
+    lines = read_class_file(class_file, blank_lines=False) if class_file else preset_classes(preset)
     samples = list_samples(preset.layout, data_root)
     total = len(samples)
+    if limit is not None and limit >= total:
+        limit = None  # the whole dataset: results.json, not results_limitN.json
     if limit is not None:
         samples = samples[:limit]
     reduce = preset.reduce_zero_label if reduce_zero_label is None else reduce_zero_label
@@ -195,6 +200,36 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
                 )
             break
     return path
+
+
+def check_eval_outputs(
+    out_dir: str | os.PathLike,
+    task: EvalTask,
+    save_predictions: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    data_root: str | os.PathLike | None = None,
+) -> None:
+    """Refuse, before any model work, outputs that would replace files glaclip did not write.
+
+    The results files in ``out_dir`` and the predictions ``<id>.png`` in ``save_predictions``
+    may replace only files glaclip wrote there (``outputs.OutputFolder``; any file with
+    ``overwrite``). ``save_predictions`` may not be, or lie inside, the data root (``data_root``,
+    default ``task.data_root``) or a label folder, whatever ``overwrite`` says.
+
+    Raises:
+        ValueError: names the file or folder and says what to do.
+    """
+    out = check_output_folder(out_dir)
+    stem = results_stem(task.limit)
+    OutputFolder(out).check([f"{stem}.json", f"{stem}.md"], overwrite)
+    if save_predictions is None:
+        return
+    flag = "--save-predictions"
+    pred = check_output_folder(save_predictions, flag)
+    protected = [(data_root or task.data_root, "the data root")]
+    protected += [(p, "the label folder") for p in sorted({s.label.parent for s in task.samples})]
+    check_outside(pred, protected, flag)
+    OutputFolder(pred, flag).check([f"{s.id}.png" for s in task.samples], overwrite)
 
 
 def preset_settings(dataset: str) -> dict[str, Any]:
@@ -331,14 +366,17 @@ class StateWriter:
     """Appends one line per finished image to this rank's state file (flushed and fsynced)."""
 
     def __init__(self, state_dir: Path, rank: int, config: dict[str, Any]) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / f"rank{rank}.jsonl"
-        if self.path.exists():  # cut a torn last line so that the next record starts cleanly
-            data = self.path.read_bytes()
-            keep = data.rfind(b"\n") + 1
-            if keep != len(data):
-                os.truncate(self.path, keep)
-        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():  # cut a torn last line so the next record starts cleanly
+                data = self.path.read_bytes()
+                keep = data.rfind(b"\n") + 1
+                if keep != len(data):
+                    os.truncate(self.path, keep)
+            self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        except OSError as err:
+            raise write_error(self.path, err) from None
         if self._file.tell() == 0:
             header = {
                 "glaclip_eval_state": STATE_VERSION,
@@ -348,9 +386,13 @@ class StateWriter:
             self._write(header)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = json.dumps(record, separators=(",", ":"), default=str, allow_nan=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise write_error(self.path, err) from None
 
     def add(self, sample_id: str, metric: SegMetric) -> None:
         """Record one finished image and its counters."""
@@ -387,15 +429,20 @@ def evaluate(
     restart: bool = False,
     dist: DistInfo | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``segmenter`` on ``task``, resuming from ``out_dir``'s state; no results file.
 
-    Every rank returns the same dictionary (see ``write_results`` for its keys).
+    Every rank returns the same dictionary (see ``write_results`` for its keys). Each
+    prediction is recorded in the manifest of ``save_predictions`` before it is written.
 
     Raises:
         ValueError: state of another evaluation in ``out_dir`` (without ``restart``), a bad
             image or label (``OtherRankFailed`` on the ranks where it was not), ``out_dir``
-            or ``save_predictions`` naming a file.
+            or ``save_predictions`` naming a file, predictions that would replace files
+            glaclip did not write (without ``overwrite``) or lie in the dataset
+            (``check_eval_outputs``).
+        WriteError: a file could not be written (a full disk).
     """
     dist = dist or DistInfo()
     start = time.perf_counter()
@@ -422,11 +469,8 @@ def evaluate(
             prior.merge(SegMetric.from_tensor(torch.tensor(done[sid], device="cpu"), num_classes))
     resumed = sum(i in done for i in ids)
     todo = shard([s for s in task.samples if s.id not in done], dist)
-    pred_dir = (
-        check_output_folder(save_predictions, "--save-predictions") if save_predictions else None
-    )
-    if pred_dir is not None:
-        pred_dir.mkdir(parents=True, exist_ok=True)
+    check_eval_outputs(out, task, save_predictions, overwrite)
+    predictions = OutputFolder(save_predictions, "--save-predictions") if save_predictions else None
 
     local = SegMetric(num_classes)
     writer = StateWriter(state_dir, dist.rank, config)
@@ -440,8 +484,9 @@ def evaluate(
     try:
         for sample in bar:
             pred, metric = evaluate_image(segmenter, sample, task)
-            if pred_dir is not None:
-                save_label_png(pred_dir / f"{sample.id}.png", pred)
+            if predictions is not None:
+                predictions.claim([f"{sample.id}.png"])
+                save_label_png(predictions.path / f"{sample.id}.png", pred)
             writer.add(sample.id, metric)
             local.merge(metric)
             processed += 1
@@ -580,10 +625,13 @@ def outside_note(pixels: int, num_classes: int) -> str:
     )
 
 
-def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> tuple[Path, Path]:
+def write_results(
+    out_dir: str | os.PathLike, results: dict[str, Any], overwrite: bool = False
+) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` (``results_limitN.*`` for a run with
-    ``limit`` N) into ``out_dir`` (atomically)."""
-    return write_report(out_dir, results_stem(results.get("limit")), results, format_markdown)
+    ``limit`` N) into ``out_dir`` (``write_report``)."""
+    stem = results_stem(results.get("limit"))
+    return write_report(out_dir, stem, results, format_markdown, overwrite)
 
 
 def write_report(
@@ -591,11 +639,20 @@ def write_report(
     stem: str,
     data: dict[str, Any],
     markdown: Callable[[dict[str, Any]], str],
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``data`` as ``<stem>.json`` and ``markdown(data)`` as ``<stem>.md`` into
-    ``out_dir``, each atomically."""
-    out = Path(out_dir)
-    json_path = save_json(out / f"{stem}.json", data)
-    md = markdown(data)
-    md_path = atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
-    return json_path, md_path
+    ``out_dir``, each atomically, recorded in the folder's manifest first.
+
+    Raises:
+        ValueError: a file of that name is there and glaclip did not write it (allowed with
+            ``overwrite``), or ``data`` holds NaN or Infinity.
+        WriteError: a file could not be written.
+    """
+    out = OutputFolder(out_dir)
+    names = [f"{stem}.json", f"{stem}.md"]
+    out.check(names, overwrite)
+    text, md = encode_json(data, str(out.path / names[0])), markdown(data).encode("utf-8")
+    out.claim(names)
+    json_path = atomic_write_bytes(out.path / names[0], text)
+    return json_path, atomic_write_bytes(out.path / names[1], md)

@@ -15,10 +15,15 @@ Reading rules (SPEC 1.1), applied to files, PIL images and numpy arrays alike:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
+import stat
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +38,17 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "IMAGE_EXTENSIONS",
+    "STOP_ERRNOS",
     "ImageReadError",
+    "WriteError",
     "atomic_write",
+    "atomic_write_bytes",
+    "encode_json",
+    "encode_label_png",
+    "encode_rgb",
     "is_image_file",
+    "missing_file_reason",
+    "quiet_pillow",
     "protocol_size",
     "read_image",
     "resize_image",
@@ -48,11 +61,35 @@ __all__ = [
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-#: Lower-case file extensions that :func:`read_image` is expected to handle.
-IMAGE_EXTENSIONS: tuple[str, ...] = (
+_COMMON_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga"
 )  # fmt: skip
+# read where this Pillow was built with their decoders (AVIF, JPEG 2000)
+_OPTIONAL_EXTENSIONS = (".avif", ".jp2", ".j2k", ".jpf", ".jpx", ".j2c")
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    formats = Image.registered_extensions()  # also loads Pillow's plugins
+    extra = [e for e in _OPTIONAL_EXTENSIONS if formats.get(e) in Image.OPEN]
+    return _COMMON_EXTENSIONS + tuple(extra)
+
+
+#: Lower-case file extensions that :func:`read_image` is expected to handle (AVIF and JPEG
+#: 2000 where Pillow can decode them).
+IMAGE_EXTENSIONS: tuple[str, ...] = _readable_extensions()
+
+
+@contextlib.contextmanager
+def quiet_pillow() -> Iterator[None]:
+    """Pillow's own warnings about a file it still reads (a large image below the refused
+    size, a corrupt EXIF block, which is ignored) are not passed on: glaclip reports what
+    matters itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message=r".*EXIF", category=UserWarning)
+        yield
+
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -91,13 +128,30 @@ def read_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.
     )
 
 
-def _read_file(path: Path) -> np.ndarray:
-    if path.is_dir():
-        raise ImageReadError(f"{path}: is a directory, not an image file")
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
+def missing_file_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be opened as a file (``no such file``, a broken or looping
+    symbolic link, a directory), or None when it is a file."""
     try:
-        with Image.open(path) as im:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (its chain of links leads back to itself)"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        if isinstance(err, FileNotFoundError):
+            return "no such file"
+        return f"cannot be opened ({err.strerror or err})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an image file"
+    return None
+
+
+def _read_file(path: Path) -> np.ndarray:
+    reason = missing_file_reason(path)
+    if reason is not None:
+        raise ImageReadError(f"{path}: {reason}")
+    try:
+        with quiet_pillow(), Image.open(path) as im:
             im.load()
             return _pil_to_rgb(im, str(path))
     except UnidentifiedImageError as e:
@@ -118,8 +172,9 @@ _BAND_PIXELS = 1 << 22  # pixels per band when copying a large RGB image out of 
 
 def _pil_to_rgb(im: Image.Image, where: str) -> np.ndarray:
     try:
-        if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even if not
-            im = ImageOps.exif_transpose(im)
+        with quiet_pillow():
+            if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies if not
+                im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
         pass
     mode = im.mode
@@ -242,37 +297,119 @@ def to_tensor(
     return ((x / 255.0 - m) / s).contiguous()
 
 
-def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[Path], Any]) -> Path:
+# write errors after which no other file can be written either (a full disk or quota, a
+# read-only file system): a batch stops instead of trying every image
+STOP_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class WriteError(OSError):
+    """A file could not be written; the message names the file and the cause, and ``errno``
+    is the cause's (``errno.ENOSPC`` for a full disk)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def write_error(path: str | os.PathLike[str], err: OSError) -> WriteError:
+    """``err`` as a ``WriteError`` naming ``path`` (the final name, not a temporary one)."""
+    if isinstance(err, WriteError):
+        return err
+    cause = err.strerror or str(err) or type(err).__name__
+    return WriteError(err.errno, f"cannot write {path}: {cause}")
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove ``path`` if it is there; a failure to remove it is not reported (the error that
+    made it necessary is the one that matters)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """A temporary name beside ``path``: ``.glaclip-<16 hex digits>.tmp``, 26 characters
+    whatever the length of ``path``'s name, so that any name the file system accepts can be
+    written."""
+    return path.with_name(f".glaclip-{secrets.token_hex(8)}.tmp")
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write_fn: Callable[[Path], Any], fsync: bool = True
+) -> Path:
     """Write a file atomically: ``write_fn(tmp)`` writes a temporary file, then it is renamed.
 
-    The temporary file lives in the same directory (``.<name>.<random>.tmp``) so that
-    ``os.replace`` is atomic; ``write_fn`` must not rely on its extension to pick a format.
-    Missing parent directories are created. On any exception (including KeyboardInterrupt)
-    the temporary file is removed, ``path`` is left as it was, and the exception propagates.
-    No fsync is done: this protects against partial files, not against power loss.
+    The temporary file lives in the same directory (``temporary_name``) so that ``os.replace``
+    is atomic; ``write_fn`` must not rely on its extension to pick a format. Missing parent
+    directories are created. The temporary file is flushed to the disk (``fsync``) before the
+    rename, unless ``fsync`` is False (``write_fn`` did it). On any exception (including
+    KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was.
 
     Returns:
         ``path`` as a ``Path``.
+
+    Raises:
+        WriteError: an ``OSError`` while writing, naming ``path`` and the cause (a full disk,
+            no permission, a folder at ``path``, a name too long for the file system).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+    tmp = temporary_name(path)
     try:
         write_fn(tmp)
+        if fsync:
+            _fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        raise write_error(path, err) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
     return path
 
 
-def save_label_png(
-    path: str | os.PathLike[str],
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (``atomic_write``), flushed to the disk and
+    checked: a file that holds fewer bytes than were written (a file system that loses data
+    without an error) is removed and reported.
+
+    Raises:
+        WriteError: as ``atomic_write``; ``errno.EIO`` when the written size is short.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            size = os.fstat(f.fileno()).st_size
+        if size != len(data):
+            raise OSError(
+                errno.EIO,
+                f"only {size} of its {len(data)} bytes reached the disk (is it full?)",
+            )
+
+    return atomic_write(path, write, fsync=False)
+
+
+def encode_label_png(
     labels: np.ndarray,
     palette: np.ndarray | None = None,
     sixteen_bit: bool | None = None,
-) -> Path:
-    """Save a label map as PNG, atomically.
+) -> bytes:
+    """A label map as the bytes of a PNG file.
 
     Args:
         labels: HxW integer array with values in [0, 65535].
@@ -306,26 +443,47 @@ def save_label_png(
         im.putpalette(full.reshape(-1).tolist())
     else:
         im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint16))
-    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    return _encode(im, "PNG")
+
+
+def _encode(im: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def save_label_png(
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    palette: np.ndarray | None = None,
+    sixteen_bit: bool | None = None,
+) -> Path:
+    """Save a label map as PNG (``encode_label_png``), atomically (``atomic_write_bytes``)."""
+    return atomic_write_bytes(path, encode_label_png(labels, palette, sixteen_bit))
+
+
+def encode_rgb(rgb: np.ndarray, extension: str, jpeg_quality: int = 95) -> bytes:
+    """An HxWx3 uint8 RGB image as the bytes of an image file; the format follows
+    ``extension``: ``.png`` -> PNG, ``.jpg``/``.jpeg`` -> JPEG at ``jpeg_quality``; any other
+    extension Pillow can write is accepted too."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 array, got shape {rgb.shape} {rgb.dtype}")
+    ext = extension.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"cannot tell the image format from extension {ext!r}; use .png or .jpg")
+    kwargs: dict[str, Any] = {"quality": jpeg_quality} if fmt == "JPEG" else {}
+    return _encode(Image.fromarray(np.ascontiguousarray(rgb)), fmt, **kwargs)
 
 
 def save_rgb(path: str | os.PathLike[str], rgb: np.ndarray, jpeg_quality: int = 95) -> Path:
-    """Save an HxWx3 uint8 RGB image atomically; the format follows the extension.
-
-    ``.png`` -> PNG, ``.jpg``/``.jpeg`` -> JPEG at ``jpeg_quality``; any other extension
-    Pillow can write is accepted too.
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 array, got shape {rgb.shape} {rgb.dtype}")
-    ext = Path(path).suffix.lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE:
-        raise ValueError(
-            f"{path}: cannot tell the image format from extension {ext!r}; use .png or .jpg"
-        )
-    im = Image.fromarray(np.ascontiguousarray(rgb))
-    kwargs: dict[str, Any] = {"quality": jpeg_quality} if fmt == "JPEG" else {}
-    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **kwargs))
+    """Save an HxWx3 uint8 RGB image atomically; the format follows the extension
+    (``encode_rgb``)."""
+    try:
+        data = encode_rgb(rgb, Path(path).suffix, jpeg_quality)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return atomic_write_bytes(path, data)
 
 
 def _json_default(obj: Any) -> Any:
@@ -338,11 +496,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 
-def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Save ``obj`` as JSON atomically: UTF-8 (non-ASCII kept), indent 2, trailing newline.
+def encode_json(obj: Any, what: str = "JSON") -> bytes:
+    """``obj`` as UTF-8 JSON text (non-ASCII kept, indent 2, trailing newline); numpy
+    scalars/arrays and paths are converted.
 
-    numpy scalars/arrays and paths are converted; NaN is written as ``NaN`` (Python's json
-    default). The text is serialised before anything is written.
+    Raises:
+        ValueError: ``obj`` holds NaN or an infinity, which strict JSON readers refuse
+            (``what`` names the file in the message).
     """
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    try:
+        text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"{what} would hold NaN or Infinity, which JSON cannot ({err})") from None
+    return (text + "\n").encode("utf-8")
+
+
+def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Save ``obj`` as JSON (``encode_json``) atomically; the text is made before anything is
+    written, and a value that JSON cannot hold (NaN, Infinity) is refused with ValueError."""
+    return atomic_write_bytes(path, encode_json(obj, str(path)))

@@ -121,6 +121,12 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
         help="the VFM's fused attention kernel (faster; not bit-faithful to the reference). "
         "auto (default): on with --precision bf16/fp16, off with fp32",
     )
+    g.add_argument(
+        "--allow-slow",
+        action="store_true",
+        help="run settings that take far longer than the paper's (a --stride below crop / 8, "
+        "more than 10 --proxy-iters), which are refused otherwise",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,6 +140,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
             out[name] = value
     if getattr(args, "fused_attention", "auto") != "auto":
         out["fused_attention"] = args.fused_attention == "on"
+    if getattr(args, "allow_slow", False):
+        out["allow_slow"] = True
     return out
 
 

@@ -310,9 +310,21 @@ class Segmenter:
 
         Returns:
             A ``Segmentation`` at the image's original size.
+
+        Raises:
+            TypeError: ``classes`` is None or not a list of strings.
+            ValueError: an empty or unreadable image, an empty class name, or a class that
+                can never win (``text.check_vocabulary``, with the names as the text encoder
+                sees them).
         """
-        lines = parse_classes_arg(classes) if isinstance(classes, str) else list(classes)
-        check_vocabulary(lines)
+        if classes is None:
+            raise TypeError(
+                "classes is None: pass the class names, e.g. ['sky', 'person; man'] or the "
+                "string 'sky, person; man'"
+            )
+        lines = parse_classes_arg(classes, "classes") if isinstance(classes, str) else classes
+        check_vocabulary(lines, "classes", keys=self.text.query_keys)
+        lines = list(lines)
         x, size = self.prepare(image)
         out = self.segment_tensor(x, lines, size, return_scores, progress)
         return Segmentation(

@@ -30,6 +30,7 @@ from glaclip.data import PAPER_AVERAGE_MIOU, PRESETS, Preset
 from glaclip.distributed import DistInfo
 from glaclip.evaluate import (
     EvalTask,
+    check_eval_outputs,
     check_state,
     evaluate,
     format_percent,
@@ -40,12 +41,21 @@ from glaclip.evaluate import (
     write_report,
     write_results,
 )
+from glaclip.imageio import STOP_ERRNOS
+from glaclip.outputs import OutputFolder
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
 
 # settings that change how the work is split, or only its round-off, not the method
-_NOT_METHOD = ("window_batch", "block_size", "attention_impl", "precision", "fused_attention")
+_NOT_METHOD = (
+    "window_batch",
+    "block_size",
+    "attention_impl",
+    "precision",
+    "fused_attention",
+    "allow_slow",
+)
 PAPER_MODELS = {
     "clip": DEFAULT_CLIP,
     "clip_pretrained": DEFAULT_CLIP_PRETRAINED,
@@ -128,6 +138,42 @@ def check_states(
         full = settings_from_kwargs(**benchmark_settings(b.preset.name, settings)).to_dict()
         try:
             check_state(Path(out_dir) / b.preset.name, b.task, full, models)
+        except ValueError as err:
+            raise ValueError(f"{b.preset.title}: {err}") from err
+
+
+def effective_limit(benchmarks: list[Benchmark], limit: int | None) -> int | None:
+    """``limit``, or None when it covers every ready benchmark whole (``make_task``): the
+    table is then ``table1.json``, not ``table1_limitN.json``."""
+    if any(b.task is not None and b.task.limit is not None for b in benchmarks):
+        return limit
+    return None
+
+
+def check_all_outputs(
+    benchmarks: list[Benchmark],
+    out_dir: str | os.PathLike,
+    save_predictions: str | os.PathLike | None,
+    overwrite: bool,
+    data_root: str | os.PathLike,
+    limit: int | None,
+) -> None:
+    """Refuse, before any model loads, outputs of a ``--dataset all`` run that would replace
+    files glaclip did not write, or predictions inside ``data_root`` (``check_eval_outputs``
+    for every ready benchmark, and the table's files in ``out_dir``).
+
+    Raises:
+        ValueError: names the file or folder (and the benchmark).
+    """
+    stem = table_stem(limit)
+    OutputFolder(out_dir).check([f"{stem}.json", f"{stem}.md"], overwrite)
+    for b in benchmarks:
+        if b.task is None:
+            continue
+        name = b.preset.name
+        pred = None if save_predictions is None else Path(save_predictions) / name
+        try:
+            check_eval_outputs(Path(out_dir) / name, b.task, pred, overwrite, data_root)
         except ValueError as err:
             raise ValueError(f"{b.preset.title}: {err}") from err
 
@@ -333,9 +379,13 @@ def table_stem(limit: int | None) -> str:
     return limited_stem("table1", limit)
 
 
-def write_table(out_dir: str | os.PathLike, table: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``table1.json`` and ``table1.md`` (``table1_limitN.*``) atomically."""
-    return write_report(out_dir, table_stem(table["limit"]), table, format_table_markdown)
+def write_table(
+    out_dir: str | os.PathLike, table: dict[str, Any], overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``table1.json`` and ``table1.md`` (``table1_limitN.*``) atomically
+    (``write_report``)."""
+    stem = table_stem(table["limit"])
+    return write_report(out_dir, stem, table, format_table_markdown, overwrite)
 
 
 Report = Callable[[Benchmark, "dict[str, Any] | None", "Exception | None"], None]
@@ -354,6 +404,7 @@ def evaluate_benchmarks(
     report: Report | None = None,
     limit: int | None = None,
     data_root: str | os.PathLike = "",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every ready benchmark, in the paper's order, with one set of models.
 
@@ -394,10 +445,13 @@ def evaluate_benchmarks(
                 restart=restart,
                 dist=dist,
                 progress=progress,
+                overwrite=overwrite,
             )
             if dist.is_main:
-                write_results(out / name, results)
+                write_results(out / name, results, overwrite)
         except (ValueError, OSError) as err:
+            if isinstance(err, OSError) and err.errno in STOP_ERRNOS:
+                raise  # a full disk: the next benchmark could not write either
             failed[name] = str(err)
             if report is not None:
                 report(b, None, err)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -42,6 +44,11 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
             counting from 0), or an entry has an empty query name (``"person; ; man"``).
         TypeError: an entry is not a string.
     """
+    if lines is None or isinstance(lines, (str, bytes)):
+        raise TypeError(
+            f"{source} must be a list of class names (synonyms separated by ';'), got "
+            f"{type(lines).__name__}: pass e.g. ['sky', 'person; man']"
+        )
     classes: list[list[str]] = []
     for index, line in enumerate(lines):
         if not isinstance(line, str):
@@ -60,10 +67,27 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
                 f"{source}, entry {index} ({line.strip()!r}) has an empty synonym: "
                 "separate synonyms with '; ' and do not leave one blank"
             )
+        for name in names:
+            _check_printable(name, f"{source}, entry {index}")
         classes.append(names)
     if not classes:
         raise ValueError(f"{source} is empty: give at least one class name")
     return classes
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines splits
+
+
+def _check_printable(name: str, where: str) -> None:
+    """ValueError if a query name holds a line break or another control character (a tab is
+    a space to the tokenizer)."""
+    bad = [c for c in name if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        what = "a line break" if bad[0] in _LINE_BREAKS else f"the control character {bad[0]!r}"
+        raise ValueError(
+            f"{where}: the class name {name!r} holds {what}: write each name on one line, "
+            "with spaces between its words"
+        )
 
 
 def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
@@ -90,20 +114,25 @@ def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
     return lines
 
 
-def read_class_file(path: str | os.PathLike) -> list[str]:
-    """The class lines of a UTF-8 class file: stripped, blank lines skipped, a leading
-    byte-order mark removed.
+def read_class_file(path: str | os.PathLike, blank_lines: bool = True) -> list[str]:
+    """The class lines of a UTF-8 class file: stripped, a leading byte-order mark removed,
+    comment lines (starting with ``#``) skipped.
 
     Each line is one class; its query names are separated by ``;``.
 
+    Args:
+        blank_lines: skip blank lines; False makes a blank line before a class line an error
+            (an evaluation's class file, where line order is label order).
+
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not UTF-8 text, has no class, or a line has an empty synonym
-            (names file and line number).
+        FileNotFoundError: the file does not exist, is a folder or a broken or looping link.
+        ValueError: the file is not UTF-8 text, has no class, a line has an empty synonym, or
+            (``blank_lines=False``) a blank line comes before a class (names file and line).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"class file {p} does not exist")
+    reason = _not_a_file(p)
+    if reason:
+        raise FileNotFoundError(f"class file {p} {reason}")
     expected = "expected a UTF-8 text file with one class name per line, synonyms separated by '; '"
     try:
         text = p.read_text(encoding="utf-8-sig")
@@ -113,11 +142,20 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
         ) from None
     if "\x00" in text:
         raise ValueError(f"class file {p} holds NUL bytes (a binary file?): {expected}")
-    lines = []
+    lines, blank = [], None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
+            blank = blank or number
             continue
+        if line.startswith("#"):
+            continue
+        if blank is not None and not blank_lines:
+            raise ValueError(
+                f"{p}, line {blank} is blank: each line is the class of the next label value, "
+                "so a blank line would shift the classes after it; remove it (lines starting "
+                "with '#' are comments)"
+            )
         if any(not part.strip() for part in line.split(";")):
             raise ValueError(
                 f"{p}, line {number} ({line!r}) has an empty synonym: separate query names "
@@ -129,13 +167,36 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def check_vocabulary(class_lines: Sequence[str], source: str = "class list") -> list[list[str]]:
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a readable file, or None."""
+    try:
+        if path.is_dir():
+            return "is a folder, not a file: name the class file inside it"
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (its chain of links leads back to itself)"
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "does not exist"
+
+
+QueryKeys = Callable[[Sequence[str]], Sequence[Hashable]]
+
+
+def check_vocabulary(
+    class_lines: Sequence[str], source: str = "class list", keys: QueryKeys | None = None
+) -> list[list[str]]:
     """Parse class lines and refuse a class that can never be a pixel's label.
 
     A class's probability is the maximum over its query names and the argmax takes the first
     maximum, so class ``j`` can never win exactly when an earlier class's query names include
-    all of class ``j``'s (``"cat, cat, dog"``; ``"person; man, man"``). Query names are compared
-    as written (after stripping).
+    all of class ``j``'s (``"cat, cat, dog"``; ``"person; man, man"``), as the text encoder
+    sees them: ``keys`` maps query names to what the encoder receives (``TextEncoder.query_keys``
+    or ``prompt_keys``: ``"cat"`` and ``"Cat"`` are the same tokens). Without ``keys`` the
+    names are compared as written (after stripping).
 
     Returns:
         The classes as synonym lists (``parse_class_lines``).
@@ -144,19 +205,62 @@ def check_vocabulary(class_lines: Sequence[str], source: str = "class list") -> 
         ValueError: as ``parse_class_lines``, or naming both classes of such a pair.
     """
     classes = parse_class_lines(class_lines, source=source)
-    holders: dict[str, list[int]] = {}  # query name -> classes that have it, in order
-    for j, names in enumerate(classes):
-        wanted = set(names)
-        for i in holders.get(names[0], []):
-            if wanted.issubset(classes[i]):
-                raise ValueError(
-                    f"{source}: class {j} ({'; '.join(names)!r}) can never win, because class "
-                    f"{i} ({'; '.join(classes[i])!r}) comes first and has all its query names "
-                    "(positions count from 0): remove the duplicate or make the names differ"
+    names = [n for syns in classes for n in syns]
+    key_of = dict(zip(names, keys(names), strict=True)) if keys is not None else {}
+    seen = [{key_of.get(n, n) for n in syns} for syns in classes]
+    holders: dict[Hashable, list[int]] = {}  # query key -> classes that have it, in order
+    for j, wanted in enumerate(seen):
+        for i in holders.get(key_of.get(classes[j][0], classes[j][0]), []):
+            if wanted.issubset(seen[i]):
+                same = set(classes[j]).issubset(classes[i])
+                note = (
+                    "(positions count from 0)"
+                    if same
+                    else (
+                        "as the text encoder sees them (it does not tell letter case, repeated "
+                        "spaces or words past the end of its context apart; positions count from 0)"
+                    )
                 )
-        for name in wanted:
-            holders.setdefault(name, []).append(j)
+                raise ValueError(
+                    f"{source}: class {j} ({'; '.join(classes[j])!r}) can never win, because "
+                    f"class {i} ({'; '.join(classes[i])!r}) comes first and has all its query "
+                    f"names {note}: remove the duplicate or make the names differ"
+                )
+        for key in wanted:
+            holders.setdefault(key, []).append(j)
     return classes
+
+
+def prompt_keys(
+    tokenizer: Callable, templates: Sequence[Callable[[str], str]], names: Sequence[str]
+) -> dict[str, bytes]:
+    """What the text encoder receives for each query name: a digest of the tokens of its
+    prompts (one per template), as the tokenizer gives them (case, spaces and the context
+    length applied). A name whose prompts fill the tokenizer's whole context is cut off there;
+    each such name gets a ``RuntimeWarning``.
+
+    Returns:
+        ``{name: 32-byte digest}``; two names with equal digests get equal embeddings.
+    """
+    if not names:
+        return {}
+    tokens = torch.as_tensor(tokenizer([t(n) for n in names for t in templates]), device="cpu")
+    rows = tokens.reshape(len(names), len(templates), -1)
+    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+    full = (rows[..., -1] != pad).sum(dim=1).tolist()
+    for name, count in zip(names, full, strict=True):
+        if count:
+            warnings.warn(
+                f"the class name {name!r} is longer than the text encoder reads: its prompts "
+                f"fill the context of {rows.shape[-1]} tokens ({count} of {len(templates)}), so "
+                "the words at its end are cut off; shorten it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return {
+        name: hashlib.sha256(rows[i].to(torch.int64).contiguous().numpy().tobytes()).digest()
+        for i, name in enumerate(names)
+    }
 
 
 def expand_queries(classes: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
@@ -164,6 +268,20 @@ def expand_queries(classes: Sequence[Sequence[str]]) -> tuple[list[str], list[in
     names = [name for syns in classes for name in syns]
     owner = [i for i, syns in enumerate(classes) for _ in syns]
     return names, owner
+
+
+class EncoderView:
+    """``prompt_keys`` of a tokenizer with the default templates, as the ``keys`` of
+    ``check_vocabulary`` before any model is loaded."""
+
+    def __init__(self, tokenizer: Callable) -> None:
+        self.tokenizer = tokenizer
+        self.templates = openai_templates()
+
+    def __call__(self, names: Sequence[str]) -> list[bytes]:
+        unique = list(dict.fromkeys(names))
+        keys = prompt_keys(self.tokenizer, self.templates, unique)
+        return [keys[n] for n in names]
 
 
 # ------------------------------------------------------------------- truncated text encoding
@@ -365,7 +483,15 @@ class TextEncoder:
         self._memory: dict[str, torch.Tensor] = {}
         self._disk_loaded = False
         self._disk_failed = False
+        self._keys: dict[str, bytes] = {}
         self.encoded_count = 0  # names encoded by the network (not from a cache)
+
+    def query_keys(self, names: Sequence[str]) -> list[bytes]:
+        """What the text tower receives for each name (``prompt_keys``), computed once per
+        name: the ``keys`` of ``check_vocabulary``."""
+        missing = [n for n in dict.fromkeys(names) if n not in self._keys]
+        self._keys.update(prompt_keys(self.tokenizer, self.templates, missing))
+        return [self._keys[n] for n in names]
 
     @property
     def cache_path(self) -> Path | None:
@@ -402,7 +528,7 @@ class TextEncoder:
         except OSError as err:
             self._disk_failed = True
             warnings.warn(
-                f"text embeddings are not cached on disk: cannot write {path} ({err}); "
+                f"text embeddings are not cached on disk: {err}; "
                 "set GLACLIP_CACHE (or text_cache_dir) to a writable folder",
                 RuntimeWarning,
                 stacklevel=3,

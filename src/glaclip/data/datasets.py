@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from glaclip.imageio import quiet_pillow
 from glaclip.metrics import reduce_zero_label as _reduce_zero_label
 
 
@@ -144,8 +145,19 @@ def _read_split(root: Path, name: str, spec: _Layout) -> list[str]:
         raise FileNotFoundError(
             f"split file {path} not found: the {name} layout expects {spec.describe()}"
         )
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    ids = [i for i in ids if i]
+    ids: list[str] = []
+    first: dict[str, int] = {}  # id -> the line that lists it
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        sid = line.strip()
+        if not sid:
+            continue
+        if sid in first:
+            raise ValueError(
+                f"split file {path} lists the image id {sid!r} twice (lines {first[sid]} and "
+                f"{number}): it would be counted twice; remove the repeat"
+            )
+        first[sid] = number
+        ids.append(sid)
     if not ids:
         raise ValueError(f"split file {path} lists no image ids")
     return ids
@@ -231,21 +243,39 @@ def load_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> np.n
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the image has colour channels (not a label map).
+        ValueError: the file is not an image, cannot be decoded (truncated or corrupt), cannot
+            be read, or has colour channels (not a label map); the message names it.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"label file {p} not found")
-    with Image.open(p) as img:
-        if img.mode in ("P", "L"):
-            label = np.array(img, dtype=np.uint8)
-        elif img.mode in ("I", "I;16", "I;16B", "I;16L"):
-            label = np.array(img).astype(np.int32)
-        else:
-            raise ValueError(
-                f"label file {p} has image mode {img.mode!r}: expected a single-channel "
-                "label map (palette 'P' or greyscale 'L') holding class indices"
-            )
+    try:
+        with quiet_pillow():
+            label = _decode_label(p)
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"label file {p} is not an image (Pillow cannot identify it): expected a PNG "
+            "label map holding class indices"
+        ) from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"label file {p} is too large to decode safely ({err})") from None
+    except OSError as err:
+        raise ValueError(
+            f"label file {p} cannot be decoded, truncated or corrupt ({err}): replace it with "
+            "a complete copy"
+        ) from None
     if reduce_zero_label:
         label = _reduce_zero_label(label)
     return label
+
+
+def _decode_label(p: Path) -> np.ndarray:
+    with Image.open(p) as img:
+        if img.mode in ("P", "L"):
+            return np.array(img, dtype=np.uint8)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+            return np.array(img).astype(np.int32)
+        raise ValueError(
+            f"label file {p} has image mode {img.mode!r}: expected a single-channel "
+            "label map (palette 'P' or greyscale 'L') holding class indices"
+        )
