@@ -408,13 +408,15 @@ class _Workspace:
     def half_view(self, rows: int, cols: int) -> torch.Tensor:
         return self.half_buffer[: rows * cols].view(rows, cols)
 
-    def mask(self, x: torch.Tensor, tau: float) -> torch.Tensor:
-        """``[x > tau]`` as a 0/1 matrix for a mask-times-keys product: in place in ``x``
-        (float32), or in the half-precision buffer when that product runs in half precision."""
-        if "mask_keys" in self.products:
-            mask = torch.gt(x, tau, out=self.half_view(*x.shape))
-            return mask.mul_(self.mask_value) if self.mask_value != 1.0 else mask
-        return torch.gt(x, tau, out=x)
+    def mask(self, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[x > tau]`` for a mask-times-keys product: float32 0/1 in place in ``x``, and, when
+        that product runs in half precision, a copy in the half buffer (its entries
+        ``mask_value``). Summing and casting float32 is faster on the CPU than either on a
+        half-precision matrix."""
+        mask = torch.gt(x, tau, out=x)
+        if "mask_keys" not in self.products:
+            return mask, None
+        return mask, torch.mul(mask, self.mask_value, out=self.half_view(*x.shape))
 
     def scores(self, a: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``a K[start:]^T`` into the buffer (in half precision if ``scores`` is a half
@@ -459,16 +461,21 @@ def _csr(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _add_mask_product(
-    work: _Workspace, acc: torch.Tensor, mask: torch.Tensor, r0: int, r1: int
+    work: _Workspace,
+    acc: torch.Tensor,
+    mask: torch.Tensor,
+    r0: int,
+    r1: int,
+    half: torch.Tensor | None = None,
 ) -> None:
-    """``acc += mask @ [K | 1][r0:r1]`` for a 0/1 ``mask`` (``_Workspace.mask``): sparse,
-    in half precision (a half ``mask``; the row counts then summed in float32) or float32."""
+    """``acc += mask @ [K | 1][r0:r1]`` for a float32 0/1 ``mask``: sparse, in half precision
+    from ``half`` (the same mask, entries ``work.mask_value``; the row counts summed from
+    ``mask`` in float32), or in float32."""
     if work.is_sparse(mask):
         acc.add_(_csr(mask, acc.dtype) @ work.k_aug[r0:r1])
-    elif mask.dtype != acc.dtype:  # entries work.mask_value: a power of two, undone exactly
-        scale = 1.0 / work.mask_value
-        acc[:, : work.c] += half_mm(mask, work.k_half[r0:r1]).mul_(scale)
-        acc[:, work.c] += mask.sum(dim=1, dtype=acc.dtype).mul_(scale)
+    elif half is not None:  # mask_value is a power of two: undone exactly
+        acc[:, : work.c] += half_mm(half, work.k_half[r0:r1]).mul_(1.0 / work.mask_value)
+        acc[:, work.c] += mask.sum(dim=1)
     else:
         acc.addmm_(mask, work.k_aug[r0:r1])
 
@@ -505,9 +512,9 @@ def _anchors(
     for _ in range(remaining):
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
-            mask = work.mask(work.scores(proxies[i0:i1]), tau)
+            mask, half = work.mask(work.scores(proxies[i0:i1]), tau)
             part = work.k_aug.new_zeros(i1 - i0, work.k_aug.shape[1])
-            _add_mask_product(work, part, mask, 0, n)
+            _add_mask_product(work, part, mask, 0, n, half)
             proxies[i0:i1] = _proxies_from_sums(work, part, i0)
             count[i0:i1] = part[:, c]
     return (proxies if cfg.proxy_anchor else k), count
@@ -522,10 +529,11 @@ def _first_iteration_symmetric(work: _Workspace, tau: float) -> tuple[torch.Tens
     sums = work.k_aug.new_zeros(n, work.k_aug.shape[1])
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
-        mask = work.mask(work.scores(k[i0:i1], i0), tau)  # rows i0:i1, columns i0:n
-        _add_mask_product(work, sums[i0:i1], mask, i0, n)
+        mask, half = work.mask(work.scores(k[i0:i1], i0), tau)  # rows i0:i1, columns i0:n
+        _add_mask_product(work, sums[i0:i1], mask, i0, n, half)
         if i1 < n:  # the same entries seen from the rows below (A is symmetric)
-            _add_mask_product(work, sums[i1:], mask[:, i1 - i0 :].T, i0, i1)
+            below = None if half is None else half[:, i1 - i0 :].T
+            _add_mask_product(work, sums[i1:], mask[:, i1 - i0 :].T, i0, i1, below)
     proxies = _proxies_from_sums(work, sums, 0)  # a view into sums
     return proxies, sums[:, c].clone()
 
@@ -578,7 +586,7 @@ def _softmax_times_values(
     the cut and the row maximum are always subtracted and every row goes through the product.
     With ``v_half`` (the values in half precision) the product runs in that precision, on
     weights in [0, 1] (the row maximum subtracted) rounded to it (into ``z_half``, a buffer of
-    ``z``'s shape, if given); the rows are normalised by the sums of the rounded weights.
+    ``z``'s shape, if given); the rows are normalised by the float32 sums of the weights.
     """
     zmax = z.amax(dim=1)
     cut = zmax.clamp_max(0.0)
@@ -591,14 +599,14 @@ def _softmax_times_values(
             torch.mm(z, v_flat, out=out)
             out.div_(z.sum(dim=1, keepdim=True))
         else:
+            z.exp_()
+            total = z.sum(dim=1, keepdim=True)
+            if v_half.dtype == torch.float16:  # weights summing to 1: the sums stay in range
+                z.div_(total)
+                total = None
             if z_half is None:
                 z_half = z.new_empty(z.shape, dtype=v_half.dtype)
-            torch.exp(z, out=z_half)
-            total = z_half.sum(dim=1, keepdim=True, dtype=out.dtype)
-            if v_half.dtype == torch.float16:  # weights summing to 1: the sums stay in range
-                z_half.div_(total)
-                total = None
-            out.copy_(half_mm(z_half, v_half))
+            out.copy_(half_mm(z_half.copy_(z), v_half))
             if total is not None:
                 out.div_(total)
         return

@@ -100,17 +100,11 @@ class ClipTower(nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
         return torch.cat([cls_pos, patch_pos], dim=0)
 
-    def last_block_input(
-        self, x: torch.Tensor, fused: bool = False
-    ) -> tuple[torch.Tensor, tuple[int, int]]:
+    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The last block's normalised input ``ln_1(tokens)``, class token first.
 
         Args:
             x: ``B x 3 x h x w`` CLIP-normalised crops.
-            fused: run the blocks before the last with a fused attention kernel
-                (``scaled_dot_product_attention``) on their own weights, instead of their
-                ``nn.MultiheadAttention`` (the reference's arithmetic; the default). Blocks of
-                another kind run as they are.
 
         Returns:
             ``(B x (1 + gh*gw) x D tokens, (gh, gw) patch grid)``.
@@ -128,7 +122,7 @@ class ClipTower(nn.Module):
         if not batch_first:
             t = t.transpose(0, 1)
         for block in transformer.resblocks[:-1]:
-            t = _fused_block(block, t, batch_first) if fused and _plain_block(block) else block(t)
+            t = block(t)
         if not batch_first:
             t = t.transpose(0, 1)
         return self.last.ln_1(t), (gh, gw)
@@ -148,17 +142,16 @@ class ClipTower(nn.Module):
         bias = attn.in_proj_bias[rows] if attn.in_proj_bias is not None else None
         return F.linear(y, attn.in_proj_weight[rows], bias)
 
-    def values(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    def values(self, x: torch.Tensor) -> torch.Tensor:
         """Values of the last block's patch tokens (SPEC 4).
 
         Args:
             x: ``B x 3 x h x w`` CLIP-normalised crops.
-            fused: see ``last_block_input``.
 
         Returns:
             ``B x D x gh x gw`` value maps (``D = heads * d_h``, heads in channel order).
         """
-        y, (gh, gw) = self.last_block_input(x, fused)
+        y, (gh, gw) = self.last_block_input(x)
         val = self.projection(y[:, 1:], "v")
         return val.permute(0, 2, 1).reshape(val.shape[0], self.width, gh, gw)
 
@@ -168,42 +161,6 @@ class ClipTower(nn.Module):
         o = self.visual.ln_post(o)
         proj = self.visual.proj
         return o @ proj if proj is not None else o
-
-
-def _plain_block(block: nn.Module) -> bool:
-    """An open_clip ``ResidualAttentionBlock`` with its own forward and a plain self-attention
-    (what ``_fused_block`` computes)."""
-    try:
-        from open_clip.transformer import ResidualAttentionBlock
-    except ImportError:
-        return False
-    attn = getattr(block, "attn", None)
-    return (
-        type(block).forward is ResidualAttentionBlock.forward
-        and "forward" not in vars(block)
-        and not hasattr(block, "ln_1_kv")
-        and isinstance(attn, nn.MultiheadAttention)
-        and attn._qkv_same_embed_dim
-        and attn.bias_k is None
-        and not attn.add_zero_attn
-    )
-
-
-def _fused_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
-    """``block(x)`` for an open_clip ``ResidualAttentionBlock`` (``_plain_block``), with the
-    attention computed by ``F.scaled_dot_product_attention`` from the block's own weights:
-    ``x + ls_1(out_proj(attention(ln_1(x))))``, then ``+ ls_2(mlp(ln_2(.)))``."""
-    if not batch_first:
-        x = x.transpose(0, 1)
-    attn = block.attn
-    b, n, d = x.shape
-    heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
-    x = x + block.ls_1(attn.out_proj(o))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x.transpose(0, 1) if not batch_first else x
 
 
 # ---------------------------------------------------------------------------------------------

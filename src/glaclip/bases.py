@@ -155,7 +155,7 @@ class ProxyCLIPBase(BaseMethod):
             k = self.vfm.keys(crops, self.clip_mean, self.clip_std, fused_attention=fused)
         gh, gw = k.shape[1], k.shape[2]
         with timer("clip"):
-            v = self.clip.values(crops, fused)  # b x D x gh' x gw'
+            v = self.clip.values(crops)  # b x D x gh' x gw'
             if v.shape[-2:] != (gh, gw):
                 v = F.interpolate(v.float(), size=(gh, gw), mode="bilinear", align_corners=False)
         return (
@@ -176,7 +176,7 @@ class ClearCLIPBase(BaseMethod):
 
     def features(self, crops, settings, timer):
         with timer("clip"):
-            y, grid = self.clip.last_block_input(crops, settings.runtime.fused)  # b x (1+S) x D
+            y, grid = self.clip.last_block_input(crops)  # b x (1+S) x D
             q = self.clip.projection(y, "q")
             v = self.clip.projection(y, "v")
         cls = None if settings.gla.kv_extension else torch.stack([q[:, 0], v[:, 0]], dim=1)

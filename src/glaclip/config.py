@@ -157,13 +157,13 @@ class RuntimeConfig:
 
     window_batch: int = 4  # windows per backbone batch (larger batches are not faster on CPU)
     precision: str = "fp32"  # fp32 (exact) | bf16 | fp16 (the fast mode)
-    # fused attention kernels in the towers: None follows the precision (on in bf16/fp16)
+    # the VFM's fused attention kernel: None follows the precision (on in bf16/fp16)
     fused_attention: bool | None = None
     allow_slow: bool = False  # run settings that take far longer than the paper's (slow_reasons)
 
     @property
     def fused(self) -> bool:
-        """Whether the towers run fused attention kernels (the VFM's, CLIP's blocks)."""
+        """Whether the VFM runs its fused attention kernel."""
         if self.fused_attention is None:
             return self.precision != "fp32"
         return self.fused_attention
