@@ -47,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from glaclip.attention import (
-        auto_block_size,
-        global_attention_blocked,
-        global_attention_dense,
-    )
+    from glaclip.attention import global_attention_dense
+    from glaclip.blocked import auto_block_size, global_attention_blocked
     from glaclip.config import GLAConfig
 
     k = synthetic_keys(args.n, 768, args.clusters)

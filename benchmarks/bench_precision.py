@@ -125,14 +125,14 @@ class DecisionRecorder:
     """Records the method's decisions per token while it runs: the last proxy mask's row counts
     (``A > tau``) and the entries each row keeps at the cut ``Z >= min(rowmax, 0)``."""
 
-    def __init__(self, attention) -> None:
-        self.attention = attention
+    def __init__(self, blocked) -> None:
+        self.blocked = blocked
         self.counts, self.kept = [], []
 
     def __enter__(self):
         import torch
 
-        att = self.attention
+        att = self.blocked
         self.saved = (att._anchors, att._softmax_times_values)
         anchors, softmax = self.saved
 
@@ -151,7 +151,7 @@ class DecisionRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.attention._anchors, self.attention._softmax_times_values = self.saved
+        self.blocked._anchors, self.blocked._softmax_times_values = self.saved
 
     def rows(self):
         import torch
@@ -166,7 +166,7 @@ def fast_mode_moves(precision: str, text_cache: str) -> None:
     changed, tokens whose kept entries at the cut changed, and labels changed."""
     import numpy as np
 
-    from glaclip import attention
+    from glaclip import blocked
     from glaclip.demo import EXAMPLES, EXAMPLES_DIR  # needs the demo extra (Gradio)
     from glaclip.segmenter import Segmenter
 
@@ -178,19 +178,19 @@ def fast_mode_moves(precision: str, text_cache: str) -> None:
     )
     print(f"{'photo':>14} | {'variant':>18} | {'mask rows moved':>17} | {'cut rows moved':>16} | "
           f"{'labels changed':>20}")  # fmt: skip
-    saved = attention.HALF_PRODUCTS
+    saved = blocked.HALF_PRODUCTS
     try:
         for name, classes in EXAMPLES:
             path = EXAMPLES_DIR / name
             lines = [c.strip() for c in classes.split(",")]
-            attention.HALF_PRODUCTS = frozenset()
-            with DecisionRecorder(attention) as rec:
+            blocked.HALF_PRODUCTS = frozenset()
+            with DecisionRecorder(blocked) as rec:
                 ref = fp32.segment(path, lines).labels
             ref_counts, ref_kept = rec.rows()
             for variant, settings, products in FAST_VARIANTS:
-                attention.HALF_PRODUCTS = frozenset(products)
+                blocked.HALF_PRODUCTS = frozenset(products)
                 other = fp32.with_settings(precision=precision, **settings)
-                with DecisionRecorder(attention) as rec:
+                with DecisionRecorder(blocked) as rec:
                     labels = other.segment(path, lines).labels
                 counts, kept = rec.rows()
                 n = kept.numel()
@@ -204,14 +204,14 @@ def fast_mode_moves(precision: str, text_cache: str) -> None:
                     flush=True,
                 )
     finally:
-        attention.HALF_PRODUCTS = saved
+        blocked.HALF_PRODUCTS = saved
 
 
 def fast_mode_golden(precision: str) -> None:
     """The fast mode against float32 on the golden inputs (the tests' tiny models): tokens
     whose last mask or cut moved, labels changed, logits within 1e-2."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from glaclip import attention
+    from glaclip import blocked
     from glaclip.segmenter import Segmenter
     from tests.golden import COMPACT_DIR, GOLDEN_CASES, is_clearclip, load_case, settings_of
 
@@ -226,7 +226,7 @@ def fast_mode_golden(precision: str) -> None:
         )
         runs = []
         for other in (seg, seg.with_settings(precision=precision)):
-            with DecisionRecorder(attention) as rec:
+            with DecisionRecorder(blocked) as rec:
                 out = other.segment_tensor(g["image"], g["class_lines"])
             runs.append((out, *rec.rows()) if rec.kept else (out, None, None))
         (ref, c0, k0), (fast, c1, k1) = runs
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from glaclip.attention import global_attention_blocked
+    from glaclip.blocked import global_attention_blocked
     from glaclip.config import GLAConfig, Settings
     from glaclip.device import StageTimer
     from glaclip.segmenter import Segmenter
@@ -299,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         feats = seg.base.window_features(x, windows, seg.settings, StageTimer(seg.device))
         n_win = len(windows)
         k = F.normalize(feats.keys.reshape(-1, feats.keys.shape[-1]), dim=-1)
-        heads = feats.values.shape[0]
-        v = feats.values.reshape(heads, -1, feats.values.shape[-1])
+        heads = seg.clip_tower.heads
+        v = feats.heads(feats.values, heads)  # heads x L x S x d_h
+        v = v.reshape(heads, -1, v.shape[-1])
         cfg = GLAConfig()
 
         def labels(out):

@@ -119,7 +119,7 @@ def matmul_rate(device, precision: str, size: int = 2048, inner: int = 768) -> f
     and the towers' products. Measured once per process."""
     import torch
 
-    from glaclip.attention import half_mm
+    from glaclip.blocked import half_mm
     from glaclip.device import precision_dtype
 
     key = (str(device), precision)
@@ -146,8 +146,8 @@ def matmul_rate(device, precision: str, size: int = 2048, inner: int = 768) -> f
 def floors(flops: dict, precision: str, rates: dict[str, float]) -> dict[str, float]:
     """Seconds each stage would take at the measured matrix-product rate of the precision its
     products run in: the towers in ``precision``, the attention's products by
-    ``attention.HALF_PRODUCTS`` (the others, and the stitching, in float32)."""
-    from glaclip.attention import HALF_PRODUCTS
+    ``blocked.HALF_PRODUCTS`` (the others, and the stitching, in float32)."""
+    from glaclip.blocked import HALF_PRODUCTS
 
     half = rates[precision] * 1e9  # FLOP/s
     fp32 = rates["fp32"] * 1e9
@@ -274,8 +274,9 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
     sampled statistics of the method."""
     import torch
 
-    from glaclip.attention import auto_block_size, initial_proxies
+    from glaclip.attention import initial_proxies
     from glaclip.bases import token_groups
+    from glaclip.blocked import auto_block_size
 
     seg = seg.with_settings(attention_impl=impl, precision=precision)
     settings = seg.settings

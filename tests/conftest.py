@@ -12,6 +12,22 @@ import torch
 from tests.golden import COMPACT_DIR
 
 
+def pytest_configure(config) -> None:
+    """Segmenters built before any test's own folder is set (module and session fixtures)
+    cache text embeddings in a folder of the run, never in the user's home."""
+    import tempfile
+
+    os.environ["GLACLIP_CACHE"] = tempfile.mkdtemp(prefix="glaclip-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def private_text_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test's Segmenters cache text embeddings in a folder of their own (the default is
+    the user cache folder, ``$GLACLIP_CACHE``): no test sees another's embeddings, and none
+    writes into the user's home."""
+    monkeypatch.setenv("GLACLIP_CACHE", str(tmp_path_factory.mktemp("user_cache")))
+
+
 @pytest.fixture(scope="session")
 def test_device() -> str:
     """Where the golden cases run: ``$GLACLIP_TEST_DEVICE`` (``cuda``, ``cuda:1``, ``mps``),

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from glaclip import attention as att
+from glaclip import blocked as blk
 from glaclip.config import GLAConfig
 
 N_WIN, N_TOK, DIM, HEADS, HEAD_DIM = 3, 40, 16, 2, 4
@@ -66,7 +67,7 @@ def test_blocked_equals_dense_for_every_switch(proxy, dynamic, token_norm, iters
     assert ref.shape == (N_WIN * N_TOK, HEADS * HEAD_DIM)
     for block in (7, 32, 50, 119, 120, 500):  # 7, 32, 50 do not divide N = 120
         cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)
-        out = att.global_attention_blocked(k, v, N_WIN, cfg, decide_on_host=on_host)
+        out = blk.global_attention_blocked(k, v, N_WIN, cfg, decide_on_host=on_host)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"block {block}")
 
 
@@ -77,8 +78,8 @@ def test_mask_decisions_identical(iters, block):
     for dtype in (torch.float64, torch.float32):
         k = clustered_keys(2, dtype)
         cfg = GLAConfig(proxy_iters=iters, block_size=block)
-        work = att._Workspace(k, block, att.SPARSE_MASK_DENSITY)
-        anchors, count = att._anchors(work, cfg)
+        work = blk._Workspace(k, block, blk.SPARSE_MASK_DENSITY)
+        anchors, count = blk._anchors(work, cfg)
         assert torch.equal(count, dense_counts(k, cfg))
         assert anchors.shape == k.shape
         assert 0.05 < float(count.mean()) / k.shape[0] < 0.95  # the masks are not trivial
@@ -89,7 +90,7 @@ def test_float32_agrees_with_oracle(on_host):
     k, v = clustered_keys(3, torch.float32), random_values(3, dtype=torch.float32)
     cfg = GLAConfig(block_size=37)
     ref = att.global_attention_dense(k, v, N_WIN, cfg)
-    out = att.global_attention_blocked(k, v, N_WIN, cfg, decide_on_host=on_host)
+    out = blk.global_attention_blocked(k, v, N_WIN, cfg, decide_on_host=on_host)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -97,8 +98,8 @@ def test_default_inputs_exercise_single_entry_rows():
     """The test keys produce both kinds of rows: a negative maximum (one kept entry) and not."""
     k = clustered_keys(0)
     cfg = GLAConfig()
-    work = att._Workspace(k, 120, 0.0)
-    anchors, count = att._anchors(work, cfg)
+    work = blk._Workspace(k, 120, 0.0)
+    anchors, count = blk._anchors(work, cfg)
     s = anchors @ k.T
     mu = s.mean(dim=1, keepdim=True).clamp_min(0)
     z = (s - att.dynamic_beta(N_WIN, cfg.beta_alpha) * mu) * (1 + cfg.gamma_alpha / count[:, None])
@@ -113,19 +114,19 @@ def test_sparse_mask_products_match(iters, block):
     k, v = clustered_keys(4), random_values(4)
     cfg = GLAConfig(proxy_iters=iters, block_size=block)
     ref = att.global_attention_dense(k, v, N_WIN, cfg)
-    out = att.global_attention_blocked(k, v, N_WIN, cfg, sparse_density=1.0)
+    out = blk.global_attention_blocked(k, v, N_WIN, cfg, sparse_density=1.0)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_sparse_decision_follows_density():
     k = clustered_keys(5)
-    work = att._Workspace(k, 64, 0.05)
+    work = blk._Workspace(k, 64, 0.05)
     dense_mask = (torch.rand(64, 120, generator=torch.Generator().manual_seed(0)) < 0.5).double()
     sparse_mask = torch.zeros(64, 120, dtype=torch.float64)
     sparse_mask[::8, ::9] = 1.0  # 1.5 % ones
     assert not work.is_sparse(dense_mask)
     assert work.is_sparse(sparse_mask)
-    assert not att._Workspace(k, 64, 0.0).is_sparse(sparse_mask)
+    assert not blk._Workspace(k, 64, 0.0).is_sparse(sparse_mask)
 
 
 def test_empty_rows_get_their_own_token():
@@ -141,14 +142,14 @@ def test_empty_rows_get_their_own_token():
         cfg = GLAConfig(proxy_iters=iters, block_size=50)
         # first step: A_17,17 = 0.25 < tau, and 0 against the others
         assert not bool(((k @ k.T)[17] > cfg.proxy_threshold).any())
-        work = att._Workspace(k, 50, 0.0)
-        anchors, count = att._anchors(work, cfg)
+        work = blk._Workspace(k, 50, 0.0)
+        anchors, count = blk._anchors(work, cfg)
         assert count[17] == 1
         torch.testing.assert_close(anchors[17], F.normalize(lone, dim=0))
         # after the first proxy step the row is still empty: p_17 . k_17 = 0.5
         assert float(anchors[17] @ k[17]) < cfg.proxy_threshold
         ref = att.global_attention_dense(k, v, N_WIN, cfg)
-        out = att.global_attention_blocked(k, v, N_WIN, cfg)
+        out = blk.global_attention_blocked(k, v, N_WIN, cfg)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
@@ -157,12 +158,12 @@ def test_all_rows_empty_above_one():
     the diagonal (empty rows get their own token), proxies are the keys."""
     k, v = clustered_keys(7), random_values(7)
     cfg = GLAConfig(proxy_threshold=1.0, block_size=33)
-    work = att._Workspace(k, 33, 0.0)
-    anchors, count = att._anchors(work, cfg)
+    work = blk._Workspace(k, 33, 0.0)
+    anchors, count = blk._anchors(work, cfg)
     assert torch.equal(count, torch.ones_like(count))
     torch.testing.assert_close(anchors, k)
     ref = att.global_attention_dense(k, v, N_WIN, cfg)
-    torch.testing.assert_close(att.global_attention_blocked(k, v, N_WIN, cfg), ref)
+    torch.testing.assert_close(blk.global_attention_blocked(k, v, N_WIN, cfg), ref)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def test_softmax_times_values_matches_reference(rows, on_host):
     z = HAND_Z[rows]
     v = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = torch.empty(len(rows), 3, dtype=torch.float64)
-    att._softmax_times_values(z.clone(), v, out, on_host)
+    blk._softmax_times_values(z.clone(), v, out, on_host)
     torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=0, atol=1e-14)
 
 
@@ -209,7 +210,7 @@ def test_compact_rows_in_place():
     x = torch.arange(300.0).reshape(100, 3)
     rows = torch.tensor([0, 2, 3, 50, 51, 70, 99])
     expected = x[rows].clone()
-    top = att._compact_rows(x, rows, chunk=2)
+    top = blk._compact_rows(x, rows, chunk=2)
     assert top.data_ptr() == x.data_ptr()
     assert torch.equal(top, expected)
 
@@ -222,7 +223,7 @@ def test_softmax_times_values_large_maximum_and_many_single_rows(on_host):
     z[5] = z[5].abs()  # a positive row
     v = torch.randn(30, 6, dtype=torch.float64, generator=g)
     out = torch.empty(40, 6, dtype=torch.float64)
-    att._softmax_times_values(z.clone(), v, out, on_host)
+    blk._softmax_times_values(z.clone(), v, out, on_host)
     torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=1e-12, atol=1e-12)
     assert torch.equal(out[0], v[z[0].argmax()])  # a single-entry row is its value, exactly
 
@@ -233,16 +234,16 @@ def test_softmax_times_values_large_maximum_and_many_single_rows(on_host):
 
 def test_auto_block_size_bounds():
     cpu = torch.device("cpu")
-    assert att.auto_block_size(10, cpu) == 10  # never more than N
-    assert att.auto_block_size(50, cpu, budget_bytes=1) == 50  # floor min(64, N)
-    assert att.auto_block_size(100_000, cpu, budget_bytes=1) == 64  # floor 64
+    assert blk.auto_block_size(10, cpu) == 10  # never more than N
+    assert blk.auto_block_size(50, cpu, budget_bytes=1) == 50  # floor min(64, N)
+    assert blk.auto_block_size(100_000, cpu, budget_bytes=1) == 64  # floor 64
     n = 28_224
-    rows = att.auto_block_size(n, cpu, budget_bytes=2 * 4 * n * 300)
+    rows = blk.auto_block_size(n, cpu, budget_bytes=2 * 4 * n * 300)
     assert rows == 300  # twice the block x N float32 buffer within the budget
-    assert att.auto_block_size(4704, cpu, budget_bytes=1 << 40) == 1176  # at most N / 4 rows
-    big = att.auto_block_size(n, cpu, budget_bytes=1 << 40)
+    assert blk.auto_block_size(4704, cpu, budget_bytes=1 << 40) == 1176  # at most N / 4 rows
+    big = blk.auto_block_size(n, cpu, budget_bytes=1 << 40)
     assert 64 <= big <= n
-    assert big * n * 4 <= att._TARGET_BUFFER_BYTES  # CPU cap on one buffer
+    assert big * n * 4 <= blk._TARGET_BUFFER_BYTES  # CPU cap on one buffer
 
 
 def test_auto_block_size_on_a_gpu():
@@ -250,12 +251,12 @@ def test_auto_block_size_on_a_gpu():
     blocks of at most 2 GiB that still have thousands of rows, and never twice the budget."""
     cuda = torch.device("cuda")
     free = 140 << 30  # an H200's memory, a quarter of it the budget
-    assert att.auto_block_size(4704, cuda, budget_bytes=free // 4) == 4704
+    assert blk.auto_block_size(4704, cuda, budget_bytes=free // 4) == 4704
     n = 254_016  # 2048 x 2048: 324 windows of 28 x 28 DINO tokens
-    rows = att.auto_block_size(n, cuda, budget_bytes=free // 4)
-    assert rows * n * 4 <= att._TARGET_BUFFER_BYTES_CUDA and rows >= 2000
+    rows = blk.auto_block_size(n, cuda, budget_bytes=free // 4)
+    assert rows * n * 4 <= blk._TARGET_BUFFER_BYTES_CUDA and rows >= 2000
     small = 8 << 30  # a small GPU: the budget rules
-    rows = att.auto_block_size(n, cuda, budget_bytes=small // 4)
+    rows = blk.auto_block_size(n, cuda, budget_bytes=small // 4)
     assert 2 * rows * n * 4 <= small // 4 and rows >= 1000
 
 
@@ -396,7 +397,7 @@ def test_blocked_equals_dense_from_initial_proxies(proxy, dynamic, dyn_beta, ite
     ref = att.global_attention_dense(k, v, N_WIN, GLAConfig(proxy_iters=iters, **base), initial)
     for block in (7, 50, 120):
         cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)
-        out = att.global_attention_blocked(
+        out = blk.global_attention_blocked(
             k, v, N_WIN, cfg, initial=initial, decide_on_host=on_host
         )
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10, msg=f"block {block}")
@@ -425,7 +426,7 @@ def test_empty_masks_give_zero_rows(on_host):
     assert 0 < int(empty.sum()) < k.shape[0]
     ref = att.global_attention_dense(k, v, N_WIN, cfg, initial)
     cfg16 = GLAConfig(proxy_iters=0, proxy_threshold=0.9, block_size=16)
-    out = att.global_attention_blocked(k, v, N_WIN, cfg16, initial=initial, decide_on_host=on_host)
+    out = blk.global_attention_blocked(k, v, N_WIN, cfg16, initial=initial, decide_on_host=on_host)
     assert torch.isfinite(ref).all() and torch.isfinite(out).all()
     assert (ref[empty] == 0).all() and (ref[~empty].abs().sum(dim=1) > 0).all()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -448,14 +449,14 @@ def test_query_attention_equals_scaled_dot_product_attention():
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("products", [{"weights_values"}, {"mask_keys"}, att.HALF_PRODUCTS])
+@pytest.mark.parametrize("products", [{"weights_values"}, {"mask_keys"}, blk.HALF_PRODUCTS])
 def test_half_products_stay_close_to_the_oracle(half, products):
     """Float32 keys and values; the named products in half precision: the output is the
     oracle's to half-precision round-off (the thresholds decided in float32)."""
     k, v = clustered_keys(3, torch.float32), random_values(3, dtype=torch.float32)
     cfg = GLAConfig(block_size=37)
     ref = att.global_attention_dense(k, v, N_WIN, cfg)
-    out = att.global_attention_blocked(k, v, N_WIN, cfg, half=half, half_products=products)
+    out = blk.global_attention_blocked(k, v, N_WIN, cfg, half=half, half_products=products)
     assert out.dtype == torch.float32
     err = (out - ref).abs().max() / ref.abs().max()
     assert 0 < err < (2e-2 if half == torch.bfloat16 else 3e-3), err  # rounded, and only that
@@ -469,8 +470,8 @@ def test_half_mask_products_count_in_float32():
     k = F.normalize(torch.randn(601, DIM, generator=g) + 3.0, dim=-1)
     assert (k @ k.T).min() > 0
     cfg = GLAConfig(proxy_threshold=0.0, proxy_iters=2, block_size=128)
-    work = att._Workspace(k, 128, 0.0, torch.bfloat16, frozenset({"mask_keys"}))
-    _, count = att._anchors(work, cfg)
+    work = blk._Workspace(k, 128, 0.0, torch.bfloat16, frozenset({"mask_keys"}))
+    _, count = blk._anchors(work, cfg)
     assert torch.equal(count, torch.full_like(count, 601.0))
     assert torch.tensor(601.0).to(torch.bfloat16).item() != 601.0
 
@@ -480,7 +481,7 @@ def test_half_precision_product_accumulates_in_float32():
     one rounding of each result, not one per addition (1024 terms of 1/1024)."""
     a = torch.full((2, 1024), 1 / 1024, dtype=torch.bfloat16)
     b = torch.ones(1024, 3, dtype=torch.bfloat16)
-    out = att.half_mm(a, b)
+    out = blk.half_mm(a, b)
     assert out.dtype == torch.float32
     assert torch.equal(out, torch.ones(2, 3))  # 1024 additions of 2^-10, exact in float32
 
@@ -493,7 +494,7 @@ def test_float16_weighted_sums_stay_in_range():
     k[:, 0] = 1.0  # every token alike: every mask and every weight row is full
     v = torch.full((HEADS, n, HEAD_DIM), 100.0)
     cfg = GLAConfig(block_size=500)
-    out = att.global_attention_blocked(
+    out = blk.global_attention_blocked(
         k, v, 1, cfg, half=torch.float16, half_products=frozenset({"weights_values", "mask_keys"})
     )
     torch.testing.assert_close(out, torch.full_like(out, 100.0), rtol=2e-3, atol=0)

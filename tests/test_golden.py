@@ -66,10 +66,10 @@ def test_golden_case(case: str, which: str, golden_modules, test_device) -> None
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_golden_case_without_readback(case: str, golden_modules, monkeypatch) -> None:
     """The attention as it runs on GPUs (no value read back to the host: dense products, the
-    shifted softmax; ``attention.host_decisions``), here on the CPU, meets the same rule."""
-    from glaclip import attention
+    shifted softmax; ``blocked.host_decisions``), here on the CPU, meets the same rule."""
+    from glaclip import blocked
 
-    monkeypatch.setattr(attention, "host_decisions", lambda device: False)
+    monkeypatch.setattr(blocked, "host_decisions", lambda device: False)
     g = load_case(COMPACT_DIR, case)
     clip, vfm, tokenizer = golden_modules
     vfm = None if is_clearclip(g["params"]) else vfm

@@ -16,7 +16,7 @@ from glaclip.imageio import to_tensor
 @pytest.fixture(scope="module")
 def seg(golden_modules) -> Segmenter:
     clip, vfm, tok = golden_modules
-    return Segmenter.from_modules(clip, vfm, tok)
+    return Segmenter.from_modules(clip, vfm, tok, text_cache_dir=None)  # counts its encodings
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -214,7 +214,7 @@ def test_fast_mode_parts(settings, fused, half_products, golden_modules, monkeyp
     """``precision`` bf16/fp16 is the fast mode: the VFM's fused attention (unless
     ``fused_attention=False``) and the attention's half-precision products; fp32 uses neither
     (unless ``fused_attention=True``)."""
-    from glaclip import attention
+    from glaclip import blocked
 
     clip, vfm, tok = golden_modules
     with warnings.catch_warnings():
@@ -227,8 +227,8 @@ def test_fast_mode_parts(settings, fused, half_products, golden_modules, monkeyp
         for m in tower_model.modules()
         if hasattr(m, "fused_attn")
     ]
-    real = attention.half_mm
-    monkeypatch.setattr(attention, "half_mm", lambda a, b: seen_half.append(a.dtype) or real(a, b))
+    real = blocked.half_mm
+    monkeypatch.setattr(blocked, "half_mm", lambda a, b: seen_half.append(a.dtype) or real(a, b))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

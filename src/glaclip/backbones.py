@@ -358,10 +358,19 @@ def load_clip(
         raise _offline_hint("clip", name, pretrained, err) from err
     _check_clip_fits(model, name, pretrained)
     tokenizer = open_clip.get_tokenizer(name)
-    pp = getattr(model.visual, "preprocess_cfg", None) or {}
-    mean = tuple(pp.get("mean", getattr(model.visual, "image_mean", None) or OPENAI_CLIP_MEAN))
-    std = tuple(pp.get("std", getattr(model.visual, "image_std", None) or OPENAI_CLIP_STD))
+    mean, std = clip_normalisation(model)
     return model.eval(), tokenizer, mean, std
+
+
+def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per channel (R, G, B) in [0, 1] units that images are normalised with
+    for this CLIP: its preprocessing config (open_clip's ``visual.preprocess_cfg``, or
+    ``image_mean``/``image_std``), else OpenAI CLIP's."""
+    visual = getattr(model, "visual", model)
+    pp = getattr(visual, "preprocess_cfg", None) or {}
+    mean = tuple(pp.get("mean", getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN))
+    std = tuple(pp.get("std", getattr(visual, "image_std", None) or OPENAI_CLIP_STD))
+    return tuple(map(float, mean)), tuple(map(float, std))
 
 
 def load_tokenizer(name: str = DEFAULT_CLIP) -> Callable | None:

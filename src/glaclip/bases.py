@@ -12,14 +12,17 @@ features of each window serve as keys and values, where the proxy iteration star
   grid, no VFM; the proxy iteration starts from neighbourhood means (SPEC 12.2); off:
   ClearCLIP's per-window q-q attention (SPEC 12.1).
 
-A third base is one more class with ``features`` and ``attend`` and an entry in ``make_base``.
+``REGISTRY`` is the one list of base methods: the settings check, the ``--base`` choices, the
+demo's methods and the loading of a VFM all read it. A further base is one subclass of
+``BaseMethod`` (``name``, ``title``, ``needs_vfm``, ``features`` and ``attend``) decorated with
+``register_base``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -33,37 +36,83 @@ from glaclip.windows import Window
 
 @dataclass
 class WindowFeatures:
-    """The features of all windows of one image.
+    """Features of windows (``L`` of them, or one batch), window-major, one row per token.
 
     Attributes:
-        keys: ``L x S x Ck`` key tokens (not normalised), window-major.
-        values: ``heads x L x S x d_h`` CLIP values on the keys' grid.
+        keys: ``L x S x Ck`` the attention's key tokens (not normalised).
+        values: ``L x S x D`` CLIP's last-block values on the keys' grid, heads side by side.
         grid: ``(gh, gw)`` token grid of one window (``S = gh * gw``).
-        class_tokens: ``L x 2 x D`` the class token's query and value per window, for bases
-            whose per-window method attends over it (None otherwise).
+        queries: ``L x S x D`` CLIP's last-block queries, for bases that use them.
+        clip_keys: ``L x S x D`` CLIP's last-block keys, for bases that use them.
+        class_query, class_value: ``L x D`` the class token's query and value, for bases whose
+            per-window method attends over it.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     grid: tuple[int, int]
-    class_tokens: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    clip_keys: torch.Tensor | None = None
+    class_query: torch.Tensor | None = None
+    class_value: torch.Tensor | None = None
+
+    @classmethod
+    def cat(cls, parts: Sequence[WindowFeatures]) -> WindowFeatures:
+        """The batches of one image as one, every tensor in float32."""
+        out = {}
+        for f in fields(cls):
+            if f.name == "grid":
+                continue
+            tensors = [getattr(p, f.name) for p in parts]
+            out[f.name] = None if tensors[0] is None else torch.cat([t.float() for t in tensors])
+        return cls(grid=parts[0].grid, **out)
+
+    def heads(self, tokens: torch.Tensor, heads: int) -> torch.Tensor:
+        """``L x S x D`` (heads side by side) as ``heads x L x S x d_h``."""
+        n_win, n_tok, d = tokens.shape
+        return tokens.reshape(n_win, n_tok, heads, d // heads).permute(2, 0, 1, 3)
 
 
 class BaseMethod:
-    """Interface of a base method (see the module docstring)."""
+    """A base method (see the module docstring). Subclasses set the class attributes and
+    implement ``features`` and ``attend``; ``REGISTRY`` lists them by ``name``."""
 
-    name: str = ""
-    needs_vfm: bool = False
-    # the half precision of the fast mode (the backbones' dtype), for the global attention's
-    # products (``attention.HALF_PRODUCTS``); None: float32
-    half: torch.dtype | None = None
+    name: str = ""  # the ``base`` setting that selects it
+    title: str = ""  # its name for people: "ProxyCLIP"
+    needs_vfm: bool = False  # whether it takes a vision foundation model (a VFM is loaded)
 
-    def __init__(self, clip: ClipTower) -> None:
-        self.clip = clip
+    def __init__(
+        self,
+        clip: ClipTower,
+        vfm: VFMKeyTower | None = None,
+        clip_normalisation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        half: torch.dtype | None = None,
+    ) -> None:
+        """
+        Args:
+            clip: CLIP's image tower (cast to the fast mode's precision, if any).
+            vfm: the VFM tower, for bases that need one.
+            clip_normalisation: ``(mean, std)``, ``1 x 3 x 1 x 1`` on the device: how the crops
+                were normalised (a VFM undoes it for its own).
+            half: the fast mode's half precision, for the global attention's products
+                (``blocked.HALF_PRODUCTS``); None: float32.
+        """
+        if self.needs_vfm and vfm is None:
+            raise ValueError(
+                f"base {self.name!r} takes its keys from a vision foundation model, but none "
+                "was given: pass a VFM, or use a base that needs none: "
+                + " or ".join(f"base={n!r}" for n, c in REGISTRY.items() if not c.needs_vfm)
+            )
+        self.clip, self.vfm = clip, vfm
+        self.clip_normalisation = clip_normalisation
+        self.half = half
 
     def patch_sizes(self) -> dict[str, int]:
         """The patch size of each backbone this base runs, by a name for messages."""
-        return {"the CLIP patch": self.clip.patch_size[0]}
+        sizes = {"the CLIP patch": self.clip.patch_size[0]}
+        if self.vfm is not None and self.needs_vfm:
+            sizes["the VFM patch"] = self.vfm.patch_size[0]
+        return sizes
 
     def check_crop(self, crop: int) -> None:
         """Raise ValueError unless the window side ``crop`` is a multiple of every patch size
@@ -80,10 +129,9 @@ class BaseMethod:
 
     def features(
         self, crops: torch.Tensor, settings: Settings, timer: StageTimer
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], torch.Tensor | None]:
-        """Features of a batch of windows (``B x 3 x c x c`` CLIP-normalised float32 crops):
-        ``(keys B x S x Ck, values B x D x S, grid, class tokens B x 2 x D or None)``, in the
-        backbones' dtype."""
+    ) -> WindowFeatures:
+        """Features of a batch of windows (``B x 3 x c x c`` CLIP-normalised float32 crops), in
+        the backbones' dtype."""
         raise NotImplementedError
 
     def attend(
@@ -108,98 +156,86 @@ class BaseMethod:
         ``settings.runtime.window_batch`` at a time; float32 results. ``progress("windows",
         done, L)`` after each batch."""
         batch = settings.runtime.window_batch
-        keys, values, cls = [], [], []
-        grid = (0, 0)
+        parts = []
         for start in range(0, len(windows), batch):
             crops = torch.cat(
                 [x[:, :, w.y1 : w.y2, w.x1 : w.x2] for w in windows[start : start + batch]]
             )
-            k, v, grid, c = self.features(crops, settings, timer)
+            parts.append(self.features(crops, settings, timer))
             if progress is not None:
                 progress("windows", min(len(windows), start + batch), len(windows))
-            keys.append(k.float())
-            values.append(v.float())
-            if c is not None:
-                cls.append(c.float())
-        vals = torch.cat(values)  # L x D x S
-        n_win, d, s = vals.shape
-        heads = self.clip.heads
-        vals = vals.reshape(n_win, heads, d // heads, s).permute(1, 0, 3, 2)  # heads x L x S x dh
-        return WindowFeatures(torch.cat(keys), vals, grid, torch.cat(cls) if cls else None)
+        return WindowFeatures.cat(parts)
 
 
+REGISTRY: dict[str, type[BaseMethod]] = {}
+
+
+def register_base(cls: type[BaseMethod]) -> type[BaseMethod]:
+    """Class decorator: list ``cls`` in ``REGISTRY`` under ``cls.name``."""
+    if not cls.name or not cls.title:
+        raise ValueError(f"{cls.__name__} needs a name and a title to be registered")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@register_base
 class ProxyCLIPBase(BaseMethod):
     """Keys from a vision foundation model, values from CLIP (SPEC 3-7, 10)."""
 
     name = "proxyclip"
+    title = "ProxyCLIP"
     needs_vfm = True
 
-    def __init__(
-        self,
-        clip: ClipTower,
-        vfm: VFMKeyTower,
-        clip_mean: torch.Tensor,
-        clip_std: torch.Tensor,
-    ) -> None:
-        super().__init__(clip)
-        self.vfm = vfm
-        self.clip_mean = clip_mean  # 1 x 3 x 1 x 1
-        self.clip_std = clip_std
-
-    def patch_sizes(self) -> dict[str, int]:
-        return {**super().patch_sizes(), "the VFM patch": self.vfm.patch_size[0]}
-
     def features(self, crops, settings, timer):
+        mean, std = self.clip_normalisation
         with timer("vfm"):
             fused = settings.runtime.fused
-            k = self.vfm.keys(crops, self.clip_mean, self.clip_std, fused_attention=fused)
+            k = self.vfm.keys(crops, mean, std, fused_attention=fused)  # b x gh x gw x Ck
         gh, gw = k.shape[1], k.shape[2]
         with timer("clip"):
             v = self.clip.values(crops)  # b x D x gh' x gw'
             if v.shape[-2:] != (gh, gw):
                 v = F.interpolate(v.float(), size=(gh, gw), mode="bilinear", align_corners=False)
-        return (
-            k.reshape(k.shape[0], gh * gw, -1),
-            v.reshape(v.shape[0], v.shape[1], -1),
-            (gh, gw),
-            None,
-        )
+        keys = k.reshape(k.shape[0], gh * gw, -1)
+        return WindowFeatures(keys, v.reshape(v.shape[0], v.shape[1], -1).transpose(1, 2), (gh, gw))
 
     def attend(self, feats, windows, cfg, progress=None):
-        return attend(feats.keys, feats.values, cfg, progress=progress, half=self.half)
+        values = feats.heads(feats.values, self.clip.heads)
+        return attend(feats.keys, values, cfg, progress=progress, half=self.half)
 
 
+@register_base
 class ClearCLIPBase(BaseMethod):
     """CLIP alone: its last block's queries are the keys (SPEC 12). No VFM."""
 
     name = "clearclip"
+    title = "ClearCLIP"
 
     def features(self, crops, settings, timer):
         with timer("clip"):
             y, grid = self.clip.last_block_input(crops)  # b x (1+S) x D
             q = self.clip.projection(y, "q")
             v = self.clip.projection(y, "v")
-        cls = None if settings.gla.kv_extension else torch.stack([q[:, 0], v[:, 0]], dim=1)
-        return q[:, 1:], v[:, 1:].transpose(1, 2), grid, cls
+        feats = WindowFeatures(keys=q[:, 1:], values=v[:, 1:], grid=grid, queries=q[:, 1:])
+        if not settings.gla.kv_extension:  # the per-window method attends over the class token
+            feats.class_query, feats.class_value = q[:, 0], v[:, 0]
+        return feats
 
     def attend(self, feats, windows, cfg, progress=None):
         n_win, n_tok, d = feats.keys.shape
         if not cfg.kv_extension:  # SPEC 12.1: q-q attention over [class token; patches]
-            assert feats.class_tokens is not None
-            heads = feats.values.shape[0]
-            v = feats.values.permute(1, 2, 0, 3).reshape(n_win, n_tok, d)
-            q_all = torch.cat([feats.class_tokens[:, :1], feats.keys], dim=1)
-            v_all = torch.cat([feats.class_tokens[:, 1:], v], dim=1)
-            return query_attention(q_all, v_all, heads)[:, 1:]
+            assert feats.class_query is not None and feats.class_value is not None
+            q_all = torch.cat([feats.class_query[:, None], feats.queries], dim=1)
+            v_all = torch.cat([feats.class_value[:, None], feats.values], dim=1)
+            return query_attention(q_all, v_all, self.clip.heads)[:, 1:]
         gh, gw = feats.grid
         initial = None
         if cfg.proxy_anchor or cfg.dynamic_norm:
             group, n_groups = token_groups(windows, feats.grid, self.clip.patch_size)
             q = feats.keys.reshape(n_win, gh, gw, d)
             initial = initial_proxies(q, group.to(q.device), n_groups)
-        return attend(
-            feats.keys, feats.values, cfg, initial=initial, progress=progress, half=self.half
-        )
+        values = feats.heads(feats.values, self.clip.heads)
+        return attend(feats.keys, values, cfg, initial=initial, progress=progress, half=self.half)
 
 
 def token_positions(
@@ -224,44 +260,50 @@ def token_groups(
     """``(group, n_groups)``: the tokens' positions (``token_positions``, flattened
     window-major) numbered ``0 .. n_groups - 1`` in order of position, on the CPU. Computed on
     the host, so that the device never has to report how many distinct positions there are."""
-    unique, group = torch.unique(
-        token_positions(windows, grid, patch).reshape(-1), return_inverse=True
-    )
+    positions = token_positions(windows, grid, patch).reshape(-1)
+    unique, group = torch.unique(positions, return_inverse=True)
     return group, unique.numel()
 
 
-REGISTRY: dict[str, type[BaseMethod]] = {"proxyclip": ProxyCLIPBase, "clearclip": ClearCLIPBase}
+def base_class(name: str) -> type[BaseMethod]:
+    """The registered base method called ``name``.
+
+    Raises:
+        ValueError: no base of that name (the message lists the registered ones).
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown base method {name!r}: use {' or '.join(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def needs_vfm(name: str) -> bool:
-    """Whether the base method ``name`` takes its keys from a VFM (so one must be loaded)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown base method {name!r}: use {' or '.join(REGISTRY)}")
-    return REGISTRY[name].needs_vfm
+    """Whether the base method ``name`` takes a VFM (so one must be loaded)."""
+    return base_class(name).needs_vfm
 
 
 def make_base(
     name: str,
     clip: ClipTower,
     vfm: VFMKeyTower | None,
-    clip_mean: torch.Tensor,
-    clip_std: torch.Tensor,
+    clip_normalisation: tuple[torch.Tensor, torch.Tensor],
     half: torch.dtype | None = None,
 ) -> BaseMethod:
-    """The base method called ``name`` (``proxyclip`` or ``clearclip``); ``half``: the fast
-    mode's precision for the global attention's products (None: float32).
+    """The base method called ``name``, over the given towers (see ``BaseMethod``).
 
     Raises:
-        ValueError: ``proxyclip`` without a VFM, or an unknown name.
+        ValueError: an unknown name, or a base that needs a VFM without one.
     """
-    if needs_vfm(name):
-        if vfm is None:
-            raise ValueError(
-                f"base {name!r} takes its keys from a vision foundation model, but none was "
-                "given: pass a VFM, or use base='clearclip' (CLIP only)"
-            )
-        base: BaseMethod = ProxyCLIPBase(clip, vfm, clip_mean, clip_std)
-    else:
-        base = ClearCLIPBase(clip)
-    base.half = half
-    return base
+    return base_class(name)(clip, vfm, clip_normalisation, half)
+
+
+def method_choices(default: str = "proxyclip") -> dict[str, dict[str, object]]:
+    """The methods a person can choose (the demo's menu): for each registered base, GLA on it
+    and the base alone per window, by label -> flat settings. ``"GLA-CLIP"`` is GLA on the
+    ``default`` base; a base without a VFM is marked "(no VFM)"."""
+    choices: dict[str, dict[str, object]] = {}
+    for name, cls in REGISTRY.items():
+        mark = "" if cls.needs_vfm else " (no VFM)"
+        gla = "GLA-CLIP" if name == default else f"GLA-CLIP on {cls.title}{mark}"
+        choices[gla] = {"base": name, "kv_extension": True}
+        choices[f"{cls.title} per window{mark}"] = {"base": name, "kv_extension": False}
+    return choices

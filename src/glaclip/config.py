@@ -67,7 +67,6 @@ class WindowConfig:
             )
 
 
-BASES = ("proxyclip", "clearclip")
 PRECISIONS = ("fp32", "bf16", "fp16")  # backbone precisions
 MAX_INDEXED_CLASSES = 255  # classes an indexed (8-bit) label PNG holds; 255 marks unlabelled
 MAX_CLASSES = 65535  # classes a 16-bit label PNG holds; 65535 marks unlabelled
@@ -115,8 +114,10 @@ class GLAConfig:
     attention_impl: str = "blocked"  # blocked (exact, O(block x N) memory) | dense (N x N oracle)
 
     def __post_init__(self) -> None:
-        if self.base not in BASES:
-            raise ValueError(f"base must be one of {', '.join(BASES)}, got {self.base!r}")
+        from glaclip.bases import REGISTRY  # the base methods (bases imports this module)
+
+        if self.base not in REGISTRY:
+            raise ValueError(f"base must be one of {', '.join(REGISTRY)}, got {self.base!r}")
         check_int("proxy_iters", self.proxy_iters, 0)
         check_real("proxy_threshold", self.proxy_threshold, at_least=0.0, at_most=1.0)
         for name in ("beta_alpha", "gamma_alpha", "fixed_beta", "fixed_gamma"):

@@ -12,8 +12,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
-from glaclip.bases import needs_vfm
-from glaclip.config import BASES, PRECISIONS, GLAConfig
+from glaclip.bases import REGISTRY, needs_vfm
+from glaclip.config import PRECISIONS, GLAConfig
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -89,9 +89,13 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method (defaults: the paper's)")
     g.add_argument(
         "--base",
-        choices=list(BASES),
-        help="base method: proxyclip (keys from the VFM; default) or clearclip (keys from "
-        "CLIP itself: no VFM is loaded)",
+        choices=list(REGISTRY),
+        help="base method: "
+        + "; ".join(
+            f"{name} ({cls.title}, " + ("keys from the VFM" if cls.needs_vfm else "no VFM") + ")"
+            for name, cls in REGISTRY.items()
+        )
+        + f" (default: {GLAConfig.base})",
     )
     for name, help_text in SWITCHES:
         g.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)

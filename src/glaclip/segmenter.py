@@ -1,4 +1,10 @@
-"""Segmenter: image -> windows -> keys and values -> attention -> logits -> labels."""
+"""Segmenter: image -> windows -> keys and values -> attention -> logits -> labels.
+
+Two steps, as segment-anything's predictor has them: ``encode_image`` computes everything that
+does not depend on the class names (the backbones, the global attention, the projection of
+every token: ``ImageFeatures``), and ``segment`` asks for classes, from an image or from kept
+features. ``segment(image, classes)`` is the two in one call.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,14 @@ import copy
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glaclip import attention, backbones
-from glaclip.attention import Progress, half_mm
+from glaclip import backbones, blocked
+from glaclip.attention import Progress
 from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, check_vocabulary_size, settings_from_kwargs
 from glaclip.device import (
@@ -26,6 +31,12 @@ from glaclip.device import (
 )
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
+from glaclip.results import (
+    ImageFeatures,
+    Segmentation,
+    SegmentationOutput,
+    to_numpy_labels,
+)
 from glaclip.text import (
     TextEncoder,
     check_vocabulary,
@@ -33,75 +44,45 @@ from glaclip.text import (
     parse_class_lines,
     parse_classes_arg,
 )
-from glaclip.viz import pixel_shares
-from glaclip.windows import Window, network_canvas, stitch, window_grid
+from glaclip.windows import network_canvas, stitch, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
 
+__all__ = [
+    "USER_CACHE",
+    "ImageFeatures",
+    "Segmentation",
+    "SegmentationOutput",
+    "Segmenter",
+    "default_cache_dir",
+    "to_numpy_labels",
+]
 
 ImageSource = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]
 
 
-@dataclass
-class SegmentationOutput:
-    """What ``Segmenter.segment_tensor`` returns.
+class _UserCache:
+    """The user cache folder (``default_cache_dir``), as a ``text_cache_dir`` value."""
 
-    Attributes:
-        query_logits: ``Q x H x W`` float32 stitched cosine logits, one map per query name
-            (SPEC 9.1-9.2), at the input tensor's size.
-        labels: ``h x w`` int32 labels (SPEC 9.4) at ``output_size`` (default: ``H x W``).
-        scores: ``C x h x w`` float32 class probabilities (the softmax over query names,
-            maximum over each class's synonyms), at the labels' size; None unless asked for
-            (``return_scores=True``).
-        class_names: the ``C`` classes, each as its synonym list.
-        query_names: the ``Q`` query names, and ``query_class`` the class of each.
-    """
-
-    query_logits: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor | None
-    class_names: list[list[str]]
-    query_names: list[str]
-    query_class: list[int]
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    def __repr__(self) -> str:
+        return "USER_CACHE"
 
 
-@dataclass
-class Segmentation:
-    """What ``Segmenter.segment`` returns for one image.
-
-    Attributes:
-        labels: ``H0 x W0`` int32 numpy array at the original size; the class index (position in
-            the class list), or ``background_index`` where the winning probability is below
-            ``prob_threshold``.
-        class_names: the classes, each as its list of query names (synonyms).
-        scores: ``C x H0 x W0`` float32 tensor of class probabilities in [0, 1], or None
-            unless ``segment(..., return_scores=True)`` asked for it (it takes
-            ``4 x C x H0 x W0`` bytes: 5 GB for 100 classes on a 12-megapixel photo).
-        image_size: ``(H0, W0)``; ``resized_size``: ``(H, W)`` the network saw.
-    """
-
-    labels: np.ndarray
-    class_names: list[list[str]]
-    scores: torch.Tensor | None
-    image_size: tuple[int, int]
-    resized_size: tuple[int, int]
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def pixel_shares(self) -> list[float]:
-        """Fraction of the image's pixels given to each class (unlabelled pixels count in the
-        denominator only)."""
-        return pixel_shares(self.labels, len(self.class_names))
+USER_CACHE: Any = _UserCache()
+CacheDir = str | os.PathLike | None | _UserCache
+_METHOD_PARTS = ("window", "gla", "runtime")  # settings that make an image's features
 
 
 class Segmenter:
     """GLA-CLIP segmenter: CLIP's image tower for values, a base method's keys (a VFM's tokens,
     or CLIP's own queries), CLIP's text tower for the class queries.
 
-    Build it with ``from_pretrained`` (names of weights) or ``from_modules`` (models in hand),
-    then call ``segment`` on images or ``segment_tensor`` on prepared tensors. Query embeddings
-    are computed once per class name and reused.
+    Build it with ``from_pretrained`` (names of weights) or ``from_modules`` (models in hand):
+    both take the same keywords. Then ``segment`` images (or ``segment_tensor`` prepared
+    tensors); ``encode_image`` keeps an image's class-independent work for several
+    vocabularies. Query embeddings are computed once per class name and reused. The settings
+    are read-only: ``with_settings`` gives a Segmenter with others over the same models.
     """
 
     def __init__(
@@ -113,11 +94,11 @@ class Segmenter:
         device: str | torch.device | None = None,
         clip_info: backbones.ModelInfo | None = None,
         vfm_info: backbones.ModelInfo | None = None,
-        clip_mean: Sequence[float] = backbones.OPENAI_CLIP_MEAN,
-        clip_std: Sequence[float] = backbones.OPENAI_CLIP_STD,
-        text_cache_dir: str | os.PathLike | None = None,
+        clip_mean: Sequence[float] | None = None,
+        clip_std: Sequence[float] | None = None,
+        text_cache_dir: CacheDir = USER_CACHE,
     ) -> None:
-        self.settings = settings or Settings()
+        self._settings = settings or Settings()
         self.device = resolve_device(device if device is not None else module_device(clip_model))
         self.clip_model = clip_model.to(self.device).eval()
         self.clip_tower = backbones.ClipTower(self.clip_model.visual)
@@ -133,14 +114,19 @@ class Segmenter:
         self.vfm_info = vfm_info or (
             backbones.ModelInfo(type(vfm_model).__name__, None) if vfm_model is not None else None
         )
-        self.normalisation = (tuple(map(float, clip_mean)), tuple(map(float, clip_std)))
-        mean, std = (
+        mean, std = backbones.clip_normalisation(clip_model)
+        self.normalisation = (
+            tuple(map(float, clip_mean if clip_mean is not None else mean)),
+            tuple(map(float, clip_std if clip_std is not None else std)),
+        )
+        mean_t, std_t = (
             torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
             for v in self.normalisation
         )
-        self.clip_mean, self.clip_std = mean, std  # 1 x 3 x 1 x 1, on the device
+        self.clip_mean, self.clip_std = mean_t, std_t  # 1 x 3 x 1 x 1, on the device
         self.base = self._make_base()
-        self.text = TextEncoder(self.clip_model, tokenizer, cache_dir=text_cache_dir)
+        cache = default_cache_dir() if isinstance(text_cache_dir, _UserCache) else text_cache_dir
+        self.text = TextEncoder(self.clip_model, tokenizer, cache_dir=cache)
 
     # ------------------------------------------------------------------------------ builders
     @classmethod
@@ -150,20 +136,37 @@ class Segmenter:
         vfm_model: torch.nn.Module | None,
         tokenizer: Any,
         device: str | torch.device | None = None,
+        text_cache_dir: CacheDir = USER_CACHE,
+        clip_mean: Sequence[float] | None = None,
+        clip_std: Sequence[float] | None = None,
         **settings: Any,
     ) -> Segmenter:
         """Wrap an open_clip ``CLIP`` model, a timm ViT and an open_clip tokenizer.
 
-        ``settings`` are flat keyword settings (see ``glaclip.config``), e.g.
-        ``kv_extension=False, prob_threshold=0.1``. ``vfm_model`` may be None with
-        ``base="clearclip"``, which takes its keys from CLIP.
+        ``vfm_model`` may be None with a base that needs no VFM (``base="clearclip"``).
 
         Args:
             device: where to run (``cpu``, ``cuda``, ``cuda:1``, ``mps``); the models are moved
                 there (``Module.to``, in place). None: the CLIP model's device, index included
                 (models on ``cuda:1`` run on ``cuda:1``).
+            text_cache_dir: folder for cached query embeddings; ``USER_CACHE`` (default) is the
+                user cache folder (``$GLACLIP_CACHE`` or ``~/.cache/glaclip``), None disables
+                it.
+            clip_mean, clip_std: the images' normalisation (R, G, B in [0, 1] units); None: the
+                CLIP model's preprocessing config (``backbones.clip_normalisation``).
+            settings: flat keyword settings (see ``glaclip.config``), e.g.
+                ``kv_extension=False, prob_threshold=0.1``.
         """
-        return cls(clip_model, vfm_model, tokenizer, settings_from_kwargs(**settings), device)
+        return cls(
+            clip_model,
+            vfm_model,
+            tokenizer,
+            settings_from_kwargs(**settings),
+            device,
+            clip_mean=clip_mean,
+            clip_std=clip_std,
+            text_cache_dir=text_cache_dir,
+        )
 
     @classmethod
     def from_pretrained(
@@ -172,52 +175,62 @@ class Segmenter:
         clip_pretrained: str | None = backbones.DEFAULT_CLIP_PRETRAINED,
         vfm: str = backbones.DEFAULT_VFM,
         vfm_checkpoint: str | None = None,
-        device: str | None = None,
-        text_cache_dir: str | os.PathLike | None = "default",
+        device: str | torch.device | None = None,
+        text_cache_dir: CacheDir = USER_CACHE,
+        clip_mean: Sequence[float] | None = None,
+        clip_std: Sequence[float] | None = None,
         **settings: Any,
     ) -> Segmenter:
         """Load the backbones by name (weights download on first use, then come from the cache).
 
-        With ``base="clearclip"`` no VFM is loaded (``vfm`` and ``vfm_checkpoint`` are unused).
+        A base that needs no VFM (``base="clearclip"``) loads none (``vfm`` and
+        ``vfm_checkpoint`` are unused).
 
         Args:
             clip: open_clip model name, ``hf-hub:`` or ``local-dir:`` name.
             clip_pretrained: open_clip tag (``openai``) or a local checkpoint file.
             vfm: timm model name with tag, or ``local-dir:DIR``.
             vfm_checkpoint: a local weight file for the ``vfm`` architecture.
-            device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or None (best available).
-            text_cache_dir: folder for cached query embeddings; ``"default"`` is the user
-                cache folder (``$GLACLIP_CACHE`` or ``~/.cache/glaclip``), None disables it.
-            settings: flat keyword settings (see ``glaclip.config``).
+            device, text_cache_dir, clip_mean, clip_std, settings: as for ``from_modules``
+                (device None: the best available).
         """
         settings_obj = settings_from_kwargs(**settings)
         dev = resolve_device(device)
-        clip_model, tokenizer, mean, std = backbones.load_clip(clip, clip_pretrained, dev)
+        clip_model, tokenizer, _, _ = backbones.load_clip(clip, clip_pretrained, dev)
         vfm_model = None
         if needs_vfm(settings_obj.gla.base):
             vfm_model = backbones.load_vfm(vfm, vfm_checkpoint, dev)
-        if text_cache_dir == "default":
-            text_cache_dir = default_cache_dir()
+        path_name = clip.startswith(("hf-hub:", "local-dir:"))
         return cls(
             clip_model,
             vfm_model,
             tokenizer,
             settings_obj,
             dev,
-            backbones.ModelInfo(
-                clip, None if clip.startswith(("hf-hub:", "local-dir:")) else clip_pretrained
-            ),
+            backbones.ModelInfo(clip, None if path_name else clip_pretrained),
             backbones.ModelInfo(vfm, vfm_checkpoint) if vfm_model is not None else None,
-            mean,
-            std,
+            clip_mean,
+            clip_std,
             text_cache_dir,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """The settings (read-only; ``with_settings`` gives a Segmenter with others)."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        raise AttributeError(
+            "a Segmenter's settings are read-only (its base method and backbones are built "
+            "from them): use seg = seg.with_settings(name=value, ...)"
         )
 
     def with_settings(self, **settings: Any) -> Segmenter:
         """A Segmenter sharing this one's models and text embeddings, with some flat settings
         changed (``kv_extension=False``, ``prob_threshold=0.2``, ...). Loads nothing."""
         other = copy.copy(self)
-        other.settings = self.settings.replace(**settings)
+        other._settings = self._settings.replace(**settings)
         other.base = other._make_base()
         return other
 
@@ -233,11 +246,12 @@ class Segmenter:
         }
 
     def _make_base(self) -> BaseMethod:
-        precision = self.settings.runtime.precision
+        precision = self._settings.runtime.precision
         clip, vfm = self._towers_for(precision)
         half = None if precision == "fp32" else precision_dtype(precision)
-        base = make_base(self.settings.gla.base, clip, vfm, self.clip_mean, self.clip_std, half)
-        base.check_crop(self.settings.window.crop)
+        normalisation = (self.clip_mean, self.clip_std)
+        base = make_base(self._settings.gla.base, clip, vfm, normalisation, half)
+        base.check_crop(self._settings.window.crop)
         return base
 
     def _towers_for(
@@ -274,7 +288,6 @@ class Segmenter:
         names, owner = expand_queries(classes)
         return self.text.encode(names).to(self.device), classes, names, owner
 
-    # ------------------------------------------------------------------------------ segment
     def prepare(self, image: ImageSource) -> tuple[torch.Tensor, tuple[int, int]]:
         """SPEC 1: read, resize (OpenCV bilinear on uint8) and CLIP-normalise an image.
 
@@ -286,14 +299,80 @@ class Segmenter:
         """
         rgb = read_image(image)
         h0, w0 = rgb.shape[:2]
-        win = self.settings.window
+        win = self._settings.window
         size = protocol_size(h0, w0, win.short_side, win.max_long_side)
         x = to_tensor(resize_image(rgb, size), *self.normalisation)
         return x, (h0, w0)
 
+    # ------------------------------------------------------------------------------ encode
+    def encode_image(self, image: ImageSource, progress: Progress | None = None) -> ImageFeatures:
+        """An image's class-independent features: read and resize it (``prepare``), run the
+        backbones over its windows, the global attention and the projection of every token.
+
+        Args:
+            image: a path, a PIL image or an ``H x W x 3`` uint8 RGB array.
+            progress: ``progress(stage, done, total)`` (stages ``windows``, ``attention``).
+
+        Returns:
+            ``ImageFeatures``, to pass to ``segment`` (or ``segment_tensor``) instead of the
+            image, for any number of class lists. ``features.nbytes`` is what they hold.
+        """
+        x, size = self.prepare(image)
+        return self.encode_tensor(x, size, progress)
+
+    @torch.inference_mode()
+    def encode_tensor(
+        self,
+        x: torch.Tensor,
+        image_size: tuple[int, int] | None = None,
+        progress: Progress | None = None,
+        timer: StageTimer | None = None,
+    ) -> ImageFeatures:
+        """``encode_image`` for a prepared ``1 x 3 x H x W`` float32 tensor (SPEC 1 done);
+        ``image_size``: the original size the labels should come at (default ``H x W``).
+
+        An input side shorter than the window is first upscaled (bilinear, aspect kept) until
+        it equals the window, without taking the long side past ``max_long_side``; a side still
+        too short is padded with zeros, the mean colour (``network_canvas``).
+        """
+        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(x.shape)}")
+        timer = timer or StageTimer(self.device)
+        x = x.to(self.device, torch.float32)
+        height, width = x.shape[-2:]
+        win, cfg = self._settings.window, self._settings
+        canvas = network_canvas(height, width, win.crop, win.max_long_side)
+        (ch, cw), (canvas_h, canvas_w) = canvas
+        if (ch, cw) != (height, width):
+            x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False)
+        if (canvas_h, canvas_w) != (ch, cw):  # zeros: the mean colour after normalisation
+            x = F.pad(x, (0, canvas_w - cw, 0, canvas_h - ch))
+        windows = window_grid(canvas_h, canvas_w, win.crop, win.stride)
+        with strict_fp32(self.device):
+            feats = self.base.window_features(x, windows, cfg, timer, progress)
+            with timer("attention"):
+                out = self.base.attend(feats, windows, cfg.gla, progress)  # L x S x D
+            with timer("stitch"):
+                embeddings = self._project(out)
+        size = (height, width)
+        return ImageFeatures(
+            embeddings, windows, feats.grid, canvas, size, image_size or size, self._settings,
+            timings=dict(timer.seconds),
+        )  # fmt: skip
+
+    def _project(self, attended: torch.Tensor) -> torch.Tensor:
+        """SPEC 9.1's image side: CLIP's output projection of every token, L2-normalised
+        (``L x S x E`` float32); in the fast mode's precision where ``stitch`` is one of its
+        half-precision products."""
+        half = self.base.half if "stitch" in blocked.HALF_PRODUCTS else None
+        if half is None:
+            return F.normalize(self.clip_tower.project(attended), dim=-1)
+        return F.normalize(self.base.clip.project(attended.to(half)).float(), dim=-1)
+
+    # ------------------------------------------------------------------------------ ask
     def segment(
         self,
-        image: ImageSource,
+        image: ImageSource | ImageFeatures,
         classes: Sequence[str] | str,
         return_scores: bool = False,
         progress: Progress | None = None,
@@ -301,7 +380,9 @@ class Segmenter:
         """Segment one image into the given classes.
 
         Args:
-            image: a path, a PIL image or an ``H x W x 3`` uint8 RGB array.
+            image: a path, a PIL image, an ``H x W x 3`` uint8 RGB array, or the features
+                ``encode_image`` kept of an image (then only the text and the final product
+                run).
             classes: class lines (``["sky", "person; man"]``: synonyms separated by ``;``) or
                 one string with commas between classes (``"sky, person; man"``).
             return_scores: also return the ``C x H0 x W0`` class probabilities.
@@ -313,9 +394,9 @@ class Segmenter:
 
         Raises:
             TypeError: ``classes`` is None or not a list of strings.
-            ValueError: an empty or unreadable image, an empty class name, or a class that
-                can never win (``text.check_vocabulary``, with the names as the text encoder
-                sees them).
+            ValueError: an empty or unreadable image, an empty class name, a class that can
+                never win (``text.check_vocabulary``, with the names as the text encoder sees
+                them), or features made with other window, method or runtime settings.
         """
         if classes is None:
             raise TypeError(
@@ -325,111 +406,103 @@ class Segmenter:
         lines = parse_classes_arg(classes, "classes") if isinstance(classes, str) else classes
         check_vocabulary(lines, "classes", keys=self.text.query_keys)
         lines = list(lines)
-        x, size = self.prepare(image)
-        out = self.segment_tensor(x, lines, size, return_scores, progress)
+        features = image if isinstance(image, ImageFeatures) else self.encode_image(image, progress)
+        out = self.segment_tensor(features, lines, features.image_size, return_scores)
         return Segmentation(
             labels=to_numpy_labels(out.labels),
             class_names=out.class_names,
             scores=None if out.scores is None else out.scores.cpu(),
-            image_size=size,
-            resized_size=(x.shape[-2], x.shape[-1]),
+            image_size=features.image_size,
+            resized_size=features.input_size,
             timings=out.timings,
         )
 
     @torch.inference_mode()
     def segment_tensor(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | ImageFeatures,
         class_lines: Sequence[str],
         output_size: tuple[int, int] | None = None,
         return_scores: bool = False,
         progress: Progress | None = None,
     ) -> SegmentationOutput:
-        """Segment a prepared image tensor.
+        """Segment a prepared image tensor, or the features ``encode_tensor`` kept of one.
 
         Args:
-            x: ``1 x 3 x H x W`` float32, resized and CLIP-normalised (SPEC 1 done).
+            x: ``1 x 3 x H x W`` float32, resized and CLIP-normalised (SPEC 1 done), or
+                ``ImageFeatures``.
             class_lines: one class per entry, synonyms separated by ``;``.
             output_size: ``(H0, W0)`` to resize the logits to before labelling (SPEC 9.3);
-                default the input size.
+                default the input size ``H x W``.
             return_scores: also return the class probabilities at ``output_size``.
             progress: ``progress(stage, done, total)`` (see ``segment``).
 
         Returns:
-            A ``SegmentationOutput``. An input side shorter than the window is first upscaled
-            (bilinear, aspect kept) until it equals the window, without taking the long side
-            past ``max_long_side``; a side still too short is padded (``network_canvas``). The
-            logits are cropped and scaled back to the input size.
+            A ``SegmentationOutput``; the logits are cropped and scaled back to ``H x W``
+            where the input was enlarged or padded (``encode_tensor``).
         """
-        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
-            raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(x.shape)}")
         check_vocabulary_size(
-            len(parse_class_lines(class_lines)), self.settings.post.background_index
+            len(parse_class_lines(class_lines)), self._settings.post.background_index
         )
         timer = StageTimer(self.device)
-        x = x.to(self.device, torch.float32)
-        height, width = x.shape[-2:]
-        win = self.settings.window
-        canvas = network_canvas(height, width, win.crop, win.max_long_side)
-        (ch, cw), (canvas_h, canvas_w) = canvas
-        work = x
-        if (ch, cw) != (height, width):
-            work = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False)
-        if (canvas_h, canvas_w) != (ch, cw):  # zeros: the mean colour after normalisation
-            work = F.pad(work, (0, canvas_w - cw, 0, canvas_h - ch))
+        if isinstance(x, ImageFeatures):
+            features = x
+            self._check_features(features)
+        else:
+            features = self.encode_tensor(x, progress=progress, timer=timer)
         with strict_fp32(self.device):
-            # the class-independent work first: windows, backbones, the global attention
-            windows, grid, attended = self._attend_windows(work, timer, progress)
             with timer("text"):
                 text, classes, names, owner = self.query_embeddings(class_lines)
             with timer("stitch"):
-                logits = self._stitch(attended, windows, grid, text, (canvas_h, canvas_w))
+                logits = self._stitch(features, text)
         with timer("labels"):
+            (ch, cw), _ = features.canvas
             logits = logits[:, :ch, :cw]
-            if (ch, cw) != (height, width):
-                logits = _resize(logits, (height, width))
+            if (ch, cw) != features.input_size:
+                logits = _resize(logits, features.input_size)
             labels, scores = self.labels_from_logits(
                 logits, owner, len(classes), output_size, return_scores
             )
         return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
 
-    def _attend_windows(
-        self, x: torch.Tensor, timer: StageTimer, progress: Progress | None = None
-    ) -> tuple[list[Window], tuple[int, int], torch.Tensor]:
-        """The windows of the canvas ``x``, their token grid, and the attention output of
-        every window's tokens (``L x S x D``, before CLIP's output projection)."""
-        cfg = self.settings
-        h, w = x.shape[-2:]
-        windows = window_grid(h, w, cfg.window.crop, cfg.window.stride)
-        feats = self.base.window_features(x, windows, cfg, timer, progress)
-        with timer("attention"):
-            out = self.base.attend(feats, windows, cfg.gla, progress)  # L x S x D
-        return windows, feats.grid, out
+    def _check_features(self, features: ImageFeatures) -> None:
+        """Refuse features made with other window, method or runtime settings, or elsewhere."""
+        differ = [
+            name
+            for part in _METHOD_PARTS
+            for name, value in vars(getattr(features.settings, part)).items()
+            if getattr(getattr(self._settings, part), name) != value
+        ]
+        if differ:
+            raise ValueError(
+                "these image features were computed with other settings ("
+                + ", ".join(differ)
+                + "): encode the image again with this Segmenter (only the post-processing "
+                "settings may differ)"
+            )
+        if features.embeddings.device != self.device:
+            raise ValueError(
+                f"these image features are on {features.embeddings.device}, this Segmenter "
+                f"runs on {self.device}: encode the image again with it"
+            )
 
-    def _stitch(
-        self,
-        attended: torch.Tensor,
-        windows: list[Window],
-        grid: tuple[int, int],
-        text: torch.Tensor,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """SPEC 9.1-9.2: project, cosine logits with the ``Q x E`` text embeddings, upsample
-        each window's map to the crop, average the overlaps: ``Q x H x W`` at canvas ``size``.
-        In the fast mode the projection and the cosine product run in its half precision."""
-        gh, gw = grid
-        half = self.base.half if "stitch" in attention.HALF_PRODUCTS else None
+    def _stitch(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
+        """SPEC 9.1-9.2: cosine logits of every token with the ``Q x E`` text embeddings,
+        upsampled to each window's crop, the overlaps averaged: ``Q x H x W`` on the canvas.
+        In the fast mode the cosine product runs in its half precision where ``stitch`` is one
+        of its half-precision products."""
+        feats, windows = features.embeddings, features.windows
+        half = self.base.half if "stitch" in blocked.HALF_PRODUCTS else None
         if half is None:
-            feats = F.normalize(self.clip_tower.project(attended), dim=-1)  # L x S x E
             logits = feats @ text.T  # L x S x Q
-        else:  # the cast tower's projection; the normalisation in float32
-            feats = F.normalize(self.base.clip.project(attended.to(half)).float(), dim=-1)
-            flat = half_mm(feats.reshape(-1, feats.shape[-1]).to(half), text.T.to(half))
+        else:
+            flat = blocked.half_mm(feats.reshape(-1, feats.shape[-1]).to(half), text.T.to(half))
             logits = flat.reshape(*feats.shape[:2], -1)
+        gh, gw = features.grid
         logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
-        crop = (self.settings.window.crop, self.settings.window.crop)
+        crop = (self._settings.window.crop, self._settings.window.crop)
         logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
-        return stitch(logits, windows, *size)
+        return stitch(logits, windows, *features.canvas.size)
 
     def labels_from_logits(
         self,
@@ -445,7 +518,7 @@ class Segmenter:
         Returns ``(labels h x w int32, class probabilities C x h x w or None)``.
         """
         return labels_from_logits(
-            logits, query_class, num_classes, self.settings.post, output_size, return_scores
+            logits, query_class, num_classes, self._settings.post, output_size, return_scores
         )
 
 
@@ -465,8 +538,3 @@ def default_cache_dir() -> str:
         return os.environ["GLACLIP_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "glaclip")
-
-
-def to_numpy_labels(labels: torch.Tensor) -> np.ndarray:
-    """Labels as an ``H x W`` int32 numpy array."""
-    return labels.to("cpu", torch.int32).numpy()

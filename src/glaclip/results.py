@@ -1,0 +1,107 @@
+"""What a Segmenter returns: an image's class-independent features, and segmentations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from glaclip.config import Settings
+from glaclip.viz import pixel_shares
+from glaclip.windows import Canvas, Window
+
+
+@dataclass
+class ImageFeatures:
+    """Everything ``Segmenter`` computes for one image that does not depend on the class names
+    (``Segmenter.encode_image`` / ``encode_tensor``): ask for any classes with
+    ``Segmenter.segment`` / ``segment_tensor`` without running the backbones or the attention
+    again.
+
+    Attributes:
+        embeddings: ``L x S x E`` float32, on the device: every window token's embedding
+            (attention output, CLIP's output projection, L2-normalised).
+        windows: the ``L`` windows of the canvas.
+        grid: ``(gh, gw)`` token grid of one window (``S = gh * gw``).
+        canvas: where the windows were cut (``windows.network_canvas``).
+        input_size: ``(H, W)`` of the network input (the resized image).
+        image_size: ``(H0, W0)`` of the original image (labels come at this size).
+        settings: the settings they were computed with; a Segmenter asking with other window,
+            method or runtime settings refuses them (other post-processing is fine).
+        timings: seconds per stage of the encoding.
+    """
+
+    embeddings: torch.Tensor
+    windows: list[Window]
+    grid: tuple[int, int]
+    canvas: Canvas
+    input_size: tuple[int, int]
+    image_size: tuple[int, int]
+    settings: Settings
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the features: ``4 x L x S x E`` bytes (9.6 MB for a VOC-sized image
+        with DINO ViT-B/8 keys and a ViT-B/16 CLIP, 2.4 MB without a VFM)."""
+        return self.embeddings.numel() * self.embeddings.element_size()
+
+
+@dataclass
+class SegmentationOutput:
+    """What ``Segmenter.segment_tensor`` returns.
+
+    Attributes:
+        query_logits: ``Q x H x W`` float32 stitched cosine logits, one map per query name
+            (SPEC 9.1-9.2), at the input tensor's size.
+        labels: ``h x w`` int32 labels (SPEC 9.4) at ``output_size`` (default: ``H x W``).
+        scores: ``C x h x w`` float32 class probabilities (the softmax over query names,
+            maximum over each class's synonyms), at the labels' size; None unless asked for
+            (``return_scores=True``).
+        class_names: the ``C`` classes, each as its synonym list.
+        query_names: the ``Q`` query names, and ``query_class`` the class of each.
+        timings: seconds per stage (an answer from kept features: only the stages it ran).
+    """
+
+    query_logits: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor | None
+    class_names: list[list[str]]
+    query_names: list[str]
+    query_class: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """What ``Segmenter.segment`` returns for one image.
+
+    Attributes:
+        labels: ``H0 x W0`` int32 numpy array at the original size; the class index (position in
+            the class list), or ``background_index`` where the winning probability is below
+            ``prob_threshold``.
+        class_names: the classes, each as its list of query names (synonyms).
+        scores: ``C x H0 x W0`` float32 tensor of class probabilities in [0, 1], or None
+            unless ``segment(..., return_scores=True)`` asked for it (it takes
+            ``4 x C x H0 x W0`` bytes: 5 GB for 100 classes on a 12-megapixel photo).
+        image_size: ``(H0, W0)``; ``resized_size``: ``(H, W)`` the network saw.
+        timings: seconds per stage.
+    """
+
+    labels: np.ndarray
+    class_names: list[list[str]]
+    scores: torch.Tensor | None
+    image_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def pixel_shares(self) -> list[float]:
+        """Fraction of the image's pixels given to each class (unlabelled pixels count in the
+        denominator only)."""
+        return pixel_shares(self.labels, len(self.class_names))
+
+
+def to_numpy_labels(labels: torch.Tensor) -> np.ndarray:
+    """Labels as an ``H x W`` int32 numpy array."""
+    return labels.to("cpu", torch.int32).numpy()
