@@ -37,17 +37,9 @@ def random_values(seed: int, n: int = N_WIN * N_TOK, dtype=torch.float64):
 
 
 def dense_counts(k: torch.Tensor, cfg: GLAConfig) -> torch.Tensor:
-    """Row counts of the last mask, computed as the dense oracle does."""
-    cur = k @ k.T
-    m = cur > cfg.proxy_threshold
-    for _ in range(cfg.proxy_iters):
-        m = cur > cfg.proxy_threshold
-        idx = torch.nonzero(~m.any(dim=1)).squeeze(1)
-        m[idx, idx] = True
-        mf = m.to(k.dtype)
-        p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + 1e-6), dim=-1)
-        cur = p @ k.T
-    return m.sum(dim=1).to(k.dtype)
+    """Row counts of the dense oracle's last mask (its own proxy iteration)."""
+    _, mask = att.dense_proxy_iteration(k, cfg)
+    return mask.sum(dim=1).to(k.dtype)
 
 
 # the blocked attention with host decisions (the CPU's path) and without (the GPUs' path)
@@ -275,36 +267,53 @@ def test_attend_routes_to_the_oracle_and_validates():
         GLAConfig(attention_impl="flash")
 
 
-def _window_reference(keys, values, cfg):
-    """SPEC 10 for one window at a time, written out."""
-    outs = []
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        a = k @ k.T
-        if cfg.proxy_anchor and cfg.proxy_iters > 0:
-            for _ in range(cfg.proxy_iters):
-                mf = (a > cfg.proxy_threshold).to(k.dtype)
-                p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + 1e-6), dim=-1)
-                a = p @ k.T
-            a = p @ p.T
-        mu = a.mean(dim=1, keepdim=True) if cfg.token_norm else a.mean()
-        z = (a - 1.2 * mu) * 3.0
-        cut = z.amax(dim=1, keepdim=True).clamp_max(0)
-        w = torch.softmax(z.masked_fill(z < cut, float("-inf")), dim=1)
-        v = values[:, i].permute(1, 0, 2).reshape(k.shape[0], -1)
-        outs.append(w @ v)
-    return torch.stack(outs)
+# One window of three unit keys k0 = (1, 0), k1 = (0.8, 0.6), k2 = (0, 1):
+# A = K K^T = [[1, .8, 0], [.8, 1, .6], [0, .6, 1]]; the baseline's fixed beta 1.2, gamma 3.
+# * token norm on, no proxies: row means .6, .8, 1.6/3. Z0 = 3 (A0 - .72) = (.84, .24, -2.16):
+#   positive maximum, entries >= 0 kept: softmax(.84, .24), i.e. w = 1 / (1 + e^-0.6) on v0 and
+#   1 - w on v1. Z1 = 3 (A1 - .96) = (-.48, .12, -1.08): only v1. Z2 = 3 (A2 - .64): only v2.
+# * token norm off: one mean 5.8 / 9; Z = 3 (A - .77333): Z0 = (.68, .08, -2.32): w v0 + (1-w) v1
+#   again (the same difference .6); Z1 = (.08, .68, -.52): w v1 + (1-w) v0; Z2: only v2.
+# * proxy anchors (tau .6, two iterations): masks {0, 1}, {0, 1}, {2} both times (.6 is not
+#   above tau), proxies p0 = p1 = (1.8, .6) / |.|, p2 = k2; P P^T = [[1, 1, c], [1, 1, c],
+#   [c, c, 1]] with c = .316: Z0 = Z1 = 3 (1 - 1.2 (2 + c) / 3) > 0 on both: (v0 + v1) / 2; v2.
+HAND_KEYS = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], dtype=torch.float64)
+_W = 1.0 / (1.0 + math.exp(-0.6))
 
 
-@pytest.mark.parametrize(("proxy", "token_norm"), [(False, False), (True, False), (True, True)])
-def test_window_attention_matches_per_window_reference(proxy, token_norm):
+def _hand_expected(proxy: bool, token_norm: bool, v: torch.Tensor) -> torch.Tensor:
+    if proxy:
+        return torch.stack([(v[0] + v[1]) / 2, (v[0] + v[1]) / 2, v[2]])
+    second = v[1] if token_norm else _W * v[1] + (1 - _W) * v[0]
+    return torch.stack([_W * v[0] + (1 - _W) * v[1], second, v[2]])
+
+
+@pytest.mark.parametrize(("proxy", "token_norm"), [(False, True), (False, False), (True, True)])
+def test_window_attention_on_a_hand_made_window(proxy, token_norm):
+    values = torch.arange(12, dtype=torch.float64).reshape(HEADS, 1, 3, 2)  # heads x L x S x d
+    cfg = GLAConfig(kv_extension=False, proxy_anchor=proxy, token_norm=token_norm)
+    out = att.window_attention(HAND_KEYS[None], values, cfg)[0]  # S x (heads * d)
+    v = values[:, 0].permute(1, 0, 2).reshape(3, -1)  # token-major: v0, v1, v2
+    torch.testing.assert_close(out, _hand_expected(proxy, token_norm, v), rtol=0, atol=1e-12)
+
+
+def test_window_attention_alike_keys_average_and_windows_stay_apart():
+    """Every key alike: A = 1, Z = 3 (1 - 1.2) = -0.6 everywhere, a negative maximum kept by
+    every entry (a tie): each token gets its window's mean value. Windows never mix: each one
+    alone, and in any chunking, gives the same output."""
+    keys = torch.zeros(2, 4, DIM, dtype=torch.float64)
+    keys[:, :, 0] = 1.0
+    values = random_values(4, n=8).reshape(HEADS, 2, 4, HEAD_DIM)
+    cfg = GLAConfig(kv_extension=False, proxy_anchor=False)
+    out = att.window_attention(keys, values, cfg, chunk=1)
+    means = values.mean(dim=2).permute(1, 0, 2).reshape(2, 1, -1)  # L x 1 x (heads * d)
+    torch.testing.assert_close(out, means.expand_as(out), rtol=0, atol=1e-12)
     keys = clustered_keys(3).reshape(N_WIN, N_TOK, DIM)
     values = random_values(3).reshape(HEADS, N_WIN, N_TOK, HEAD_DIM)
-    cfg = GLAConfig(kv_extension=False, proxy_anchor=proxy, token_norm=token_norm)
-    ref = _window_reference(keys, values, cfg)
-    for chunk in (1, 2, 16):
-        out = att.window_attention(keys, values, cfg, chunk=chunk)
-        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    whole = att.window_attention(keys, values, GLAConfig(kv_extension=False), chunk=16)
+    for i in range(N_WIN):
+        alone = att.window_attention(keys[i : i + 1], values[:, i : i + 1], GLAConfig())
+        torch.testing.assert_close(whole[i : i + 1], alone, rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,17 +392,21 @@ def _initial_for(k, seed):
     return F.normalize(k + noise, dim=-1)
 
 
-INITIAL_SWITCHES = (
-    SWITCHES  # the same grid, read as proxy_anchor, dynamic_norm, dynamic_beta, proxy_iters
-)
+INITIAL_SWITCHES = list(
+    itertools.product([True, False], [True, False], [True, False], [True, False], [0, 1, 2])
+)  # proxy_anchor, dynamic_norm, dynamic_beta, token_norm, proxy_iters
 
 
 @ON_HOST
-@pytest.mark.parametrize(("proxy", "dynamic", "dyn_beta", "iters"), INITIAL_SWITCHES)
-def test_blocked_equals_dense_from_initial_proxies(proxy, dynamic, dyn_beta, iters, on_host):
+@pytest.mark.parametrize(("proxy", "dynamic", "dyn_beta", "token_norm", "iters"), INITIAL_SWITCHES)
+def test_blocked_equals_dense_from_initial_proxies(
+    proxy, dynamic, dyn_beta, token_norm, iters, on_host
+):
     k, v = clustered_keys(5), random_values(5)
     initial = _initial_for(k, 5)
-    base = dict(proxy_anchor=proxy, dynamic_norm=dynamic, dynamic_beta=dyn_beta)
+    base = dict(
+        proxy_anchor=proxy, dynamic_norm=dynamic, dynamic_beta=dyn_beta, token_norm=token_norm
+    )
     ref = att.global_attention_dense(k, v, N_WIN, GLAConfig(proxy_iters=iters, **base), initial)
     for block in (7, 50, 120):
         cfg = GLAConfig(proxy_iters=iters, block_size=block, **base)

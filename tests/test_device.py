@@ -6,9 +6,18 @@ import torch
 from glaclip.device import resolve_device
 
 
-def test_cpu_and_default() -> None:
+def test_cpu_and_default(monkeypatch) -> None:
+    """Without a name: CUDA where there is a GPU, else Apple's MPS, else the CPU."""
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(None).type in ("cpu", "cuda", "mps")
+    mps = torch.backends.mps
+    for cuda, apple, expected in [
+        (True, True, "cuda"),
+        (False, True, "mps"),
+        (False, False, "cpu"),
+    ]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(mps, "is_available", lambda apple=apple: apple)
+        assert resolve_device(None) == torch.device(expected)
 
 
 @pytest.mark.parametrize("name", ["gpu", "tpu", "cuda:x"])

@@ -39,8 +39,14 @@ def test_path_pil_array_agree_at_original_size(seg: Segmenter, tmp_path) -> None
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.labels, c.labels)
     assert a.class_names == [["sky"], ["tree"], ["person", "man"]]
     assert a.scores.shape == (3, 300, 400)
-    # the label is the class with the highest score
-    assert np.array_equal(a.scores.argmax(0).numpy(), a.labels)
+    # the labels at the original size from the network-size logits, computed apart: resized
+    # with F.interpolate, softmax over the four queries, the maximum over the synonyms
+    out = seg.segment_tensor(seg.prepare(rgb)[0], classes)
+    big = torch.nn.functional.interpolate(out.query_logits[None], size=(300, 400), mode="bilinear")
+    probs = torch.softmax(40.0 * big[0], dim=0)
+    classes_p = torch.stack([probs[0], probs[1], torch.maximum(probs[2], probs[3])])
+    assert (classes_p.argmax(0).numpy() == a.labels).mean() > 0.9999  # ties to float32 aside
+    torch.testing.assert_close(a.scores, classes_p, rtol=0, atol=1e-6)
     assert abs(sum(a.pixel_shares()) - 1.0) < 1e-9
 
 
@@ -63,11 +69,17 @@ def test_text_embeddings_reused(seg: Segmenter) -> None:
 
 
 def test_synonyms_take_the_max(seg: Segmenter) -> None:
-    x = torch.randn(1, 3, 224, 224)
-    out = seg.segment_tensor(x, ["a", "b; c"], return_scores=True)
-    probs = torch.softmax(out.query_logits * 40.0, dim=0)
-    assert torch.allclose(out.scores[1], torch.maximum(probs[1], probs[2]))
-    assert torch.allclose(out.scores[0], probs[0])
+    """Hand-computed: query logits 0, 0.1, 0.05 (classes "a" and "b; c") at logit scale 40 give
+    exp(0), exp(4), exp(2) / (1 + e^4 + e^2): a 0.015876, b 0.866813, c 0.117311; class "b; c"
+    takes the larger, 0.866813, and wins."""
+    logits = torch.tensor([0.0, 0.1, 0.05]).view(3, 1, 1)
+    labels, scores = seg.labels_from_logits(logits, [0, 1, 1], 2, return_scores=True)
+    torch.testing.assert_close(
+        scores.flatten(), torch.tensor([0.015876, 0.866813]), atol=2e-6, rtol=0
+    )
+    assert labels.item() == 1
+    other = seg.with_settings(prob_threshold=0.9, background_index=0)  # below 0.9: class 0
+    assert other.labels_from_logits(logits, [0, 1, 1], 2)[0].item() == 0
 
 
 def test_small_image_is_upscaled_to_the_window(golden_modules) -> None:
@@ -242,3 +254,110 @@ def test_fast_mode_parts(settings, fused, half_products, golden_modules, monkeyp
         assert set(seen_half) == {
             torch.bfloat16 if settings["precision"] == "bf16" else torch.float16
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Encode once, ask many times
+
+
+def test_features_answer_new_classes_without_the_backbones(golden_modules, monkeypatch) -> None:
+    """``encode_image`` runs the backbones and the attention once; asking its features for
+    other classes runs neither again, and equals a fresh call bit for bit."""
+    from glaclip import bases
+
+    clip, vfm, tok = golden_modules
+    seg = Segmenter.from_modules(clip, vfm, tok, text_cache_dir=None)
+    rgb = _image(300, 420, seed=4)
+    calls = {"features": 0, "attend": 0}
+    real_features, real_attend = bases.ProxyCLIPBase.features, bases.ProxyCLIPBase.attend
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(bases.ProxyCLIPBase, "features", counted("features", real_features))
+    monkeypatch.setattr(bases.ProxyCLIPBase, "attend", counted("attend", real_attend))
+    features = seg.encode_image(rgb)
+    assert calls == {"features": 2, "attend": 1}  # 2 x 4 windows in batches of 4, one attention
+    assert features.input_size == (336, 470) and features.image_size == (300, 420)
+    assert features.nbytes == 8 * 784 * 32 * 4  # L x S x E float32
+    for classes in (["sky", "tree; bush"], ["road", "car", "person; man", "dog"]):
+        before = dict(calls)
+        kept = seg.segment(features, classes, return_scores=True)
+        assert calls == before  # neither the backbones nor the attention ran again
+        assert set(kept.timings) == {"text", "stitch", "labels"}
+        fresh = seg.segment(rgb, classes, return_scores=True)
+        assert np.array_equal(kept.labels, fresh.labels)
+        assert torch.equal(kept.scores, fresh.scores)
+    out = seg.segment_tensor(features, ["sky", "road"])
+    assert torch.equal(
+        out.query_logits, seg.segment_tensor(seg.prepare(rgb)[0], ["sky", "road"]).query_logits
+    )
+
+
+def test_features_of_other_settings_are_refused(golden_modules) -> None:
+    clip, vfm, tok = golden_modules
+    seg = Segmenter.from_modules(clip, vfm, tok, text_cache_dir=None)
+    features = seg.encode_image(_image(224, 224))
+    relabelled = seg.with_settings(prob_threshold=0.5).segment(features, ["a", "b"])
+    assert relabelled.labels.shape == (224, 224)  # post-processing may differ
+    with pytest.raises(ValueError, match="kv_extension"):
+        seg.with_settings(kv_extension=False).segment(features, ["a", "b"])
+    with pytest.raises(ValueError, match="stride"):
+        seg.with_settings(stride=56).segment_tensor(features, ["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The builders
+
+
+def test_settings_are_read_only(seg: Segmenter) -> None:
+    with pytest.raises(AttributeError, match="with_settings"):
+        seg.settings = seg.settings.replace(kv_extension=False)
+    other = seg.with_settings(kv_extension=False)
+    assert other.settings.gla.kv_extension is False and seg.settings.gla.kv_extension is True
+
+
+def test_both_builders_take_the_same_keywords() -> None:
+    import inspect
+
+    def keywords(fn) -> set[str]:
+        return {
+            n
+            for n, p in inspect.signature(fn).parameters.items()
+            if p.kind == p.KEYWORD_ONLY or p.default is not p.empty
+        }
+
+    shared = {"device", "text_cache_dir", "clip_mean", "clip_std"}
+    assert shared <= keywords(Segmenter.from_modules) and shared <= keywords(
+        Segmenter.from_pretrained
+    )
+    for name in shared:
+        a = inspect.signature(Segmenter.from_modules).parameters[name].default
+        b = inspect.signature(Segmenter.from_pretrained).parameters[name].default
+        assert a is b, name
+
+
+def test_normalisation_comes_from_the_model_or_the_caller(golden_modules, tmp_path) -> None:
+    """``from_modules`` reads the CLIP's preprocessing config, as ``from_pretrained`` does;
+    explicit ``clip_mean``/``clip_std`` win; the disk cache goes where it is told."""
+    clip, vfm, tok = golden_modules
+    saved = getattr(clip.visual, "preprocess_cfg", None)
+    try:
+        clip.visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+        seg = Segmenter.from_modules(clip, vfm, tok, text_cache_dir=tmp_path)
+        assert seg.normalisation == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        x, _ = seg.prepare(np.full((224, 224, 3), 255, np.uint8))
+        assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25
+        own = Segmenter.from_modules(clip, vfm, tok, clip_mean=(0, 0, 0), clip_std=(1, 1, 1))
+        assert own.normalisation == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        seg.text.encode(["cat"])
+        assert list(tmp_path.glob("text-*.pt"))
+    finally:
+        if saved is None:
+            del clip.visual.preprocess_cfg
+        else:
+            clip.visual.preprocess_cfg = saved

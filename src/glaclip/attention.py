@@ -137,23 +137,7 @@ def global_attention_dense(
         which replaces them by 0, so its output is the zero vector.
     """
     n = k.shape[0]
-    tau = cfg.proxy_threshold
-    kk = k @ k.T
-    m = None
-    scores = kk
-    if needs_mask(cfg):
-        cur = kk if initial is None else initial @ k.T
-        if cfg.proxy_iters == 0:
-            m = cur > tau
-        for _ in range(cfg.proxy_iters):
-            m = cur > tau
-            diagonal = m.diagonal()
-            diagonal |= ~m.any(dim=1)  # an empty row keeps its own token
-            mf = m.to(k.dtype)
-            p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + EPS), dim=-1)
-            cur = p @ k.T
-        if cfg.proxy_anchor:
-            scores = cur
+    scores, m = dense_proxy_iteration(k, cfg, initial)
     if not cfg.token_norm:
         mu = scores.mean()
         beta, gamma = cfg.fixed_beta, cfg.fixed_gamma
@@ -165,6 +149,32 @@ def global_attention_dense(
     w = torch.nan_to_num(_sparse_softmax(z), nan=0.0)
     out = torch.einsum("nm,hmd->hnd", w, v)
     return out.permute(1, 0, 2).reshape(n, -1)
+
+
+def dense_proxy_iteration(
+    k: torch.Tensor, cfg: GLAConfig, initial: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SPEC 5 (and 12.2) as written: ``(scores N x N, last mask N x N bool or None)``.
+
+    The scores are the last proxies' similarities ``P K^T`` with proxy anchors on, else
+    ``K K^T``; the mask is the last ``[A > tau]`` (its row counts give the dynamic gamma), None
+    when no mask is needed (``needs_mask``). The proxy iteration starts from ``initial`` or from
+    the keys; an empty mask row keeps its own token.
+    """
+    tau = cfg.proxy_threshold
+    kk = k @ k.T
+    if not needs_mask(cfg):
+        return kk, None
+    cur = kk if initial is None else initial @ k.T
+    m = cur > tau
+    for _ in range(cfg.proxy_iters):
+        m = cur > tau
+        diagonal = m.diagonal()
+        diagonal |= ~m.any(dim=1)  # an empty row keeps its own token
+        mf = m.to(k.dtype)
+        p = F.normalize((mf @ k) / (mf.sum(dim=1, keepdim=True) + EPS), dim=-1)
+        cur = p @ k.T
+    return (cur if cfg.proxy_anchor else kk), m
 
 
 # ---------------------------------------------------------------------------------------------
