@@ -1,31 +1,32 @@
-"""CLIP (open_clip) and the vision foundation model (timm): loading and the two feature maps.
+"""CLIP (open_clip) and the vision foundation model (timm): loading them by name or from local
+files, with clear errors offline or for weights of another architecture.
 
-Nothing here patches open_clip or timm: ``ClipTower`` runs the CLIP image tower's own
-modules up to the last block and reads that block's weights to compute its queries and values
-and the output projection (SPEC 4, 7, 12); ``VFMKeyTower`` calls timm's ``forward_features``
-(SPEC 3).
+The feature maps read from the loaded models are ``glaclip.towers`` (``ClipTower``,
+``VFMKeyTower``; also importable from here).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from glaclip import hub
 from glaclip.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, config_mismatch, weights_in
 from glaclip.imageio import CLIP_MEAN, CLIP_STD
+from glaclip.towers import (  # noqa: F401  (the towers, importable from here too)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClipTower,
+    ModelLoadError,
+    VFMKeyTower,
+)
 
 # OpenAI CLIP's normalisation, defined once in imageio (where images are normalised)
 OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = CLIP_MEAN, CLIP_STD
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 _CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -36,230 +37,12 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_VFM = "vit_base_patch8_224.dino"
 
 
-class ModelLoadError(RuntimeError):
-    """A backbone could not be built or its weights could not be obtained."""
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """What identifies a loaded backbone (recorded in result files and the text cache key)."""
 
     name: str
     pretrained: str | None
-
-
-# ---------------------------------------------------------------------------------------------
-# CLIP image tower
-
-
-class ClipTower(nn.Module):
-    """CLIP ViT image tower read at its last block: queries and values (SPEC 4, 12) and the
-    output projection (SPEC 7).
-
-    Wraps an open_clip ``VisionTransformer`` (``model.visual``) without changing it.
-    """
-
-    def __init__(self, visual: nn.Module) -> None:
-        super().__init__()
-        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
-        missing = [name for name in needed if not hasattr(visual, name)]
-        if missing or not hasattr(visual.transformer, "resblocks"):
-            raise ModelLoadError(
-                f"the CLIP image tower {type(visual).__name__} is not an open_clip ViT "
-                f"(missing {', '.join(missing) or 'transformer.resblocks'}); use a ViT CLIP "
-                "such as ViT-B-16, ViT-L-14 or ViT-H-14"
-            )
-        if getattr(visual, "attn_pool", None) is not None:
-            raise ModelLoadError("CLIP towers with attention pooling (CoCa) are not supported")
-        last = visual.transformer.resblocks[-1]
-        if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
-            raise ModelLoadError(
-                "the last block of the CLIP image tower has no nn.MultiheadAttention; "
-                "custom attention blocks are not supported"
-            )
-        self.visual = visual
-        self.last = last
-        self.width = visual.conv1.out_channels
-        self.heads = last.attn.num_heads
-        self.head_dim = self.width // self.heads
-        self.patch_size = _pair(visual.conv1.kernel_size)
-        self.grid_size = _pair(getattr(visual, "grid_size", None) or self._pos_grid())
-
-    def _pos_grid(self) -> tuple[int, int]:
-        side = int(math.isqrt(self.visual.positional_embedding.shape[0] - 1))
-        return (side, side)
-
-    def _positional(self, gh: int, gw: int) -> torch.Tensor:
-        pos = self.visual.positional_embedding
-        if (gh, gw) == tuple(self.grid_size):
-            return pos
-        cls_pos, patch_pos = pos[:1], pos[1:]
-        ph, pw = self.grid_size
-        patch_pos = patch_pos.reshape(1, ph, pw, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(gh, gw), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
-        return torch.cat([cls_pos, patch_pos], dim=0)
-
-    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The last block's normalised input ``ln_1(tokens)``, class token first.
-
-        Args:
-            x: ``B x 3 x h x w`` CLIP-normalised crops.
-
-        Returns:
-            ``(B x (1 + gh*gw) x D tokens, (gh, gw) patch grid)``.
-        """
-        v = self.visual
-        t = v.conv1(x.to(v.conv1.weight.dtype))
-        b, d, gh, gw = t.shape
-        t = t.reshape(b, d, gh * gw).permute(0, 2, 1)
-        cls = v.class_embedding.to(t.dtype).expand(b, 1, d)
-        t = torch.cat([cls, t], dim=1) + self._positional(gh, gw).to(t.dtype)
-        t = v.patch_dropout(t)
-        t = v.ln_pre(t)
-        transformer = v.transformer
-        batch_first = getattr(transformer, "batch_first", True)
-        if not batch_first:
-            t = t.transpose(0, 1)
-        for block in transformer.resblocks[:-1]:
-            t = block(t)
-        if not batch_first:
-            t = t.transpose(0, 1)
-        return self.last.ln_1(t), (gh, gw)
-
-    def projection(self, y: torch.Tensor, part: str) -> torch.Tensor:
-        """One third of the last block's input projection: ``part`` = ``q``, ``k`` or ``v``.
-
-        Args:
-            y: ``... x D`` output of ``last_block_input``.
-
-        Returns:
-            ``... x D`` (heads side by side, ``d_h`` numbers each).
-        """
-        index = "qkv".index(part)
-        attn = self.last.attn
-        rows = slice(index * self.width, (index + 1) * self.width)
-        bias = attn.in_proj_bias[rows] if attn.in_proj_bias is not None else None
-        return F.linear(y, attn.in_proj_weight[rows], bias)
-
-    def values(self, x: torch.Tensor) -> torch.Tensor:
-        """Values of the last block's patch tokens (SPEC 4).
-
-        Args:
-            x: ``B x 3 x h x w`` CLIP-normalised crops.
-
-        Returns:
-            ``B x D x gh x gw`` value maps (``D = heads * d_h``, heads in channel order).
-        """
-        y, (gh, gw) = self.last_block_input(x)
-        val = self.projection(y[:, 1:], "v")
-        return val.permute(0, 2, 1).reshape(val.shape[0], self.width, gh, gw)
-
-    def project(self, o: torch.Tensor) -> torch.Tensor:
-        """``... x D`` attention output -> ``... x E`` embeddings: out_proj, ln_post, proj."""
-        o = self.last.attn.out_proj(o)
-        o = self.visual.ln_post(o)
-        proj = self.visual.proj
-        return o @ proj if proj is not None else o
-
-
-# ---------------------------------------------------------------------------------------------
-# VFM
-
-
-class VFMKeyTower(nn.Module):
-    """A timm ViT read as keys (SPEC 3): last block tokens after the final norm, patches only."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
-        """Wrap ``model`` without changing it (see ``keys`` for the one attribute a call
-        overrides while it runs)."""
-        super().__init__()
-        if not hasattr(model, "forward_features") or not hasattr(model, "patch_embed"):
-            raise ModelLoadError(
-                f"the VFM {type(model).__name__} is not a timm ViT with a patch grid "
-                "(forward_features and patch_embed are needed)"
-            )
-        self.model = model
-        self._attention_modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
-        self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
-        self.patch_size = _pair(model.patch_embed.patch_size)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        # made where the model is; as buffers they move with the tower (``tower.to(device)``)
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        for name, value in (("mean", cfg.get("mean", mean)), ("std", cfg.get("std", std))):
-            buffer = torch.tensor(value, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            self.register_buffer(name, buffer, persistent=False)
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        """The dtype of the model's weights (the crops are cast to it)."""
-        param = next(self.model.parameters(), None)
-        return None if param is None else param.dtype
-
-    def grid(self, h: int, w: int) -> tuple[int, int]:
-        """The token grid for an ``h x w`` crop."""
-        return h // self.patch_size[0], w // self.patch_size[1]
-
-    @contextlib.contextmanager
-    def attention_mode(self, fused: bool) -> Iterator[None]:
-        """timm's attention blocks take ``fused_attn`` (SDPA) or the explicit
-        ``softmax(q k^T) v``; for the duration of the block, every block takes ``fused``, and
-        each one's own value is restored afterwards (also on errors)."""
-        saved = [m.fused_attn for m in self._attention_modules]
-        try:
-            for m in self._attention_modules:
-                m.fused_attn = fused
-            yield
-        finally:
-            for m, value in zip(self._attention_modules, saved, strict=True):
-                m.fused_attn = value
-
-    def keys(
-        self,
-        x: torch.Tensor,
-        clip_mean: torch.Tensor,
-        clip_std: torch.Tensor,
-        fused_attention: bool = False,
-    ) -> torch.Tensor:
-        """Keys of CLIP-normalised crops.
-
-        Args:
-            x: ``B x 3 x h x w`` crops normalised with ``clip_mean`` / ``clip_std`` (``1x3x1x1``).
-            fused_attention: False computes each attention block as an explicit
-                ``softmax(q k^T) v``, the arithmetic of the reference implementation (a fused
-                kernel rounds differently and can flip the method's thresholds); True uses
-                timm's fused kernel. The model's own setting is restored after the call.
-
-        Returns:
-            ``B x gh x gw x C`` patch tokens (not yet L2-normalised), in the weights' dtype.
-        """
-        x = ((x.float() * clip_std + clip_mean) - self.mean) / self.std
-        if self.dtype is not None:
-            x = x.to(self.dtype)
-        with self.attention_mode(fused_attention):
-            tokens = self.model.forward_features(x)
-        if tokens.ndim == 4:  # NHWC output of some timm models
-            return tokens
-        gh, gw = self.grid(x.shape[-2], x.shape[-1])
-        patches = tokens[:, self.num_prefix :]
-        if patches.shape[1] != gh * gw:
-            raise ModelLoadError(
-                f"the VFM returned {patches.shape[1]} patch tokens for a {gh}x{gw} grid; "
-                "is num_prefix_tokens right for this model?"
-            )
-        return patches.reshape(x.shape[0], gh, gw, -1)
-
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        return (int(v[0]), int(v[-1]))
-    return (int(v), int(v))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +92,37 @@ def load_clip(
     is_path_name = name.startswith(("hf-hub:", "local-dir:"))
     if is_path_name:
         pretrained = None
-    elif name not in open_clip.list_models():
+    _check_clip_source(open_clip, name, pretrained)
+    quick_gelu = pretrained == "openai" or "quickgelu" in name.lower()
+    try:
+        model = open_clip.create_model(
+            name,
+            pretrained=pretrained,
+            device=device,
+            force_quick_gelu=quick_gelu and not is_path_name,
+            cache_dir=cache_dir,
+        )
+    except ModelLoadError:
+        raise
+    except Exception as err:  # download, cache and file errors come in many types
+        local = pretrained if pretrained and os.path.exists(pretrained) else None
+        if local or name.startswith("local-dir:"):
+            reason = hub.summarise_load_error(str(err)) or _first_line(err)
+            raise ModelLoadError(
+                f"the weights {local or name} do not fit the CLIP architecture {name}: "
+                f"{reason}. Is it a checkpoint of another model? Pass the matching --clip"
+            ) from None
+        raise _offline_hint("clip", name, pretrained, err) from err
+    _check_clip_fits(model, name, pretrained)
+    tokenizer = open_clip.get_tokenizer(name)
+    mean, std = clip_normalisation(model)
+    return model.eval(), tokenizer, mean, std
+
+
+def _check_clip_source(open_clip, name: str, pretrained: str | None) -> None:
+    """Raise ``ModelLoadError`` before any download: an unknown model name or tag, a checkpoint
+    path that does not exist, or weights neither cached nor reachable (``hub.check_download``)."""
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower()[:6] in m.lower()][:8]
         raise ModelLoadError(
             f"unknown CLIP model {name!r}; open_clip knows e.g. {', '.join(close) or 'ViT-B-16'} "
@@ -336,30 +149,6 @@ def load_clip(
         reason = hub.check_download(name.removeprefix("hf-hub:"), ("open_clip_config.json",))
         if reason:
             raise _offline_hint("clip", name, None, reason)
-    quick_gelu = pretrained == "openai" or "quickgelu" in name.lower()
-    try:
-        model = open_clip.create_model(
-            name,
-            pretrained=pretrained,
-            device=device,
-            force_quick_gelu=quick_gelu and not is_path_name,
-            cache_dir=cache_dir,
-        )
-    except ModelLoadError:
-        raise
-    except Exception as err:  # download, cache and file errors come in many types
-        local = pretrained if pretrained and os.path.exists(pretrained) else None
-        if local or name.startswith("local-dir:"):
-            reason = hub.summarise_load_error(str(err)) or _first_line(err)
-            raise ModelLoadError(
-                f"the weights {local or name} do not fit the CLIP architecture {name}: "
-                f"{reason}. Is it a checkpoint of another model? Pass the matching --clip"
-            ) from None
-        raise _offline_hint("clip", name, pretrained, err) from err
-    _check_clip_fits(model, name, pretrained)
-    tokenizer = open_clip.get_tokenizer(name)
-    mean, std = clip_normalisation(model)
-    return model.eval(), tokenizer, mean, std
 
 
 def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from glaclip.attention import EPS, Progress, needs_mask, normalisation
 from glaclip.config import GLAConfig
-from glaclip.device import free_memory
+from glaclip.device import free_memory, half_mm, host_decisions
 
 # Below this mask density (fraction of ones) a mask-times-keys product runs as a sparse CSR
 # product; above it, as a dense matrix product. Measured break-even on a 2-core AVX-512 CPU is
@@ -69,27 +69,6 @@ _DROPPED_EXP = 1e-30
 # float32 whatever this holds.
 PRODUCTS = ("scores", "mask_keys", "weights_values", "stitch")
 HALF_PRODUCTS: frozenset[str] = frozenset({"weights_values", "mask_keys"})
-
-
-def half_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of two half-precision matrices, as float32.
-
-    Accumulated in float32 where the backend offers it: CUDA returns the float32 sums
-    (``out_dtype``); the CPU's kernels (oneDNN) accumulate in float32 but return the half
-    precision, which is cast back here (one rounding of each result).
-    """
-    if a.device.type == "cuda":
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):  # an older PyTorch
-            pass
-    return torch.mm(a, b).float()
-
-
-def host_decisions(device: torch.device) -> bool:
-    """Whether the blocked attention may read values back to the host to choose its path
-    (free on the CPU; a stall of the whole device per read elsewhere)."""
-    return device.type == "cpu"
 
 
 def auto_block_size(
@@ -159,42 +138,22 @@ def global_attention_blocked(
         ``N x (heads * d_h)`` float32; zero rows where the last mask is empty (see
         ``global_attention_dense``).
     """
-    n, c = k.shape
-    heads, _, d_h = v.shape
+    n = k.shape[0]
     if decide_on_host is None:
         decide_on_host = host_decisions(k.device)
     block = cfg.block_size or auto_block_size(n, k.device, symmetric=initial is None)
-    density = sparse_density if decide_on_host else 0.0
     products = (HALF_PRODUCTS if half_products is None else half_products) if half else frozenset()
-    work = _Workspace(k, min(n, block), density, half, products)
+    work = _Workspace(k, min(n, block), sparse_density if decide_on_host else 0.0, half, products)
     anchors, count = _anchors(work, cfg, initial)
-    v_flat = v.permute(1, 0, 2).reshape(n, heads * d_h)  # N x D: heads side by side
+    v_flat = v.permute(1, 0, 2).reshape(n, -1)  # N x D: heads side by side
     v_half = v_flat.to(half) if "weights_values" in work.products else None
-    global_mu = None
-    if not cfg.token_norm:
-        # mean of all entries of anchors K^T = mean over rows of (anchor . mean key)
-        global_mu = (anchors @ k.mean(dim=0)).mean()
-    dynamic = cfg.token_norm and cfg.dynamic_norm
-    out = k.new_empty(n, heads * d_h)
+    # "token norm off": the mean of all entries of anchors K^T = mean of (anchor . mean key)
+    global_mu = None if cfg.token_norm else (anchors @ k.mean(dim=0)).mean()
+    out = k.new_empty(v_flat.shape)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
         x = work.scores(anchors[rows])  # B x N similarities
-        count_b = None
-        if dynamic:  # the mask count: from these scores when phase 1 left it to them
-            count_b = work.mask_count(x, cfg.proxy_threshold) if count is None else count[rows]
-        if global_mu is not None:
-            bm, gamma = cfg.fixed_beta * global_mu, cfg.fixed_gamma
-        else:
-            # the row mean of x; (anchors @ k_mean) is equal in exact arithmetic but rounds
-            # differently and flips cut decisions of rows whose maximum is near 0
-            mu = x.mean(dim=1, keepdim=True).clamp_min_(0.0)
-            beta, gamma = normalisation(cfg, n_windows, count_b)
-            bm = beta * mu
-        empty = None
-        if count_b is not None:  # an empty mask: infinite gamma, the reference's NaN weights
-            empty = (count_b == 0).unsqueeze(1)  # become 0
-            gamma = gamma.masked_fill(empty, 1.0)
-        x.sub_(bm).mul_(gamma)  # Z, bit for bit as in the dense oracle
+        empty = _normalise_block(work, x, cfg, n_windows, count, rows, global_mu)
         zh = work.half_view(*x.shape) if v_half is not None else None
         _softmax_times_values(x, v_flat, out[rows], decide_on_host, v_half, zh)
         if empty is not None:
@@ -202,6 +161,39 @@ def global_attention_blocked(
         if progress is not None:
             progress("attention", rows.stop, n)
     return out
+
+
+def _normalise_block(
+    work: _Workspace,
+    x: torch.Tensor,
+    cfg: GLAConfig,
+    n_windows: int,
+    count: torch.Tensor | None,
+    rows: slice,
+    global_mu: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """SPEC 6 on a block of scores ``x`` (``B x N``), in place: ``Z = (x - beta mu) gamma``, bit
+    for bit as in the dense oracle. ``count``: the last mask's row counts (None: counted here
+    from ``x`` when the dynamic gamma needs them); ``global_mu``: the one mean of the "token
+    norm off" ablation. Returns the rows whose mask is empty (``B x 1`` bool: infinite gamma,
+    the reference's NaN weights become 0), or None."""
+    count_b = None
+    if cfg.token_norm and cfg.dynamic_norm:  # from these scores when phase 1 left it to them
+        count_b = work.mask_count(x, cfg.proxy_threshold) if count is None else count[rows]
+    if global_mu is not None:
+        bm, gamma = cfg.fixed_beta * global_mu, cfg.fixed_gamma
+    else:
+        # the row mean of x; (anchors @ k_mean) is equal in exact arithmetic but rounds
+        # differently and flips cut decisions of rows whose maximum is near 0
+        mu = x.mean(dim=1, keepdim=True).clamp_min_(0.0)
+        beta, gamma = normalisation(cfg, n_windows, count_b)
+        bm = beta * mu
+    empty = None
+    if count_b is not None:
+        empty = (count_b == 0).unsqueeze(1)
+        gamma = gamma.masked_fill(empty, 1.0)
+    x.sub_(bm).mul_(gamma)
+    return empty
 
 
 class _Workspace:
@@ -413,37 +405,58 @@ def _softmax_times_values(
     against ``-tiny``, so only a negative subnormal ``z - cut``, below 1.2e-38, would be kept
     wrongly). The softmax is normalised after the product with the values.
 
-    With ``decide_on_host`` (the CPU) three shortcuts are chosen from the data: rows with a
-    non-negative maximum skip the subtraction of the cut (it is 0), the row maximum is not
-    subtracted where no exponential can overflow, and rows left with a single entry take that
-    token's value by a gather instead of a product. Without it (GPUs) nothing is read back:
-    the cut and the row maximum are always subtracted and every row goes through the product.
-    With ``v_half`` (the values in half precision) the product runs in that precision, on
-    weights in [0, 1] (the row maximum subtracted) rounded to it (into ``z_half``, a buffer of
-    ``z``'s shape, if given); the rows are normalised by the float32 sums of the weights.
+    With ``decide_on_host`` (the CPU) three shortcuts are chosen from the data
+    (``_host_softmax_times_values``). Without it (GPUs), or with ``v_half`` (the values in
+    half precision: the fast mode's product, its weights in ``z_half`` if given), nothing is
+    read back (``_shifted_softmax_times_values``).
     """
     zmax = z.amax(dim=1)
     cut = zmax.clamp_max(0.0)
     if not decide_on_host or v_half is not None:
-        z.sub_(cut.unsqueeze(1))  # exact where cut is 0
-        F.threshold_(z, -_TINY, float("-inf"))  # keep z - cut >= 0
-        z.sub_((zmax - cut).unsqueeze(1))
-        if v_half is None:
-            z.exp_()
-            torch.mm(z, v_flat, out=out)
-            out.div_(z.sum(dim=1, keepdim=True))
-        else:
-            z.exp_()
-            total = z.sum(dim=1, keepdim=True)
-            if v_half.dtype == torch.float16:  # weights summing to 1: the sums stay in range
-                z.div_(total)
-                total = None
-            if z_half is None:
-                z_half = z.new_empty(z.shape, dtype=v_half.dtype)
-            out.copy_(half_mm(z_half.copy_(z), v_half))
-            if total is not None:
-                out.div_(total)
+        _shifted_softmax_times_values(z, zmax, cut, v_flat, out, v_half, z_half)
+    else:
+        _host_softmax_times_values(z, zmax, cut, v_flat, out)
+
+
+def _shifted_softmax_times_values(
+    z: torch.Tensor,
+    zmax: torch.Tensor,
+    cut: torch.Tensor,
+    v_flat: torch.Tensor,
+    out: torch.Tensor,
+    v_half: torch.Tensor | None = None,
+    z_half: torch.Tensor | None = None,
+) -> None:
+    """``_softmax_times_values`` reading nothing back: the cut and the row maximum are always
+    subtracted, every row goes through the product. With ``v_half`` the product runs in half
+    precision on weights in [0, 1] rounded to it (into ``z_half``), normalised by the float32
+    sums of the weights (float16: before the product, so that its sums stay in range)."""
+    z.sub_(cut.unsqueeze(1))  # exact where cut is 0
+    F.threshold_(z, -_TINY, float("-inf"))  # keep z - cut >= 0
+    z.sub_((zmax - cut).unsqueeze(1))
+    z.exp_()
+    if v_half is None:
+        torch.mm(z, v_flat, out=out)
+        out.div_(z.sum(dim=1, keepdim=True))
         return
+    total = z.sum(dim=1, keepdim=True)
+    if v_half.dtype == torch.float16:  # weights summing to 1: the sums stay in range
+        z.div_(total)
+        total = None
+    if z_half is None:
+        z_half = z.new_empty(z.shape, dtype=v_half.dtype)
+    out.copy_(half_mm(z_half.copy_(z), v_half))
+    if total is not None:
+        out.div_(total)
+
+
+def _host_softmax_times_values(
+    z: torch.Tensor, zmax: torch.Tensor, cut: torch.Tensor, v_flat: torch.Tensor, out: torch.Tensor
+) -> None:
+    """``_softmax_times_values`` on the CPU, with three shortcuts chosen from the data: rows with
+    a non-negative maximum skip the subtraction of the cut (it is 0), the row maximum is not
+    subtracted where no exponential can overflow, and rows left with a single entry take that
+    token's value by a gather instead of a product."""
     negative = cut < 0
     if bool(negative.any()):
         z.sub_(cut.unsqueeze(1))  # rows with a negative maximum: z - zmax, their max is 0
@@ -466,6 +479,19 @@ def _softmax_times_values(
         torch.mm(z, v_flat, out=out)
         out.div_(total.unsqueeze(1))
         return
+    _values_with_single_rows(z, v_flat, out, total, single, n_single)
+
+
+def _values_with_single_rows(
+    z: torch.Tensor,
+    v_flat: torch.Tensor,
+    out: torch.Tensor,
+    total: torch.Tensor,
+    single: torch.Tensor,
+    n_single: int,
+) -> None:
+    """``out = (z @ V) / total`` where the ``single`` rows (one weight of exactly 1) gather
+    their token's value and only the others go through the product."""
     arg = z.argmax(dim=1)
     if n_single < z.shape[0]:
         rows = torch.nonzero(~single).squeeze(1)

@@ -103,6 +103,27 @@ def native_precision(device: torch.device, precision: str) -> bool:
         return False
 
 
+def half_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of two half-precision matrices, as float32.
+
+    Accumulated in float32 where the backend offers it: CUDA returns the float32 sums
+    (``out_dtype``); the CPU's kernels (oneDNN) accumulate in float32 but return the half
+    precision, which is cast back here (one rounding of each result).
+    """
+    if a.device.type == "cuda":
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):  # an older PyTorch
+            pass
+    return torch.mm(a, b).float()
+
+
+def host_decisions(device: torch.device) -> bool:
+    """Whether the blocked attention may read values back to the host to choose its path
+    (free on the CPU; a stall of the whole device per read elsewhere)."""
+    return device.type == "cpu"
+
+
 @contextlib.contextmanager
 def strict_fp32(device: torch.device) -> Iterator[None]:
     """On CUDA, true float32 products and convolutions (no TF32) for the duration.

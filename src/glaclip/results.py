@@ -41,6 +41,29 @@ class ImageFeatures:
     settings: Settings
     timings: dict[str, float] = field(default_factory=dict)
 
+    def check_compatible(self, settings: Settings, device: torch.device) -> None:
+        """Raise ValueError unless a Segmenter with ``settings`` on ``device`` may ask these
+        features: the same window, method and runtime settings (other post-processing is
+        fine), and the same device."""
+        differ = [
+            name
+            for part in ("window", "gla", "runtime")
+            for name, value in vars(getattr(self.settings, part)).items()
+            if getattr(getattr(settings, part), name) != value
+        ]
+        if differ:
+            raise ValueError(
+                "these image features were computed with other settings ("
+                + ", ".join(differ)
+                + "): encode the image again with this Segmenter (only the post-processing "
+                "settings may differ)"
+            )
+        if self.embeddings.device != device:
+            raise ValueError(
+                f"these image features are on {self.embeddings.device}, this Segmenter runs "
+                f"on {device}: encode the image again with it"
+            )
+
     @property
     def nbytes(self) -> int:
         """Memory held by the features: ``4 x L x S x E`` bytes (9.6 MB for a VOC-sized image

@@ -71,7 +71,6 @@ class _UserCache:
 
 USER_CACHE: Any = _UserCache()
 CacheDir = str | os.PathLike | None | _UserCache
-_METHOD_PARTS = ("window", "gla", "runtime")  # settings that make an image's features
 
 
 class Segmenter:
@@ -447,7 +446,7 @@ class Segmenter:
         timer = StageTimer(self.device)
         if isinstance(x, ImageFeatures):
             features = x
-            self._check_features(features)
+            features.check_compatible(self._settings, self.device)
         else:
             features = self.encode_tensor(x, progress=progress, timer=timer)
         with strict_fp32(self.device):
@@ -464,27 +463,6 @@ class Segmenter:
                 logits, owner, len(classes), output_size, return_scores
             )
         return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
-
-    def _check_features(self, features: ImageFeatures) -> None:
-        """Refuse features made with other window, method or runtime settings, or elsewhere."""
-        differ = [
-            name
-            for part in _METHOD_PARTS
-            for name, value in vars(getattr(features.settings, part)).items()
-            if getattr(getattr(self._settings, part), name) != value
-        ]
-        if differ:
-            raise ValueError(
-                "these image features were computed with other settings ("
-                + ", ".join(differ)
-                + "): encode the image again with this Segmenter (only the post-processing "
-                "settings may differ)"
-            )
-        if features.embeddings.device != self.device:
-            raise ValueError(
-                f"these image features are on {features.embeddings.device}, this Segmenter "
-                f"runs on {self.device}: encode the image again with it"
-            )
 
     def _stitch(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
         """SPEC 9.1-9.2: cosine logits of every token with the ``Q x E`` text embeddings,
