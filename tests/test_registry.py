@@ -69,3 +69,13 @@ def test_the_toy_base_through_glaclip_segment(toy_base, tiny_checkpoints, tmp_pa
     assert record["settings"]["base"] == "maskclip"
     assert record["models"]["vfm"] is None  # it needs no VFM: none was loaded
     assert np.asarray(Image.open(out / "photo.png")).shape == (240, 320)
+
+
+def test_the_readme_lists_every_registered_base() -> None:
+    """The README's table of base methods has a row for each base of the registry."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| `--base` | keys |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert [r.split("`")[1] for r in rows] == list(bases.REGISTRY)

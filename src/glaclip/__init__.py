@@ -8,6 +8,20 @@
 __version__ = "0.2.0"
 
 from glaclip.config import Settings  # noqa: E402
-from glaclip.segmenter import Segmentation, SegmentationOutput, Segmenter  # noqa: E402
+from glaclip.segmenter import (  # noqa: E402
+    USER_CACHE,
+    ImageFeatures,
+    Segmentation,
+    SegmentationOutput,
+    Segmenter,
+)
 
-__all__ = ["Segmenter", "Segmentation", "SegmentationOutput", "Settings", "__version__"]
+__all__ = [
+    "USER_CACHE",
+    "ImageFeatures",
+    "Segmenter",
+    "Segmentation",
+    "SegmentationOutput",
+    "Settings",
+    "__version__",
+]
