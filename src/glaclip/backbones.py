@@ -107,11 +107,7 @@ def load_clip(
     except Exception as err:  # download, cache and file errors come in many types
         local = pretrained if pretrained and os.path.exists(pretrained) else None
         if local or name.startswith("local-dir:"):
-            reason = hub.summarise_load_error(str(err)) or _first_line(err)
-            raise ModelLoadError(
-                f"the weights {local or name} do not fit the CLIP architecture {name}: "
-                f"{reason}. Is it a checkpoint of another model? Pass the matching --clip"
-            ) from None
+            raise _misfit("CLIP", local or name, name, "--clip", err) from None
         raise _offline_hint("clip", name, pretrained, err) from err
     _check_clip_fits(model, name, pretrained)
     tokenizer = open_clip.get_tokenizer(name)
@@ -224,12 +220,7 @@ def load_vfm(
             resized = ("pos_embed",)
     except Exception as err:  # download, cache and file errors come in many types
         if checkpoint or name.startswith("local-dir:"):
-            reason = hub.summarise_load_error(str(err)) or _first_line(err)
-            raise ModelLoadError(
-                f"the weights {checkpoint or name} do not fit the VFM architecture "
-                f"{name.split('.')[0]}: {reason}. Is it a checkpoint of another model? Pass "
-                "the matching --vfm"
-            ) from None
+            raise _misfit("VFM", checkpoint or name, name.split(".")[0], "--vfm", err) from None
         raise _offline_hint("vfm", name, checkpoint, err) from err
     if checkpoint is not None:
         _check_fits(model, checkpoint, f"VFM architecture {name.split('.')[0]}", resized)
@@ -256,6 +247,15 @@ def _check_fits(
     problem = config_mismatch(model, weights, what, skip)
     if problem:
         raise ModelLoadError(problem)
+
+
+def _misfit(kind: str, weights: str, arch: str, flag: str, err: Exception) -> ModelLoadError:
+    """The error for local weights that do not fit the architecture they were loaded into."""
+    reason = hub.summarise_load_error(str(err)) or _first_line(err)
+    return ModelLoadError(
+        f"the weights {weights} do not fit the {kind} architecture {arch}: {reason}. Is it a "
+        f"checkpoint of another model? Pass the matching {flag}"
+    )
 
 
 def _first_line(err: Exception) -> str:
