@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = [  # the loop, and the names of the modules it uses, as before they were split out
     "STATE_DIR",
     "STATE_VERSION",
+    "EvalRun",
     "EvalTask",
     "OtherRankFailed",
     "StateWriter",
@@ -91,9 +95,11 @@ __all__ = [  # the loop, and the names of the modules it uses, as before they we
     "limited_stem",
     "make_task",
     "outside_note",
+    "plan_eval",
     "preset_settings",
     "read_state",
     "results_stem",
+    "run_eval",
     "state_config",
     "write_report",
     "write_results",
@@ -271,3 +277,94 @@ def _sum_over_ranks(
     per_rank = all_reduce_sum(per_rank, dist)
     total = all_reduce_sum(local.to_tensor(), dist)
     return SegMetric.from_tensor(total, local.num_classes), per_rank.tolist()
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """A ``glaclip eval --dataset NAME`` run, checked before any model loads (``plan_eval``).
+
+    Attributes:
+        task: what is evaluated.
+        out: the folder of the results files and of the resume state.
+        settings: the flat settings: the preset's, then those given (which win).
+        models: the model identities written into the result files.
+        save_predictions: the folder of ``<image id>.png``, or None.
+        restart: discard the resume state.
+        overwrite: replace result and prediction files glaclip did not write.
+    """
+
+    task: EvalTask
+    out: Path
+    settings: dict[str, Any]
+    models: dict[str, Any]
+    save_predictions: str | os.PathLike | None = None
+    restart: bool = False
+    overwrite: bool = False
+
+
+def plan_eval(
+    dataset: str,
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: dict[str, Any],
+    models: dict[str, Any],
+    class_file: str | os.PathLike | None = None,
+    limit: int | None = None,
+    reduce_zero_label: bool | None = None,
+    save_predictions: str | os.PathLike | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
+) -> EvalRun:
+    """The task of ``dataset`` (``make_task``), with everything that can be refused before
+    any model loads refused: ``out_dir`` or ``save_predictions`` naming a file, the state of
+    another evaluation in ``out_dir`` (unless ``restart``), outputs that would replace files
+    glaclip did not write (unless ``overwrite``) or lie in the dataset.
+
+    Args:
+        settings: the flat settings given; the preset's (``preset_settings``) fill the rest.
+
+    Raises:
+        ValueError, FileNotFoundError: names the flag, file or folder and what to do.
+    """
+    from glaclip.config import settings_from_kwargs
+
+    out = check_output_folder(out_dir)
+    if save_predictions:
+        check_output_folder(save_predictions, "--save-predictions")
+    task = make_task(dataset, data_root, class_file, limit, reduce_zero_label)
+    settings = {**preset_settings(dataset), **settings}
+    if not restart:  # refuse a foreign state before loading any model
+        check_state(out, task, settings_from_kwargs(**settings).to_dict(), models)
+    check_eval_outputs(out, task, save_predictions, overwrite)
+    return EvalRun(task, out, settings, models, save_predictions, restart, overwrite)
+
+
+def run_eval(
+    run: EvalRun,
+    build: Callable[[dict[str, Any]], Segmenter],
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Path | None]:
+    """Evaluate ``run`` with the models ``build(run.settings)`` loads (``evaluate``); rank 0
+    writes ``results.json`` and ``results.md`` (``results_limitN.*``) into ``run.out``.
+
+    Returns:
+        ``(results, path of the results JSON)``: the results on every rank, the path on
+        rank 0 alone (None on the others).
+    """
+    dist = dist or DistInfo()
+    results = evaluate(
+        build(run.settings),
+        run.task,
+        run.out,
+        models=run.models,
+        save_predictions=run.save_predictions,
+        restart=run.restart,
+        dist=dist,
+        progress=progress,
+        overwrite=run.overwrite,
+    )
+    if not dist.is_main:
+        return results, None
+    json_path, _ = write_results(run.out, results, run.overwrite)
+    return results, json_path
