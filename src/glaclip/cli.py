@@ -238,9 +238,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
-        results, path = run_eval(
-            plan, lambda settings: build_segmenter(args, settings), info, not args.no_progress
-        )
+        segmenter = build_segmenter(args, plan.settings)
+        results, path = run_eval(plan, segmenter, info, progress=not args.no_progress)
     if info.is_main:
         _print_result(plan.task.dataset, results, path)
     return 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,18 +181,9 @@ def evaluate(
     predictions = OutputFolder(save_predictions, "--save-predictions") if save_predictions else None
 
     writer = StateWriter(out / STATE_DIR, dist.rank, config)
-    error: Exception | None = None
-    try:
-        local, processed = _score_images(
-            segmenter, task, todo, writer, predictions, prior, dist, progress
-        )
-    except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
-        if not dist.enabled:
-            raise
-        error = err
-    finally:
-        writer.close()
-    _leave_together(error, dist)
+    local, processed = _score_images(
+        segmenter, task, todo, writer, predictions, prior, dist, progress
+    )
     total, per_rank = _sum_over_ranks(local, processed, dist)
     total.merge(prior)
     return build_results(
@@ -218,12 +208,18 @@ def _score_images(
     progress: bool,
 ) -> tuple[SegMetric, int]:
     """Segment and score this rank's images, saving each prediction (when asked) before the
-    image is recorded as finished. Returns the summed counters of these images and their
-    number."""
+    image is recorded as finished in ``writer``, which is closed at the end. Under torchrun
+    every rank leaves together: an error on one rank is raised on every rank
+    (``_leave_together``).
+
+    Returns:
+        The summed counters of this rank's images, and their number.
+    """
     from tqdm import tqdm
 
     local = SegMetric(len(task.class_lines))
     processed = 0
+    error: Exception | None = None
     bar = tqdm(
         todo, desc=f"eval {task.dataset}", unit="img", disable=not (progress and dist.is_main)
     )
@@ -237,8 +233,14 @@ def _score_images(
             local.merge(metric)
             processed += 1
             _show_miou(bar, prior, local, task, dist)
+    except Exception as err:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        if not dist.enabled:
+            raise
+        error = err
     finally:
+        writer.close()
         bar.close()
+    _leave_together(error, dist)
     return local, processed
 
 
@@ -341,12 +343,12 @@ def plan_eval(
 
 def run_eval(
     run: EvalRun,
-    build: Callable[[dict[str, Any]], Segmenter],
+    segmenter: Segmenter,
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], Path | None]:
-    """Evaluate ``run`` with the models ``build(run.settings)`` loads (``evaluate``); rank 0
-    writes ``results.json`` and ``results.md`` (``results_limitN.*``) into ``run.out``.
+    """Evaluate ``run`` with ``segmenter`` (``evaluate``; its settings are ``run.settings``);
+    rank 0 writes ``results.json`` and ``results.md`` (``results_limitN.*``) into ``run.out``.
 
     Returns:
         ``(results, path of the results JSON)``: the results on every rank, the path on
@@ -354,7 +356,7 @@ def run_eval(
     """
     dist = dist or DistInfo()
     results = evaluate(
-        build(run.settings),
+        segmenter,
         run.task,
         run.out,
         models=run.models,

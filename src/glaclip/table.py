@@ -37,10 +37,9 @@ from glaclip.eval_task import (
     make_task,
     preset_settings,
 )
-from glaclip.evaluate import evaluate
+from glaclip.evaluate import EvalRun, run_eval
 from glaclip.imageio import STOP_ERRNOS
 from glaclip.outputs import OutputFolder
-from glaclip.reports import write_results
 from glaclip.table_report import (
     PAPER_MODELS,
     build_table,
@@ -236,12 +235,12 @@ def evaluate_benchmarks(
         name = b.preset.name
         if segmenter is None:
             raise ValueError("evaluate_benchmarks needs a segmenter for the ready benchmarks")
-        seg = segmenter.with_settings(**benchmark_settings(name, settings))
+        flat = benchmark_settings(name, settings)
         pred = None if save_predictions is None else Path(save_predictions) / name
+        run = EvalRun(b.task, out / name, flat, models, pred, restart, overwrite)
+        seg = segmenter.with_settings(**flat)
         try:
-            results = _evaluate_into(
-                out / name, seg, b.task, models, pred, restart, dist, progress, overwrite
-            )
+            results, _ = run_eval(run, seg, dist, progress)
         except (ValueError, OSError) as err:
             if isinstance(err, OSError) and err.errno in STOP_ERRNOS:
                 raise  # a full disk: the next benchmark could not write either
@@ -253,34 +252,6 @@ def evaluate_benchmarks(
         if report is not None:
             report(b, results, None)
     return build_table(rows, benchmarks, failed, limit, data_root, models, settings)
-
-
-def _evaluate_into(
-    out: Path,
-    segmenter: Segmenter,
-    task: EvalTask,
-    models: dict[str, Any],
-    save_predictions: Path | None,
-    restart: bool,
-    dist: DistInfo,
-    progress: bool,
-    overwrite: bool,
-) -> dict[str, Any]:
-    """``evaluate`` one benchmark into ``out``; rank 0 writes its results files there."""
-    results = evaluate(
-        segmenter,
-        task,
-        out,
-        models=models,
-        save_predictions=save_predictions,
-        restart=restart,
-        dist=dist,
-        progress=progress,
-        overwrite=overwrite,
-    )
-    if dist.is_main:
-        write_results(out, results, overwrite)
-    return results
 
 
 @dataclass(frozen=True)
