@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from glaclip.config import settings_from_kwargs
 from glaclip.data import Sample, load_label
 from glaclip.distributed import DistInfo, all_reduce_sum, gather_messages, shard
 from glaclip.eval_state import (
@@ -328,8 +329,6 @@ def plan_eval(
     Raises:
         ValueError, FileNotFoundError: names the flag, file or folder and what to do.
     """
-    from glaclip.config import settings_from_kwargs
-
     out = check_output_folder(out_dir)
     if save_predictions:
         check_output_folder(save_predictions, "--save-predictions")
@@ -353,6 +352,9 @@ def run_eval(
     Returns:
         ``(results, path of the results JSON)``: the results on every rank, the path on
         rank 0 alone (None on the others).
+
+    Raises:
+        ValueError, WriteError: as ``evaluate`` and ``write_results`` raise them.
     """
     dist = dist or DistInfo()
     results = evaluate(

@@ -210,7 +210,7 @@ def evaluate_benchmarks(
 ) -> dict[str, Any]:
     """Evaluate every ready benchmark, in the paper's order, with one set of models.
 
-    Each runs ``evaluate`` with ``segmenter.with_settings(preset settings, then settings)``
+    Each runs ``run_eval`` with ``segmenter.with_settings(preset settings, then settings)``
     into ``out_dir/<preset>`` (rank 0 writes its results files there), predictions into
     ``save_predictions/<preset>``. A benchmark whose image or label is bad is recorded as
     failed and the next one runs; under torchrun every rank leaves a failed benchmark
