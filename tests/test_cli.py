@@ -117,67 +117,78 @@ def test_cli_uses_the_segment_tensor_path(tiny_model_args, tmp_path, golden_modu
 
 def test_prob_threshold_leaves_pixels_unlabelled(inputs, tiny_model_args, tmp_path) -> None:
     out = tmp_path / "o"
-    code = main(
-        [
-            "segment",
-            str(inputs["rgb"]),
-            "--classes",
-            "a, b",
-            "--out",
-            str(out),
-            "--prob-threshold",
-            "1.0",
-        ]
-        + tiny_model_args
-    )
-    assert code == 0
+    args = ["segment", str(inputs["rgb"]), "--classes", "a, b", "--out", str(out)]
+    args += ["--prob-threshold", "1.0"] + tiny_model_args
+    assert main(args) == 0
     assert set(np.unique(np.asarray(Image.open(out / "rgb.png")))) == {255}
     info = json.loads((out / "rgb.json").read_text())
     assert info["unlabelled_share"] == pytest.approx(1.0)
     assert info["settings"]["background_index"] == 255
-    code = main(
-        [
-            "segment",
-            str(inputs["rgb"]),
-            "--classes",
-            "a, b",
-            "--out",
-            str(out),
-            "--prob-threshold",
-            "1.0",
-            "--background-index",
-            "1",
-        ]
-        + tiny_model_args
-    )
+    assert main(args + ["--background-index", "1"]) == 0  # into its own outputs again
     assert set(np.unique(np.asarray(Image.open(out / "rgb.png")))) == {1}
+    info = json.loads((out / "rgb.json").read_text())
+    assert info["settings"]["background_index"] == 1
+    assert info["classes"][1]["pixel_share"] == pytest.approx(1.0)
 
 
-def test_method_switches_reach_the_settings(inputs, tiny_model_args, tmp_path) -> None:
-    out = tmp_path / "o"
-    code = main(
-        [
-            "segment",
-            str(inputs["rgb"]),
-            "--classes",
-            "a, b",
-            "--out",
-            str(out),
-            "--no-kv-extension",
-            "--proxy-iters",
-            "1",
-            "--proxy-threshold",
-            "0.55",
-            "--attention-impl",
-            "dense",
-            "--no-overlay",
-        ]
-        + tiny_model_args
+@pytest.fixture(scope="module")
+def identity_image(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A 336 x 448 picture: its protocol resize is the identity, so the labels the CLI writes
+    are those of ``segment_tensor`` on its pixels."""
+    rgb = _rgb(336, 448, 9)
+    path = tmp_path_factory.mktemp("identity") / "id.png"
+    Image.fromarray(rgb).save(path)
+    return path, rgb
+
+
+def _segment_labels(image: Path, out: Path, flags: list[str], model_args: list[str]):
+    """``glaclip segment IMAGE --classes 'a, b'`` with ``flags``: (labels, recorded settings)."""
+    args = ["segment", str(image), "--classes", "a, b", "--out", str(out), "--no-overlay"]
+    assert main(args + flags + model_args) == 0
+    record = json.loads((out / f"{image.stem}.json").read_text())
+    return np.asarray(Image.open(out / f"{image.stem}.png")), record["settings"]
+
+
+@pytest.fixture(scope="module")
+def plain_labels(identity_image, tiny_model_args, tmp_path_factory) -> np.ndarray:
+    """The labels of a run with no method flag."""
+    out = tmp_path_factory.mktemp("plain")
+    labels, _ = _segment_labels(identity_image[0], out, [], tiny_model_args)
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "value"),
+    [
+        (["--no-kv-extension"], "kv_extension", False),
+        (["--proxy-iters", "1"], "proxy_iters", 1),
+        (["--proxy-threshold", "0.55"], "proxy_threshold", 0.55),
+        (["--no-dynamic-norm"], "dynamic_norm", False),
+        (["--prob-threshold", "0.52"], "prob_threshold", 0.52),
+    ],
+)
+def test_a_method_flag_changes_the_labels_as_its_setting_does(
+    flags, key, value, identity_image, plain_labels, tiny_model_args, golden_modules, tmp_path
+) -> None:
+    """Against a run without the flag, some labels move; and they are exactly the labels of
+    the library with that one setting changed."""
+    image, rgb = identity_image
+    labels, recorded = _segment_labels(image, tmp_path / "o", flags, tiny_model_args)
+    assert recorded[key] == value
+    assert (labels != plain_labels).sum() > 0
+    clip, vfm, tok = golden_modules
+    # 255: `glaclip segment`'s unlabelled value, for pixels under the probability threshold
+    seg = Segmenter.from_modules(clip, vfm, tok, background_index=255, **{key: value})
+    assert np.array_equal(labels, seg.segment_tensor(to_tensor(rgb), ["a", "b"]).labels.numpy())
+
+
+def test_implementation_flags_reach_the_settings(identity_image, tiny_model_args, tmp_path) -> None:
+    """``--attention-impl`` chooses how the same attention is computed (no label should
+    move), so the record is what can show it arrived."""
+    _, recorded = _segment_labels(
+        identity_image[0], tmp_path / "o", ["--attention-impl", "dense"], tiny_model_args
     )
-    assert code == 0
-    s = json.loads((out / "rgb.json").read_text())["settings"]
-    assert s["kv_extension"] is False and s["proxy_iters"] == 1 and s["proxy_threshold"] == 0.55
-    assert s["attention_impl"] == "dense"
+    assert recorded["attention_impl"] == "dense"
 
 
 @pytest.mark.parametrize(

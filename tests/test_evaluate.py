@@ -1,7 +1,8 @@
 """`glaclip eval` end to end on synthetic miniature datasets in every folder layout.
 
 The metrics are recomputed here from the saved predictions with an independent numpy
-confusion matrix and an independent boundary-pair count (SPEC 2 and 11), not with SegMetric.
+confusion matrix, and the boundary pairs counted across window seams worked out by hand for
+each test image (``SEAMS``; SPEC 2 and 11), not with SegMetric or the windows module.
 Text embeddings use one prompt template instead of 80 (``fast_text``) to keep the large
 vocabularies (171 and 150 classes) quick; the image side runs the real tiny models.
 """
@@ -122,46 +123,72 @@ def rescore(preds: list[np.ndarray], labels: list[np.ndarray], c: int) -> dict[s
     }
 
 
-def tiles(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    n = max(size - crop + stride - 1, 0) // stride + 1
-    out = []
-    for i in range(n):
-        end = min(i * stride + crop, size)
-        out.append((max(end - crop, 0), end))
-    return out
+# The window seams of every test image, worked out by hand, in pixels of the original image:
+# (H0, W0, short side) -> (x of the vertical seams, y of the horizontal ones). The protocol
+# resize scales by short / min(H0, W0) (the 2048 cap never binds here) to
+# (int(H0 * s + 0.5), int(W0 * s + 0.5)); a side under the crop (224) is first enlarged by
+# 224 / short side; windows of 224 every 112, the last of a row shifted back to end at the
+# border; an inner window edge e of a side of n pixels lands at int(e * N0 / n + 0.5).
+SEAMS = {
+    # 336 x 448: window columns at 0, 112, 224 -> edges 112, 224, 336; rows at 0, 112
+    (240, 320, 336): ([80, 160, 240], [80, 160]),
+    # 336 x 437: columns at 0, 112, 213 -> edges 112, 213, 224, 336 (x 260/437)
+    (200, 260, 336): ([67, 127, 133, 200], [67, 133]),
+    # 336 x 351: columns at 0, 112, 127 -> edges 112, 127, 224, 336 (x 240/351)
+    (230, 240, 336): ([77, 87, 153, 230], [77, 153]),
+    # 224 x 299: columns at 0, 75 -> edges 75, 224; a single row of windows
+    (240, 320, 224): ([80, 240], []),
+    # 224 x 291: columns at 0, 67 -> edges 67, 224 (x 260/291)
+    (200, 260, 224): ([60, 200], []),
+    # 160 x 213, enlarged by 1.4 to 224 x 298: columns at 0, 74 -> edges 74, 224
+    (240, 320, 160): ([79, 241], []),
+    # 160 x 208, enlarged by 1.4 to 224 x 291: as at short side 224
+    (200, 260, 160): ([60, 200], []),
+}
 
 
-def ber_pairs(
-    pred: np.ndarray,
-    label: np.ndarray,
-    short_side: int,
-    num_classes: int,
-    crop: int = 224,
-    stride: int = 112,
+def seam_pairs(
+    pred: np.ndarray, label: np.ndarray, xs: list[int], ys: list[int], num_classes: int
 ) -> tuple[int, int]:
-    """BER ``(differ, total)`` from the definition: neighbours across a window seam with the
-    same class label (ignored labels and labels outside the classes left out)."""
+    """BER ``(differ, total)`` from the definition: the neighbours across a seam (``xs``
+    vertical, ``ys`` horizontal) that share a class label (ignored labels and labels outside
+    the classes left out), and of those, the ones whose predictions differ."""
     label = np.where(label < num_classes, label, 255)
-    h0, w0 = label.shape
-    s = min(2048 / max(h0, w0), short_side / min(h0, w0))
-    h, w = int(h0 * s + 0.5), int(w0 * s + 0.5)
-    if min(h, w) < crop:  # the segmenter upscales a short side to the crop
-        f = crop / min(h, w)
-        h, w = max(crop, round(h * f)), max(crop, round(w * f))
-    seams = {}
-    for axis, size, orig in ((1, w, w0), (0, h, h0)):
-        edges = {e for a, b in tiles(size, crop, stride) for e in (a, b) if 0 < e < size}
-        seams[axis] = sorted({int(e * orig / size + 0.5) for e in edges} - {0, orig})
     differ = total = 0
-    for x in seams[1]:  # vertical seam: (y, x-1) and (y, x) on every row
+    for x in xs:  # vertical seam: (y, x-1) and (y, x) on every row
         same = (label[:, x - 1] == label[:, x]) & (label[:, x] != 255)
         total += int(same.sum())
         differ += int((same & (pred[:, x - 1] != pred[:, x])).sum())
-    for y in seams[0]:  # horizontal seam: (y-1, x) and (y, x) on every column
+    for y in ys:  # horizontal seam: (y-1, x) and (y, x) on every column
         same = (label[y - 1] == label[y]) & (label[y] != 255)
         total += int(same.sum())
         differ += int((same & (pred[y - 1] != pred[y])).sum())
     return differ, total
+
+
+def test_seam_pairs_counted_by_hand() -> None:
+    """Three classes on a 4 x 5 map, one vertical seam at x 2 and one horizontal at y 2."""
+    label = np.array(
+        [
+            [0, 0, 0, 1, 1],
+            [0, 0, 255, 1, 1],
+            [2, 2, 2, 1, 7],  # 7: outside the 3 classes
+            [2, 2, 2, 1, 1],
+        ]
+    )
+    pred = np.array(
+        [
+            [0, 0, 1, 1, 1],  # (0, 1)-(0, 2): labels 0 = 0, predictions differ
+            [0, 0, 0, 1, 1],  # (1, 2) ignored
+            [2, 2, 2, 1, 1],
+            [2, 0, 2, 1, 0],  # (3, 1)-(3, 2): labels 2 = 2, predictions differ
+        ]
+    )
+    # x seam 2, rows 0..3: (0,1)-(0,2) same label, differ; (1,1)-(1,2) ignored;
+    # (2,1)-(2,2) same, agree; (3,1)-(3,2) same, differ -> total 3, differ 2.
+    # y seam 2, columns 0..4: (1,0)-(2,0) 0 vs 2; (1,1)-(2,1) 0 vs 2; (1,2)-(2,2) ignored;
+    # (1,3)-(2,3) 1 = 1, agree; (1,4)-(2,4) 1 vs 7 -> total 1, differ 0.
+    assert seam_pairs(pred, label, [2], [2], 3) == (2, 4)
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -243,7 +270,7 @@ def check_run(
         preds.append(pred)
         labels.append(label)
         outside += int(((label != 255) & (label >= len(names))).sum())
-        d, t = ber_pairs(pred, label, short_side, len(names))
+        d, t = seam_pairs(pred, label, *SEAMS[(h, w, short_side)], len(names))
         differ, total = differ + d, total + t
     expected = rescore(preds, labels, len(names))
     for key, value in expected.items():

@@ -25,7 +25,7 @@ from glaclip.imageio import (
     read_image,
     write_error,
 )
-from glaclip.outputs import OutputFolder, read_manifest
+from glaclip.outputs import OutputFolder, make_folder, read_manifest
 from glaclip.segmenter import Segmentation, Segmenter
 from glaclip.text import check_vocabulary
 from glaclip.viz import class_palette, label_png_palette, labelled_share, overlay
@@ -360,10 +360,7 @@ def segment_files(
     check_vocabulary(class_lines, keys=segmenter.text.query_keys)
     check_outputs(paths, out_dir, write_overlay, overwrite)
     folder = OutputFolder(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise write_error(out_dir, err) from None
+    make_folder(out_dir)
     report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
     models = models or segmenter.model_names()

@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from glaclip import __version__
 from glaclip.cli_prepare import add_prepare_parser, print_data_check, run_prepare
@@ -22,6 +22,10 @@ from glaclip.options import (
     model_identity,
     settings_from_args,
 )
+
+if TYPE_CHECKING:
+    from glaclip.distributed import DistInfo
+    from glaclip.table import Benchmark, Report
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -210,17 +214,9 @@ def _locks(folders: list[tuple[Path, str]]) -> contextlib.AbstractContextManager
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    """``glaclip eval``: one benchmark (``evaluate``), or every one (``--dataset all``)."""
     from glaclip.distributed import process_group
-    from glaclip.evaluate import (
-        check_eval_outputs,
-        check_output_folder,
-        check_state,
-        evaluate,
-        make_task,
-        preset_settings,
-        results_stem,
-        write_results,
-    )
+    from glaclip.evaluate import plan_eval, run_eval
 
     if args.check:
         return 0 if print_data_check(args) else 1
@@ -228,36 +224,24 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--out is required: the folder for the results (or pass --check)")
     if args.dataset == "all":
         return _run_eval_all(args)
-    from glaclip.config import settings_from_kwargs
-
-    out = check_output_folder(args.out)
-    if args.save_predictions:
-        check_output_folder(args.save_predictions, "--save-predictions")
-    task = make_task(
-        args.dataset, args.data_root, args.class_file, args.limit, args.reduce_zero_label
+    plan = plan_eval(
+        args.dataset,
+        args.data_root,
+        args.out,
+        settings_from_args(args),
+        model_identity(args),
+        class_file=args.class_file,
+        limit=args.limit,
+        reduce_zero_label=args.reduce_zero_label,
+        save_predictions=args.save_predictions,
+        restart=args.restart,
+        overwrite=args.overwrite,
     )
-    settings = {**preset_settings(args.dataset), **settings_from_args(args)}
-    models = model_identity(args)
-    if not args.restart:  # refuse a foreign state before loading any model
-        check_state(out, task, settings_from_kwargs(**settings).to_dict(), models)
-    check_eval_outputs(out, task, args.save_predictions, args.overwrite)
     with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
-        segmenter = build_segmenter(args, settings)
-        results = evaluate(
-            segmenter,
-            task,
-            out,
-            models=models,
-            save_predictions=args.save_predictions,
-            restart=args.restart,
-            dist=info,
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-        )
-        if info.is_main:
-            write_results(out, results, args.overwrite)
+        segmenter = build_segmenter(args, plan.settings)
+        results, path = run_eval(plan, segmenter, info, progress=not args.no_progress)
     if info.is_main:
-        _print_result(task.dataset, results, out / f"{results_stem(task.limit)}.json")
+        _print_result(plan.task.dataset, results, path)
     return 0
 
 
@@ -269,7 +253,7 @@ def _eval_folders(args: argparse.Namespace) -> list[tuple[Path, str]]:
 
 
 def _print_result(name: str, results: dict, path: Path) -> None:
-    from glaclip.evaluate import format_percent, outside_note
+    from glaclip.reports import format_percent, outside_note
 
     print(
         f"{name}: mIoU {format_percent(results['mIoU'])}, "
@@ -285,24 +269,41 @@ def _print_result(name: str, results: dict, path: Path) -> None:
 
 
 def _run_eval_all(args: argparse.Namespace) -> int:
-    """``--dataset all``: every benchmark under --data-root, then table1.json/md."""
+    """``--dataset all``: every benchmark under --data-root, then table1.json/md (``table``)."""
     from glaclip.distributed import dist_info_from_env, process_group
-    from glaclip.evaluate import (
-        check_limit,
-        check_output_folder,
-        format_percent,
-        results_stem,
-    )
-    from glaclip.table import (
-        Benchmark,
-        check_all_outputs,
-        check_states,
-        effective_limit,
-        evaluate_benchmarks,
-        find_benchmarks,
-        write_table,
-    )
+    from glaclip.table import plan_table, run_table
 
+    _refuse_one_benchmark_flags(args)
+    plan = plan_table(
+        args.data_root,
+        args.out,
+        settings_from_args(args),
+        model_identity(args),
+        limit=args.limit,
+        save_predictions=args.save_predictions,
+        restart=args.restart,
+        overwrite=args.overwrite,
+    )
+    if dist_info_from_env().is_main:  # what is there, and how long it will take
+        print_data_check(args)
+    with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
+        for bench in plan.benchmarks:
+            if bench.status == "failed" and info.is_main:
+                print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
+        table, md_path = run_table(
+            plan,
+            lambda settings: build_segmenter(args, settings),
+            info,
+            progress=not args.no_progress,
+            report=_benchmark_report(plan.out, info),
+        )
+    if info.is_main:
+        _print_table(table, md_path)
+    return 1 if table["failed"] else 0
+
+
+def _refuse_one_benchmark_flags(args: argparse.Namespace) -> None:
+    """``--class-file`` and ``--[no-]reduce-zero-label`` have no meaning with ``--dataset all``."""
     for flag_name, value in (
         ("--class-file", args.class_file),
         ("--[no-]reduce-zero-label", args.reduce_zero_label),
@@ -312,19 +313,11 @@ def _run_eval_all(args: argparse.Namespace) -> int:
                 f"{flag_name} belongs to one benchmark: use it with --dataset NAME (with "
                 "--dataset all, each benchmark uses its preset's class file and labels)"
             )
-    check_limit(args.limit)
-    out = check_output_folder(args.out)
-    if args.save_predictions:
-        check_output_folder(args.save_predictions, "--save-predictions")
-    benchmarks = find_benchmarks(args.data_root, args.limit)
-    settings = settings_from_args(args)
-    models = model_identity(args)
-    if not args.restart:  # refuse a foreign state before loading any model
-        check_states(benchmarks, out, settings, models)
-    limit = effective_limit(benchmarks, args.limit)
-    check_all_outputs(benchmarks, out, args.save_predictions, args.overwrite, args.data_root, limit)
-    if dist_info_from_env().is_main:  # what is there, and how long it will take
-        print_data_check(args)
+
+
+def _benchmark_report(out: Path, info: DistInfo) -> Report:
+    """What a ``--dataset all`` run says after each benchmark (rank 0 alone)."""
+    from glaclip.reports import results_stem
 
     def report(bench: Benchmark, results: dict | None, error: Exception | None) -> None:
         name = bench.preset.name
@@ -335,37 +328,19 @@ def _run_eval_all(args: argparse.Namespace) -> int:
             stem = results_stem(results.get("limit"))
             _print_result(name, results, out / name / f"{stem}.json")
 
-    with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
-        for bench in benchmarks:
-            if bench.status == "failed" and info.is_main:
-                print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
-        ready = any(b.task is not None for b in benchmarks)
-        table = evaluate_benchmarks(
-            build_segmenter(args, settings) if ready else None,
-            benchmarks,
-            out,
-            settings,
-            models,
-            save_predictions=args.save_predictions,
-            restart=args.restart,
-            dist=info,
-            progress=not args.no_progress,
-            report=report,
-            limit=limit,
-            data_root=args.data_root,
-            overwrite=args.overwrite,
-        )
-        if info.is_main:
-            _, md_path = write_table(out, table, args.overwrite)
-    if info.is_main:
-        avg = table["average"]
-        print(
-            f"Table 1: average mIoU {format_percent(avg['mIoU'])} over {avg['benchmarks']} "
-            f"benchmark(s); {len(table['not_run'])} not found, {len(table['failed'])} failed; "
-            f"wrote {md_path}",
-            file=sys.stderr,
-        )
-    return 1 if table["failed"] else 0
+    return report
+
+
+def _print_table(table: dict[str, Any], md_path: Path | None) -> None:
+    from glaclip.reports import format_percent
+
+    avg = table["average"]
+    print(
+        f"Table 1: average mIoU {format_percent(avg['mIoU'])} over {avg['benchmarks']} "
+        f"benchmark(s); {len(table['not_run'])} not found, {len(table['failed'])} failed; "
+        f"wrote {md_path}",
+        file=sys.stderr,
+    )
 
 
 def check_server_flags(port: int, max_megapixels: float) -> None:

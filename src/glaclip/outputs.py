@@ -113,6 +113,18 @@ class OutputFolder:
         owned.update(new)
 
 
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents if missing.
+
+    Raises:
+        WriteError: it cannot be made (a read-only parent, a file in the way).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(folder, err) from None
+
+
 def read_manifest(folder: str | os.PathLike[str]) -> set[str]:
     """The file names in ``folder``'s manifest (empty without one). Lines that are not JSON
     strings (the header, a line cut short by a crash) are skipped."""
@@ -201,10 +213,7 @@ def output_lock(folder: str | os.PathLike[str], flag: str = "--out") -> Iterator
         WriteError: the folder or its lock file cannot be made (a read-only folder).
     """
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise write_error(folder, err) from None
+    make_folder(folder)
     path = folder / LOCK_NAME
     fd = _acquire(path, flag)
     try:

@@ -25,7 +25,7 @@ from glaclip.data.check import (
 )
 from glaclip.data.presets import PRESETS, Preset
 from glaclip.estimate import DeviceSpeed, estimate_seconds, format_duration
-from glaclip.evaluate import preset_settings
+from glaclip.eval_task import preset_settings
 
 # what makes a layout's labels, when they are missing
 PREPARE_HINTS = {

@@ -6,62 +6,74 @@ README's layout puts it (``Preset.folder``: ``ROOT/VOCdevkit/VOC2012`` for VOC21
 COCO-Object and COCO-Stuff, ``ROOT/cityscapes``, ``ROOT/ADEChallengeData2016``), evaluates the
 ones present in the paper's order, each into ``OUT/<preset>/`` exactly as ``--dataset
 <preset>`` would (resumable, the preset's own short side, threshold and labels), and gathers
-one row per benchmark into ``OUT/table1.json`` and ``OUT/table1.md``.
+one row per benchmark into ``OUT/table1.json`` and ``OUT/table1.md`` (``table_report``).
 
 A benchmark whose folder is missing is not run (the table says so and why). A benchmark whose
 data is broken (a missing label, an unreadable image) stops with its message while the others
-still run; the command then exits non-zero. The paper's numbers are shown only for rows whose
-method settings are the paper's (``paper_differences``), so that an ablation is never compared
-with the wrong reference.
+still run; the command then exits non-zero.
+
+A run is two steps: ``plan_table`` finds the benchmarks and checks everything that can be
+checked before any model loads (the state of earlier runs, the output files); ``run_table``
+loads the models once, evaluates every ready benchmark and writes the table.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
 from glaclip.config import settings_from_kwargs
-from glaclip.data import PAPER_AVERAGE_MIOU, PRESETS, Preset
+from glaclip.data import PRESETS, Preset
 from glaclip.distributed import DistInfo
-from glaclip.evaluate import (
+from glaclip.eval_state import check_state
+from glaclip.eval_task import (
     EvalTask,
     check_eval_outputs,
-    check_state,
-    evaluate,
-    format_percent,
-    limited_stem,
+    check_limit,
+    check_output_folder,
     make_task,
     preset_settings,
-    results_stem,
-    write_report,
-    write_results,
 )
+from glaclip.evaluate import EvalRun, run_eval
 from glaclip.imageio import STOP_ERRNOS
 from glaclip.outputs import OutputFolder
+from glaclip.table_report import (
+    PAPER_MODELS,
+    build_table,
+    format_table_markdown,
+    paper_differences,
+    table_notes,
+    table_row,
+    table_stem,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
 
-# settings that change how the work is split, or only its round-off, not the method
-_NOT_METHOD = (
-    "window_batch",
-    "block_size",
-    "attention_impl",
-    "precision",
-    "fused_attention",
-    "allow_slow",
-)
-PAPER_MODELS = {
-    "clip": DEFAULT_CLIP,
-    "clip_pretrained": DEFAULT_CLIP_PRETRAINED,
-    "vfm": DEFAULT_VFM,
-    "vfm_checkpoint": None,
-}
+__all__ = [  # the run, and the table's names as they were imported before table_report
+    "PAPER_MODELS",
+    "Benchmark",
+    "TableRun",
+    "benchmark_settings",
+    "build_table",
+    "check_all_outputs",
+    "check_states",
+    "effective_limit",
+    "evaluate_benchmarks",
+    "find_benchmarks",
+    "format_table_markdown",
+    "paper_differences",
+    "plan_table",
+    "run_table",
+    "table_notes",
+    "table_row",
+    "table_stem",
+    "write_table",
+]
 
 
 @dataclass(frozen=True)
@@ -178,216 +190,6 @@ def check_all_outputs(
             raise ValueError(f"{b.preset.title}: {err}") from err
 
 
-def paper_differences(name: str, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The method settings of a run that are not those of the paper's Table 1.
-
-    Args:
-        name: the preset.
-        settings: the run's flat settings (``Settings.to_dict()``, as in results.json).
-
-    Returns:
-        ``{setting: {"used": value, "paper": value}}``, empty when the paper's number applies.
-        Settings that only split the work or change round-off (window batch, block size,
-        attention implementation, precision, fused attention) are not compared.
-    """
-    paper = settings_from_kwargs(**preset_settings(name)).to_dict()
-    return {
-        key: {"used": settings.get(key), "paper": value}
-        for key, value in paper.items()
-        if key not in _NOT_METHOD and settings.get(key) != value
-    }
-
-
-def table_row(preset: Preset, results: dict[str, Any]) -> dict[str, Any]:
-    """One benchmark's row of Table 1 from its ``results.json`` dictionary."""
-    differ = paper_differences(preset.name, results["settings"])
-    paper = None if differ else preset.paper_miou
-    miou = results["mIoU"]
-    return {
-        "dataset": preset.name,
-        "title": preset.title,
-        "mIoU": miou,
-        "aAcc": results["aAcc"],
-        "BER": results["BER"],
-        "num_images": results["num_images"],
-        "dataset_images": results["dataset_images"],
-        "paper_mIoU": paper,
-        "difference": None if paper is None or miou is None else miou - paper,
-        "settings_differ": differ,
-        "label_pixels_outside_classes": results.get("label_pixels_outside_classes", 0),
-        "results": f"{preset.name}/{results_stem(results.get('limit'))}.json",
-    }
-
-
-def _mean(values: list[float | None]) -> float | None:
-    if not values or any(v is None for v in values):
-        return None
-    return math.fsum(values) / len(values)  # type: ignore[arg-type]
-
-
-def build_table(
-    rows: list[dict[str, Any]],
-    benchmarks: list[Benchmark],
-    failed: dict[str, str],
-    limit: int | None,
-    data_root: str | os.PathLike,
-    models: dict[str, Any],
-    settings: dict[str, Any],
-) -> dict[str, Any]:
-    """Table 1 as a JSON-ready dictionary: the rows, their average, and what was not run.
-
-    ``failed`` maps preset names to the message that stopped them (during evaluation); the
-    benchmarks whose data was found broken before are taken from ``benchmarks``.
-    """
-    failed = {b.preset.name: b.reason for b in benchmarks if b.status == "failed"} | failed
-    not_run = [
-        {"dataset": b.preset.name, "title": b.preset.title, "reason": b.reason}
-        for b in benchmarks
-        if b.status == "missing"
-    ]
-    failures = [
-        {"dataset": name, "title": PRESETS[name].title, "error": failed[name]}
-        for name in PRESETS
-        if name in failed
-    ]
-    paper_values = [r["paper_mIoU"] for r in rows]
-    paper_avg = _mean(paper_values)
-    if paper_avg is not None and len(rows) == len(PRESETS):
-        paper_avg = PAPER_AVERAGE_MIOU  # the published average (of unrounded numbers)
-    avg_miou = _mean([r["mIoU"] for r in rows])
-    average = {
-        "benchmarks": len(rows),
-        "mIoU": avg_miou,
-        "aAcc": _mean([r["aAcc"] for r in rows]),
-        "BER": _mean([r["BER"] for r in rows]),
-        "paper_mIoU": paper_avg,
-        "difference": None if paper_avg is None or avg_miou is None else avg_miou - paper_avg,
-    }
-    table = {
-        "benchmarks": rows,
-        "average": average,
-        "not_run": not_run,
-        "failed": failures,
-        "complete": len(rows) == len(PRESETS) and limit is None,
-        "limit": limit,
-        "data_root": str(data_root),
-        "models": models,
-        "settings": settings,
-        "paper": {
-            "source": "GLA-CLIP paper, Table 1 (ViT-B/16, GLA-CLIP default settings), mIoU %",
-            "mIoU": {name: p.paper_miou for name, p in PRESETS.items()},
-            "average": PAPER_AVERAGE_MIOU,
-        },
-    }
-    table["notes"] = table_notes(table)
-    return table
-
-
-def _value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def table_notes(table: dict[str, Any]) -> list[str]:
-    """Plain sentences about what the table is not: missing rows, limits, other settings."""
-    rows, notes = table["benchmarks"], []
-    if len(rows) < len(PRESETS):
-        ran = ", ".join(r["title"] for r in rows) or "none"
-        notes.append(
-            f"{len(rows)} of {len(PRESETS)} benchmarks were run ({ran}): the average is over "
-            f"these only, and so is the paper column's average (the paper's own, "
-            f"{PAPER_AVERAGE_MIOU}, is over all {len(PRESETS)})."
-        )
-    for item in table["not_run"]:
-        notes.append(f"Not run: {item['title']}: {item['reason']}.")
-    for item in table["failed"]:
-        notes.append(
-            f"Failed: {item['title']}: {item['error']} (the images finished before are kept; "
-            "the same command continues once the data is fixed)."
-        )
-    if table["limit"] is not None:
-        notes.append(
-            f"--limit {table['limit']}: each benchmark was evaluated on its first "
-            f"{table['limit']} images only; the numbers are not the benchmarks' and not "
-            "comparable with the paper's."
-        )
-    groups: dict[str, list[str]] = {}
-    for r in rows:
-        if r["settings_differ"]:
-            what = ", ".join(
-                f"{k}={_value(v['used'])} (paper: {_value(v['paper'])})"
-                for k, v in r["settings_differ"].items()
-            )
-            groups.setdefault(what, []).append(r["title"])
-    for what, titles in groups.items():
-        notes.append(
-            f"Paper column not applicable to {', '.join(titles)}: the method settings differ "
-            f"from the paper's: {what}."
-        )
-    if any(table["models"].get(k) != v for k, v in PAPER_MODELS.items()):
-        notes.append(
-            "The models are not the paper's (CLIP ViT-B-16 openai, VFM "
-            f"{DEFAULT_VFM}): compare with the paper's column with that in mind."
-        )
-    for r in rows:
-        if r["label_pixels_outside_classes"]:
-            notes.append(
-                f"{r['title']}: {r['label_pixels_outside_classes']} labelled pixels hold values "
-                "outside the classes, counted as mmsegmentation counts them; see its results."
-            )
-    return notes
-
-
-def format_table_markdown(table: dict[str, Any]) -> str:
-    """Table 1 as Markdown: one row per benchmark run, the average, then the notes."""
-    pct = format_percent
-
-    def paper(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1f}"
-
-    def diff(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:+.2f}"
-
-    lines = [
-        f"# Table 1: GLA-CLIP on the benchmarks under {table['data_root']}",
-        "",
-        "| benchmark | mIoU | aAcc | BER | images | paper mIoU | difference |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in table["benchmarks"]:
-        images = str(r["num_images"])
-        if r["num_images"] != r["dataset_images"]:
-            images += f" of {r['dataset_images']}"
-        cells = [r["title"], pct(r["mIoU"]), pct(r["aAcc"]), pct(r["BER"]), images]
-        cells += [paper(r["paper_mIoU"]), diff(r["difference"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    a = table["average"]
-    cells = [f"average ({a['benchmarks']} of {len(PRESETS)})", pct(a["mIoU"]), pct(a["aAcc"])]
-    cells += [pct(a["BER"]), "", paper(a["paper_mIoU"]), diff(a["difference"])]
-    lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "mIoU, aAcc, BER in %; the paper's numbers: " + table["paper"]["source"] + "."]
-    if table["notes"]:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in table["notes"]]
-    models = ", ".join(f"{k}={v}" for k, v in table["models"].items() if v is not None)
-    given = ", ".join(f"{k}={_value(v)}" for k, v in table["settings"].items())
-    lines += ["", f"Models: {models}", ""]
-    lines += [f"Settings given: {given or 'none (the paper defaults and each preset)'}", ""]
-    return "\n".join(lines)
-
-
-def table_stem(limit: int | None) -> str:
-    """``table1``, or ``table1_limitN`` for a run with ``--limit N``."""
-    return limited_stem("table1", limit)
-
-
-def write_table(
-    out_dir: str | os.PathLike, table: dict[str, Any], overwrite: bool = False
-) -> tuple[Path, Path]:
-    """Write ``table1.json`` and ``table1.md`` (``table1_limitN.*``) atomically
-    (``write_report``)."""
-    stem = table_stem(table["limit"])
-    return write_report(out_dir, stem, table, format_table_markdown, overwrite)
-
-
 Report = Callable[[Benchmark, "dict[str, Any] | None", "Exception | None"], None]
 
 
@@ -408,7 +210,7 @@ def evaluate_benchmarks(
 ) -> dict[str, Any]:
     """Evaluate every ready benchmark, in the paper's order, with one set of models.
 
-    Each runs ``evaluate`` with ``segmenter.with_settings(preset settings, then settings)``
+    Each runs ``run_eval`` with ``segmenter.with_settings(preset settings, then settings)``
     into ``out_dir/<preset>`` (rank 0 writes its results files there), predictions into
     ``save_predictions/<preset>``. A benchmark whose image or label is bad is recorded as
     failed and the next one runs; under torchrun every rank leaves a failed benchmark
@@ -433,22 +235,12 @@ def evaluate_benchmarks(
         name = b.preset.name
         if segmenter is None:
             raise ValueError("evaluate_benchmarks needs a segmenter for the ready benchmarks")
-        seg = segmenter.with_settings(**benchmark_settings(name, settings))
+        flat = benchmark_settings(name, settings)
         pred = None if save_predictions is None else Path(save_predictions) / name
+        run = EvalRun(b.task, out / name, flat, models, pred, restart, overwrite)
+        seg = segmenter.with_settings(**flat)
         try:
-            results = evaluate(
-                seg,
-                b.task,
-                out / name,
-                models=models,
-                save_predictions=pred,
-                restart=restart,
-                dist=dist,
-                progress=progress,
-                overwrite=overwrite,
-            )
-            if dist.is_main:
-                write_results(out / name, results, overwrite)
+            results, _ = run_eval(run, seg, dist, progress)
         except (ValueError, OSError) as err:
             if isinstance(err, OSError) and err.errno in STOP_ERRNOS:
                 raise  # a full disk: the next benchmark could not write either
@@ -460,3 +252,109 @@ def evaluate_benchmarks(
         if report is not None:
             report(b, results, None)
     return build_table(rows, benchmarks, failed, limit, data_root, models, settings)
+
+
+@dataclass(frozen=True)
+class TableRun:
+    """A ``--dataset all`` run, checked before any model loads (``plan_table``).
+
+    Attributes:
+        benchmarks: every preset, in the paper's order, as found under ``data_root``.
+        out: the folder of ``table1.*``; each benchmark's results go into ``out/<preset>``.
+        settings: the flat settings given by the user; they override every preset's.
+        models: the model identities written into the result files.
+        data_root: the folder holding the benchmarks, as given.
+        limit: the ``--limit`` that names the files (``effective_limit``).
+        save_predictions: the folder of ``<preset>/<image id>.png``, or None.
+        restart: discard each benchmark's resume state.
+        overwrite: replace result and prediction files glaclip did not write.
+    """
+
+    benchmarks: list[Benchmark]
+    out: Path
+    settings: dict[str, Any]
+    models: dict[str, Any]
+    data_root: str | os.PathLike
+    limit: int | None = None
+    save_predictions: str | os.PathLike | None = None
+    restart: bool = False
+    overwrite: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether any benchmark can run (otherwise no model is needed)."""
+        return any(b.task is not None for b in self.benchmarks)
+
+
+def plan_table(
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: dict[str, Any],
+    models: dict[str, Any],
+    limit: int | None = None,
+    save_predictions: str | os.PathLike | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
+) -> TableRun:
+    """Find the benchmarks under ``data_root`` and refuse, before any model loads, what
+    would fail later: a bad ``limit``, ``out_dir`` or ``save_predictions`` naming a file, the
+    state of another evaluation in ``out_dir/<preset>`` (unless ``restart``), and outputs that
+    would replace files glaclip did not write (unless ``overwrite``) or lie in the data.
+
+    Raises:
+        ValueError: names the flag, file or folder (and the benchmark).
+        FileNotFoundError: ``data_root`` is not a folder, or holds no benchmark.
+    """
+    check_limit(limit)
+    out = check_output_folder(out_dir)
+    if save_predictions:
+        check_output_folder(save_predictions, "--save-predictions")
+    benchmarks = find_benchmarks(data_root, limit)
+    if not restart:
+        check_states(benchmarks, out, settings, models)
+    limit = effective_limit(benchmarks, limit)
+    check_all_outputs(benchmarks, out, save_predictions, overwrite, data_root, limit)
+    return TableRun(
+        benchmarks, out, settings, models, data_root, limit, save_predictions, restart, overwrite
+    )
+
+
+def run_table(
+    run: TableRun,
+    build: Callable[[dict[str, Any]], Segmenter],
+    dist: DistInfo | None = None,
+    progress: bool = True,
+    report: Report | None = None,
+) -> tuple[dict[str, Any], Path | None]:
+    """Evaluate every ready benchmark of ``run`` (``evaluate_benchmarks``) with the models
+    that ``build(run.settings)`` loads (once, and only when a benchmark is ready); rank 0 writes
+    ``table1.json`` and ``table1.md`` (``table1_limitN.*``) into ``run.out``.
+
+    Returns:
+        ``(table, path of table1.md)``: the table on every rank, the path on rank 0 alone
+        (None on the others).
+
+    Raises:
+        ValueError: the table's files cannot replace files glaclip did not write.
+        WriteError: a file could not be written (a full disk stops the whole run).
+    """
+    dist = dist or DistInfo()
+    table = evaluate_benchmarks(
+        build(run.settings) if run.ready else None,
+        run.benchmarks,
+        run.out,
+        run.settings,
+        run.models,
+        save_predictions=run.save_predictions,
+        restart=run.restart,
+        dist=dist,
+        progress=progress,
+        report=report,
+        limit=run.limit,
+        data_root=run.data_root,
+        overwrite=run.overwrite,
+    )
+    if not dist.is_main:
+        return table, None
+    _, md_path = write_table(run.out, table, run.overwrite)
+    return table, md_path

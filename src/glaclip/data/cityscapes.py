@@ -31,14 +31,13 @@ from glaclip.data.convert import (
     ConvertReport,
     Job,
     OnFailure,
-    OutputError,
     ensure_folder,
     map_values,
     read_label_map,
     run_jobs,
     split_folders,
+    write_list,
 )
-from glaclip.imageio import atomic_write
 
 SPLITS = ("train", "val", "test")
 SOURCE_SUFFIX = "_gtFine_labelIds.png"
@@ -101,14 +100,6 @@ def _label_files(folder: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _write_list(path: Path, lines: list[str]) -> None:
-    text = "".join(f"{line}\n" for line in lines)
-    try:
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-
-
 def convert_cityscapes(
     source: str | os.PathLike,
     root: str | os.PathLike,
@@ -151,5 +142,5 @@ def convert_cityscapes(
         if done.failed:
             report.notes.append(f"{root / split}.txt not written: {len(done.failed)} failed")
         else:
-            _write_list(root / f"{split}.txt", [name for name, _ in files])
+            write_list(root / f"{split}.txt", [name for name, _ in files])
     return report

@@ -155,6 +155,19 @@ def ensure_folder(path: Path, what: str) -> None:
         raise OutputError(f"cannot create {what} {path}: {err.strerror or err}") from err
 
 
+def write_list(path: Path, lines: Sequence[str]) -> None:
+    """Write a split list, one line each, atomically.
+
+    Raises:
+        OutputError: it could not be written.
+    """
+    text = "".join(f"{line}\n" for line in lines)
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
+
+
 def _write(job: Job, sources: frozenset[Path]) -> None:
     if job.out in sources:  # never replace a source file
         raise ConversionError(f"its output {job.out} would replace a source file")

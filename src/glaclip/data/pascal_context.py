@@ -43,11 +43,10 @@ from glaclip.data.convert import (
     Job,
     MissingExtraError,
     OnFailure,
-    OutputError,
     ensure_folder,
     run_jobs,
+    write_list,
 )
-from glaclip.imageio import atomic_write
 
 PHASES = ("train", "val")
 LABEL_DIR = "SegmentationClassContext"
@@ -162,14 +161,6 @@ def _check_root(root: Path) -> None:
     )
 
 
-def _write_list(path: Path, stems: list[str]) -> None:
-    text = "".join(f"{s}\n" for s in sorted(stems))
-    try:
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-
-
 def convert_pascal_context(
     source: str | os.PathLike,
     root: str | os.PathLike,
@@ -221,5 +212,5 @@ def convert_pascal_context(
         if done.failed:
             report.notes.append(f"{SPLIT_DIR}/{phase}.txt not written: {len(done.failed)} failed")
         else:
-            _write_list(root / SPLIT_DIR / f"{phase}.txt", stems)
+            write_list(root / SPLIT_DIR / f"{phase}.txt", sorted(stems))
     return report
