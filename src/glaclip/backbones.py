@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from glaclip import hub
 from glaclip.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, config_mismatch, weights_in
-from glaclip.imageio import CLIP_MEAN, CLIP_STD
+from glaclip.constants import CLIP_MEAN, CLIP_STD
 
-# OpenAI CLIP's normalisation, defined once in imageio (where images are normalised)
+# OpenAI CLIP's normalisation, defined once in constants (read by imageio too)
 OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = CLIP_MEAN, CLIP_STD
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
