@@ -249,7 +249,9 @@ def test_new_classes_on_the_same_image_reuse_its_features(
     )  # fmt: skip
     assert stage_calls == {} and second.features_reused
     assert set(second.result.timings) == {"text", "stitch", "labels"}
-    assert "features reused" in demo.timings_line(second)
+    assert "Image features reused: the backbones and the attention did not run" in (
+        demo.timings_line(second)
+    )
     assert f"{store.nbytes / 1e6:.1f} MB kept in memory" in demo.timings_line(second)
 
     fresh = request("road, person; man, sky", 0.3, 3, None)
@@ -281,7 +283,7 @@ def test_the_store_keeps_one_image_per_method_and_drops_it_for_another(
     changed = request(other, "GLA-CLIP", 5)  # another image: the photo's features are dropped
     assert not changed.features_reused and store.nbytes == changed.features_kept
     assert not request(photo, "GLA-CLIP", 6).features_reused
-    assert "image features computed" in demo.timings_line(changed)
+    assert "Image features computed and kept" in demo.timings_line(changed)
 
 
 def test_the_request_logic_imports_without_gradio() -> None:
@@ -656,4 +658,13 @@ def test_page_in_headless_chromium(browser, server, tiny_model_args, tmp_path) -
     assert record["settings"] == want["settings"] and record["classes"] == want["classes"]
     assert record["settings"]["kv_extension"] is False
     assert record["models"] == want["models"] and record["image"] == "chelsea.jpg"
+
+    # the same photo, other classes: the page answers from the photo's kept features
+    timings = d.find_element(By.CSS_SELECTOR, "#glaclip-timings")
+    assert "Image features computed and kept" in timings.text
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("cat, sofa; couch")
+    button.click()
+    _wait(lambda: "Image features reused" in timings.text, 120, "the features reused")
+    assert "sofa" in d.find_element(By.CSS_SELECTOR, "#glaclip-shares").text
     assert proc.poll() is None

@@ -79,14 +79,17 @@ def timings_line(run: DemoRun) -> str:
         text = f"{run.embedded} new class name(s) embedded in {run.embed_seconds:.2f} s"
     else:
         text = "class names from the cache"
-    kept = f"{run.features_kept / 1e6:.1f} MB kept in memory"
+    memory = f"{run.features_kept / 1e6:.1f} MB"
     if run.features_reused:
-        features = f"features reused: the image's backbones and attention did not run ({kept})"
+        features = (
+            "Image features reused: the backbones and the attention did not run; "
+            f"{memory} kept in memory."
+        )
     else:
-        features = f"image features computed, kept for new classes on this image ({kept})"
+        features = f"Image features computed and kept for new classes on this photo: {memory}."
     return (
         f"**Seconds per stage**: {stages} · total {total:.2f}. "
-        f"Request: {run.seconds:.2f} s ({text}; {features})."
+        f"Request: {run.seconds:.2f} s ({text}). {features}"
     )
 
 
