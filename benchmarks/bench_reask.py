@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +35,7 @@ sys.path.insert(0, HERE)
 import _common  # noqa: E402
 
 
-def _seconds(fn, repeat: int) -> str:
+def _seconds(fn: Callable[[], object], repeat: int) -> str:
     """``median (min-max)`` seconds of ``repeat`` calls of ``fn``."""
     times = []
     for _ in range(repeat):
