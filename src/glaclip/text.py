@@ -1,8 +1,9 @@
-"""Prompt templates and query embeddings (SPEC 8), with an on-disk cache.
+"""Prompt templates and query embeddings (SPEC 8), with an on-disk cache keyed by a fingerprint
+of the text tower and its tokenizer (``text_fingerprint``).
 
 Class lists (their syntax, class files, the vocabulary check) are read by
-``glaclip.vocabulary``, and what is read from open_clip's text tower (the truncated encoding,
-the fingerprint) lives in ``glaclip.text_tower``; their names are importable from here too.
+``glaclip.vocabulary``, and prompts are encoded over their own tokens by
+``glaclip.text_tower``; their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -17,13 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from glaclip.atomicio import atomic_write
-from glaclip.text_tower import (
-    encode_text_truncated,
-    pool_positions,
-    text_fingerprint,
-    text_tensors,
-    text_truncation_is_exact,
-)
+from glaclip.text_tower import encode_text_truncated, pool_positions, text_truncation_is_exact
 from glaclip.vocabulary import (
     QueryKeys,
     check_vocabulary,
@@ -53,6 +48,13 @@ __all__ = [
 
 # What a cache file holds and how it was computed; a change of either starts new files.
 _CACHE_FORMAT = "glaclip-text-v2: mean of L2-normalised prompt embeddings, L2-normalised"
+# Strings whose tokens identify a tokenizer (case, Unicode cleaning, context truncation).
+_TOKENIZER_PROBES = (
+    "a photo of a cat.",
+    "A Photo of a CAT; chest of drawers, trafficlight!",
+    "Straße café 東京 naïve – ½",
+    " ".join(["word"] * 100),
+)
 
 
 def openai_templates() -> list[Callable[[str], str]]:
@@ -106,6 +108,49 @@ class EncoderView:
         unique = list(dict.fromkeys(names))
         keys = prompt_keys(self.tokenizer, self.templates, unique)
         return [keys[n] for n in names]
+
+
+# --------------------------------------------------------------------------------- fingerprint
+def text_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The parameters and buffers that can take part in encoding text: all of the model's but
+    the image tower's (``visual``) and the logit scale and bias."""
+    skip = ("visual.", "logit_scale", "logit_bias")
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return sorted(((name, t) for name, t in named if not name.startswith(skip)), key=lambda x: x[0])
+
+
+def text_fingerprint(model: torch.nn.Module, tokenizer: Callable) -> str:
+    """A hex digest identifying what ``model`` and ``tokenizer`` make of a prompt.
+
+    Hashes (SHA-256) the bytes, dtype and shape of every parameter and buffer outside the image
+    tower, the module structure outside the image tower (layer types, activations, norms),
+    the text pooling, and the tokenizer: its class, context length and the tokens it gives a
+    few probe strings. Reads every text weight once (about 250 MB for ViT-B/16); GPU tensors
+    are copied to the CPU one at a time.
+    """
+    h = hashlib.sha256()
+
+    def add(text: str) -> None:
+        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+
+    add(f"{type(model).__module__}.{type(model).__qualname__}")
+    for name, child in model.named_children():
+        if name != "visual":
+            add(f"{name}: {child!r}")
+    for attr in ("text_pool_type", "text_eos_id", "context_length"):
+        add(f"{attr}={getattr(model, attr, None)!r}")
+    for name, tensor in text_tensors(model):
+        t = tensor.detach()
+        add(f"{name} {t.dtype} {tuple(t.shape)}")
+        data = t.to("cpu").contiguous().reshape(-1)
+        if data.numel():
+            h.update(data.view(torch.uint8).numpy().data)
+    add(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}")
+    add(f"context_length={getattr(tokenizer, 'context_length', None)!r}")
+    tokens = torch.as_tensor(tokenizer(list(_TOKENIZER_PROBES)), device="cpu")
+    add(f"probes {tokens.dtype} {tuple(tokens.shape)}")
+    h.update(tokens.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------- the encoder

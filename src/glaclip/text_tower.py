@@ -1,31 +1,14 @@
-"""What glaclip reads from open_clip's text tower: whether a prompt can be encoded over its own
-tokens only (``text_truncation_is_exact``), that shorter encoding (``encode_text_truncated``),
-and a fingerprint of what the tower and its tokenizer make of a prompt (``text_fingerprint``,
-the key of the text cache).
+"""Prompts encoded over their own tokens only: whether an open_clip text tower gives the same
+embedding from the tokens up to each prompt's end-of-text token as from the whole context
+(``text_truncation_is_exact``, decided from the tower's modules), and that shorter encoding
+(``encode_text_truncated``), several times faster for short class names.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
-
 import torch
 
-__all__ = [
-    "encode_text_truncated",
-    "pool_positions",
-    "text_fingerprint",
-    "text_tensors",
-    "text_truncation_is_exact",
-]
-
-# Strings whose tokens identify a tokenizer (case, Unicode cleaning, context truncation).
-_TOKENIZER_PROBES = (
-    "a photo of a cat.",
-    "A Photo of a CAT; chest of drawers, trafficlight!",
-    "Straße café 東京 naïve – ½",
-    " ".join(["word"] * 100),
-)
+__all__ = ["encode_text_truncated", "pool_positions", "text_truncation_is_exact"]
 
 
 def pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
@@ -137,45 +120,3 @@ def encode_text_truncated(
     if projection is not None:
         x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
     return x
-
-
-def text_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The parameters and buffers that can take part in encoding text: all of the model's but
-    the image tower's (``visual``) and the logit scale and bias."""
-    skip = ("visual.", "logit_scale", "logit_bias")
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    return sorted(((name, t) for name, t in named if not name.startswith(skip)), key=lambda x: x[0])
-
-
-def text_fingerprint(model: torch.nn.Module, tokenizer: Callable) -> str:
-    """A hex digest identifying what ``model`` and ``tokenizer`` make of a prompt.
-
-    Hashes (SHA-256) the bytes, dtype and shape of every parameter and buffer outside the image
-    tower, the module structure outside the image tower (layer types, activations, norms),
-    the text pooling, and the tokenizer: its class, context length and the tokens it gives a
-    few probe strings. Reads every text weight once (about 250 MB for ViT-B/16); GPU tensors
-    are copied to the CPU one at a time.
-    """
-    h = hashlib.sha256()
-
-    def add(text: str) -> None:
-        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
-
-    add(f"{type(model).__module__}.{type(model).__qualname__}")
-    for name, child in model.named_children():
-        if name != "visual":
-            add(f"{name}: {child!r}")
-    for attr in ("text_pool_type", "text_eos_id", "context_length"):
-        add(f"{attr}={getattr(model, attr, None)!r}")
-    for name, tensor in text_tensors(model):
-        t = tensor.detach()
-        add(f"{name} {t.dtype} {tuple(t.shape)}")
-        data = t.to("cpu").contiguous().reshape(-1)
-        if data.numel():
-            h.update(data.view(torch.uint8).numpy().data)
-    add(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}")
-    add(f"context_length={getattr(tokenizer, 'context_length', None)!r}")
-    tokens = torch.as_tensor(tokenizer(list(_TOKENIZER_PROBES)), device="cpu")
-    add(f"probes {tokens.dtype} {tuple(tokens.shape)}")
-    h.update(tokens.to(torch.int64).contiguous().numpy().tobytes())
-    return h.hexdigest()
