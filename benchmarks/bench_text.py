@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from glaclip.text import (
         TextEncoder,
-        _text_tensors,
         expand_queries,
         openai_templates,
         parse_class_lines,
         text_fingerprint,
+        text_tensors,
         text_truncation_is_exact,
     )
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     text_fingerprint(clip, tok)
     t_fp = time.perf_counter() - t0
-    hashed = sum(t.numel() * t.element_size() for _, t in _text_tensors(clip)) / 2**20
+    hashed = sum(t.numel() * t.element_size() for _, t in text_tensors(clip)) / 2**20
     print(f"\nfingerprint (text weights, {hashed:.0f} MiB, and tokenizer): {t_fp:.3f} s")
     with tempfile.TemporaryDirectory() as cache:
         enc = TextEncoder(clip, tok, templates=templates, cache_dir=cache)

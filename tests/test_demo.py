@@ -22,7 +22,6 @@ from glaclip.batch import segment_files, write_outputs
 from glaclip.cli import build_parser, main
 from glaclip.data.presets import PRESETS, preset_classes
 from glaclip.text import parse_classes_arg
-from glaclip.viz import class_palette
 
 CHELSEA = demo.EXAMPLES_DIR / "chelsea.jpg"
 
@@ -197,6 +196,113 @@ def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkey
     assert sorted(p.name for p in out.iterdir()) == ["x.json", "x.png", "x_overlay.jpg"]
 
 
+# ------------------------------------------------------------------------------ kept features
+def _count_calls(monkeypatch, owner: type, name: str, calls: dict[str, int]) -> None:
+    real = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[f"{owner.__name__}.{name}"] = calls.get(f"{owner.__name__}.{name}", 0) + 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+
+
+@pytest.fixture
+def stage_calls(monkeypatch) -> dict[str, int]:
+    """Calls of the backbones (``features``: CLIP's and the VFM's towers run only there) and of
+    the attention (``attend``) of every registered base, counted."""
+    from glaclip.bases import REGISTRY
+
+    calls: dict[str, int] = {}
+    for cls in REGISTRY.values():
+        for name in ("features", "attend"):
+            _count_calls(monkeypatch, cls, name, calls)
+    return calls
+
+
+def test_new_classes_on_the_same_image_reuse_its_features(
+    segmenter, photo, tmp_path, stage_calls
+) -> None:
+    """The second request on the same photo runs neither the backbones nor the attention, and
+    gives the labels and the label PNG of a request that computes everything afresh."""
+    store = demo.FeatureStore()
+
+    def request(text: str, threshold: float, k: int, kept: demo.FeatureStore | None):
+        out = tmp_path / str(k)
+        out.mkdir()
+        return demo.run_request(
+            segmenter, MODELS, photo, text, "GLA-CLIP", threshold, out, store=kept
+        )
+
+    first = request("sky, tree; bush", 0.0, 1, store)
+    computed = dict(stage_calls)  # a batch of windows per features call, one attention
+    assert computed["ProxyCLIPBase.features"] > 0 and computed["ProxyCLIPBase.attend"] == 1
+    assert not first.features_reused and first.features_kept == store.nbytes > 0
+    assert {"vfm", "clip", "attention", "text", "stitch", "labels"} <= set(first.result.timings)
+    copy = tmp_path / "same photo, other name.png"
+    copy.write_bytes(photo.read_bytes())
+    stage_calls.clear()
+    second = demo.run_request(
+        segmenter, MODELS, copy, "road, person; man, sky", "GLA-CLIP", 0.3, tmp_path / "1",
+        store=store,
+    )  # fmt: skip
+    assert stage_calls == {} and second.features_reused
+    assert set(second.result.timings) == {"text", "stitch", "labels"}
+    assert "Image features reused: the backbones and the attention did not run" in (
+        demo.timings_line(second)
+    )
+    assert f"{store.nbytes / 1e6:.1f} MB kept in memory" in demo.timings_line(second)
+
+    fresh = request("road, person; man, sky", 0.3, 3, None)
+    assert stage_calls == computed
+    np.testing.assert_array_equal(second.result.labels, fresh.result.labels)
+    assert second.files.labels.read_bytes() == fresh.files.labels.read_bytes()
+    assert (second.result.labels == 255).any() and (second.result.labels < 4).any()
+
+
+def test_the_store_keeps_one_image_per_method_and_drops_it_for_another(
+    segmenter, photo, tmp_path, stage_calls
+) -> None:
+    store = demo.FeatureStore()
+    other = tmp_path / "other.png"
+    Image.fromarray(_rgb(120, 90, 7)).save(other)
+
+    def request(image: Path, method: str, k: int) -> demo.DemoRun:
+        out = tmp_path / f"r{k}"
+        out.mkdir()
+        return demo.run_request(segmenter, MODELS, image, "a, b", method, 0.0, out, store=store)
+
+    gla = request(photo, "GLA-CLIP", 1)
+    per_window = request(photo, "ProxyCLIP per window", 2)  # other settings: computed, kept
+    assert not per_window.features_reused
+    assert store.nbytes == per_window.features_kept == 2 * gla.features_kept
+    assert request(photo, "ProxyCLIP per window", 3).features_reused
+    assert request(photo, "GLA-CLIP", 4).features_reused
+    assert stage_calls["ProxyCLIPBase.attend"] == 2
+    changed = request(other, "GLA-CLIP", 5)  # another image: the photo's features are dropped
+    assert not changed.features_reused and store.nbytes == changed.features_kept
+    assert not request(photo, "GLA-CLIP", 6).features_reused
+    assert "Image features computed and kept" in demo.timings_line(changed)
+
+
+def test_the_request_logic_imports_without_gradio() -> None:
+    """``glaclip.demo`` and its request logic and views import with Gradio unimportable; only
+    the page (``build_app``, ``serve``) needs it."""
+    code = (
+        "import sys\n"
+        "sys.modules['gradio'] = None  # makes `import gradio` fail\n"
+        "import glaclip.demo, glaclip.demo.logic, glaclip.demo.views\n"
+        "assert 'GLA-CLIP' in glaclip.demo.methods()\n"
+        "try:\n"
+        "    glaclip.demo.build_app\n"
+        "except ImportError:\n"
+        "    print('page needs gradio')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "page needs gradio"
+
+
 # ------------------------------------------------------------------------------ page pieces
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_text_parses_back_to_the_preset(name) -> None:
@@ -219,11 +325,8 @@ def test_annotation_view_masks_and_colours() -> None:
     assert [name for _, name in masks] == ["road", "sky"]  # present only, largest first
     assert np.array_equal(masks[0][0], (labels == 2).astype(np.float32))
     assert np.array_equal(masks[1][0], (labels == 0).astype(np.float32))
-    pal = class_palette(3)
-    assert colours == {
-        "road": "#{:02x}{:02x}{:02x}".format(*pal[2]),
-        "sky": "#{:02x}{:02x}{:02x}".format(*pal[0]),
-    }
+    # the label PNG's and the overlay's: VOC's palette from its entry 1 on (no class is black)
+    assert colours == {"road": "#808000", "sky": "#800000"}  # VOC 3 (128, 128, 0), 1 (128, 0, 0)
 
 
 def test_annotation_view_is_reduced_for_display() -> None:
@@ -301,12 +404,13 @@ def test_demo_command_builds_the_page_for_every_base(base, tiny_model_args, monk
         del args[index : index + 2]
     assert main(["demo", "--base", base, *args]) == 0
     heading, methods = built["page"]
+    clear = ["GLA-CLIP on ClearCLIP (no VFM)", "ClearCLIP per window (no VFM)"]
     if base == "clearclip":
         assert "no VFM" in heading
-        assert methods == [m for m, s in demo.METHODS.items() if s["base"] == "clearclip"]
+        assert methods == clear
     else:
         assert "VFM `local-dir:vfm`" in heading
-        assert methods == list(demo.METHODS)
+        assert methods == ["GLA-CLIP", "ProxyCLIP per window", *clear]
 
 
 def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
@@ -550,4 +654,13 @@ def test_page_in_headless_chromium(browser, server, tiny_model_args, tmp_path) -
     assert record["settings"] == want["settings"] and record["classes"] == want["classes"]
     assert record["settings"]["kv_extension"] is False
     assert record["models"] == want["models"] and record["image"] == "chelsea.jpg"
+
+    # the same photo, other classes: the page answers from the photo's kept features
+    timings = d.find_element(By.CSS_SELECTOR, "#glaclip-timings")
+    assert "Image features computed and kept" in timings.text
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("cat, sofa; couch")
+    button.click()
+    _wait(lambda: "Image features reused" in timings.text, 120, "the features reused")
+    assert "sofa" in d.find_element(By.CSS_SELECTOR, "#glaclip-shares").text
     assert proc.poll() is None

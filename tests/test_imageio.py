@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,10 +170,51 @@ def test_read_too_many_pixels_says_what_to_do(
     assert "downscale it first" in str(err.value)
 
 
-def test_image_extensions() -> None:
-    for ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"):
-        assert ext in IMAGE_EXTENSIONS
-    assert is_image_file("a/B.JPG") and not is_image_file("notes.txt")
+LOSSY_FORMATS = {"JPEG", "WEBP", "AVIF"}
+
+
+@pytest.mark.parametrize("ext", IMAGE_EXTENSIONS)
+def test_every_listed_extension_is_an_image_read_image_reads(tmp_path: Path, ext: str) -> None:
+    """The list promises what ``read_image`` does: a picture of 16 x 16 blocks of six pure
+    colours written in the extension's format (by Pillow, where it writes it) reads back to its
+    pixels, exactly where the format is lossless; and ``is_image_file`` names it whatever the
+    case."""
+    fmt = Image.registered_extensions().get(ext)
+    assert fmt in Image.OPEN, f"{ext} is listed, but this Pillow opens no such file"
+    if fmt not in Image.SAVE:
+        pytest.skip(f"this Pillow reads {ext} but cannot write it")
+    colours = np.array(
+        [[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[255, 255, 255], [0, 0, 0], [255, 255, 0]]],
+        np.uint8,
+    )
+    rgb = np.kron(colours, np.ones((16, 16, 1), np.uint8))  # 32 x 48 x 3
+    path = tmp_path / f"blocks{ext.upper()}"
+    Image.fromarray(rgb).save(path, format=fmt)
+    out = read_image(path)
+    assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    error = np.abs(out.astype(int) - rgb.astype(int))
+    if fmt in LOSSY_FORMATS:
+        assert error.mean() < 8, (ext, error.mean())
+    else:
+        assert error.max() == 0, ext
+    assert is_image_file(path) and is_image_file(tmp_path / f"x{ext.lower()}")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a/B.JPG", True),
+        ("scan.Tiff", True),
+        ("notes.txt", False),
+        ("photo.jpg.txt", False),
+        ("photos.jpg/notes.md", False),  # a folder named like an image
+        ("README", False),
+        ("weights.pt", False),
+        ("labels.json", False),
+    ],
+)
+def test_is_image_file_goes_by_the_last_extension(name: str, expected: bool) -> None:
+    assert is_image_file(name) is expected
 
 
 # ---------------------------------------------------------------- resize and tensors
@@ -225,17 +268,23 @@ def test_resize_image_is_bilinear_without_antialiasing(size) -> None:
 
 
 def test_to_tensor_known_pixel() -> None:
+    """Hand-computed: ``(v / 255 - mean) / std`` with OpenAI CLIP's published mean (0.48145466,
+    0.4578275, 0.40821073) and std (0.26862954, 0.26130258, 0.27577711)."""
     rgb = np.zeros((2, 3, 3), np.uint8)
     rgb[1, 2] = (255, 128, 0)
     x = to_tensor(rgb)
     assert x.shape == (1, 3, 2, 3) and x.dtype == torch.float32
-    expected = [
-        (v / 255.0 - m) / s for v, m, s in zip((255, 128, 0), CLIP_MEAN, CLIP_STD, strict=True)
-    ]
-    torch.testing.assert_close(x[0, :, 1, 2], torch.tensor(expected, dtype=torch.float32))
-    torch.testing.assert_close(x[0, 0, 0, 0], torch.tensor(-CLIP_MEAN[0] / CLIP_STD[0]))
+    # (1 - 0.48145466) / 0.26862954, (128/255 - 0.4578275) / 0.26130258, -0.40821073 / 0.27577711
+    expected = torch.tensor([1.9303363, 0.1688972, -1.4802198])
+    torch.testing.assert_close(x[0, :, 1, 2], expected, rtol=0, atol=2e-6)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-1.7922625, -1.7520971, -1.4802198]))
+    assert (CLIP_MEAN, CLIP_STD) == (
+        (0.48145466, 0.4578275, 0.40821073),
+        (0.26862954, 0.26130258, 0.27577711),
+    )
     ones = to_tensor(rgb, mean=(0, 0, 0), std=(1, 1, 1))
     assert float(ones[0, 0, 1, 2]) == 1.0
+    assert float(ones[0, 1, 1, 2]) == pytest.approx(128 / 255, abs=1e-7)
 
 
 # ---------------------------------------------------------------- writers
@@ -362,3 +411,35 @@ def test_pillow_warnings_about_a_readable_file_are_not_passed_on(
         warnings.simplefilter("error")
         assert read_image(large).shape == (50, 50, 3)
         assert read_image(corrupt).shape == (20, 20, 3)
+
+
+# ---------------------------------------------------------------- where the modules sit
+
+
+def _modules_after_import(module: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing ``module`` of the glaclip package
+    alone (the package's ``__init__``, which loads the Segmenter and all it needs, skipped)."""
+    code = (
+        "import importlib, importlib.util, sys, types\n"
+        "folders = importlib.util.find_spec('glaclip').submodule_search_locations\n"
+        "package = types.ModuleType('glaclip')\n"
+        "package.__path__ = list(folders)\n"
+        "sys.modules['glaclip'] = package\n"
+        f"importlib.import_module({module!r})\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_loading_a_model_does_not_import_the_image_readers() -> None:
+    """``backbones`` reads CLIP's normalisation from ``constants``, not from ``imageio``."""
+    loaded = _modules_after_import("glaclip.backbones")
+    assert "glaclip.constants" in loaded  # the probe sees the imports it is meant to see
+    assert loaded.isdisjoint({"cv2", "PIL", "glaclip.imageio", "glaclip.viz"})
+
+
+def test_image_io_does_not_import_the_drawing_or_the_models() -> None:
+    loaded = _modules_after_import("glaclip.imageio")
+    assert {"cv2", "PIL", "glaclip.palette", "glaclip.atomicio"} <= loaded
+    assert loaded.isdisjoint({"glaclip.viz", "glaclip.backbones", "glaclip.text"})

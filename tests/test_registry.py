@@ -79,3 +79,16 @@ def test_the_readme_lists_every_registered_base() -> None:
     table = readme.split("| `--base` | keys |", 1)[1].split("\n\n", 1)[0]
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert [r.split("`")[1] for r in rows] == list(bases.REGISTRY)
+
+
+def test_the_toy_base_in_the_demo_page(toy_base, golden_modules) -> None:
+    from glaclip import demo
+
+    clip, _, tok = golden_modules
+    seg = Segmenter.from_modules(clip, None, tok, base="maskclip", text_cache_dir=None)
+    app = demo.build_app(seg, {"clip": "tiny", "vfm": None})
+    components = app.get_config_file()["components"]
+    radio = next(c for c in components if c["props"].get("elem_id") == "glaclip-method")
+    labels = [label for label, _ in radio["props"]["choices"]]
+    assert "GLA-CLIP on MaskCLIP (no VFM)" in labels and "MaskCLIP per window (no VFM)" in labels
+    assert not any(label.startswith("ProxyCLIP") for label in labels)  # it needs a VFM

@@ -60,9 +60,11 @@ def test_legend_unlabeled_index_is_merged() -> None:
 
 def test_overlay_shape_colours_and_unlabelled() -> None:
     rgb, labels = _scene()
+    h, w = labels.shape
+    inner = (slice(h // 2, h - 2), slice(w // 2 + 3, w - 2))  # road, away from borders
+    rgb[inner] = (100, 200, 30)
     names = ["sky", "tree", "road", "car"]
     out = overlay(rgb, labels, names, alpha=0.5)
-    h, w = labels.shape
     assert out.dtype == np.uint8 and out.shape[0] >= h and out.shape[1] > w
     img = out[:h, :w]
     unl = labels == 255
@@ -70,10 +72,8 @@ def test_overlay_shape_colours_and_unlabelled() -> None:
     lab = ~unl
     # every labelled pixel differs from the original
     assert (np.abs(img[lab].astype(int) - rgb[lab].astype(int)).sum(axis=1) > 0).all()
-    pal = make_palette(4)
-    inner = (slice(h // 2, h - 2), slice(w // 2 + 3, w - 2))  # road, away from borders
-    expected = np.rint(0.5 * rgb[inner].astype(float) + 0.5 * pal[2]).astype(np.uint8)
-    np.testing.assert_array_equal(img[inner], expected)
+    # by hand: road is class 2, VOC colour (0, 128, 0); half of (100, 200, 30) and half of it
+    assert (img[inner] == (50, 164, 15)).all()
     # a class border is drawn in white on the labelled side
     assert (img[h // 2, w // 2] == 255).all()
     # the legend panel is not blank

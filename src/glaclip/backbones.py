@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from glaclip import hub
 from glaclip.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, config_mismatch, weights_in
-from glaclip.imageio import CLIP_MEAN, CLIP_STD
+from glaclip.constants import CLIP_MEAN, CLIP_STD
 from glaclip.towers import (  # noqa: F401  (the towers, importable from here too)
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,7 +25,7 @@ from glaclip.towers import (  # noqa: F401  (the towers, importable from here to
     VFMKeyTower,
 )
 
-# OpenAI CLIP's normalisation, defined once in imageio (where images are normalised)
+# OpenAI CLIP's normalisation, defined once in constants (read by imageio too)
 OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = CLIP_MEAN, CLIP_STD
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")

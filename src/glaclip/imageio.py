@@ -1,4 +1,7 @@
-"""Image input/output: reading to RGB uint8, the protocol resize, CLIP tensors, atomic writers.
+"""Image input/output: reading to RGB uint8, the protocol resize, CLIP tensors, image files.
+
+Images and label maps are written atomically (``glaclip.atomicio``, whose names are also
+importable from here).
 
 Reading rules (SPEC 1.1), applied to files, PIL images and numpy arrays alike:
 
@@ -18,12 +21,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import os
-import secrets
 import stat
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from glaclip.viz import make_palette
+from glaclip.atomicio import (
+    STOP_ERRNOS,
+    WriteError,
+    atomic_write,
+    atomic_write_bytes,
+    encode_json,
+    save_json,
+    temporary_name,
+    write_error,
+)
+from glaclip.constants import CLIP_MEAN, CLIP_STD
+from glaclip.palette import make_palette
 
 __all__ = [
     "CLIP_MEAN",
@@ -55,11 +67,10 @@ __all__ = [
     "save_json",
     "save_label_png",
     "save_rgb",
+    "temporary_name",
     "to_tensor",
+    "write_error",
 ]
-
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 _COMMON_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
@@ -297,113 +308,6 @@ def to_tensor(
     return ((x / 255.0 - m) / s).contiguous()
 
 
-# write errors after which no other file can be written either (a full disk or quota, a
-# read-only file system): a batch stops instead of trying every image
-STOP_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)})
-
-
-class WriteError(OSError):
-    """A file could not be written; the message names the file and the cause, and ``errno``
-    is the cause's (``errno.ENOSPC`` for a full disk)."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
-
-
-def write_error(path: str | os.PathLike[str], err: OSError) -> WriteError:
-    """``err`` as a ``WriteError`` naming ``path`` (the final name, not a temporary one)."""
-    if isinstance(err, WriteError):
-        return err
-    cause = err.strerror or str(err) or type(err).__name__
-    return WriteError(err.errno, f"cannot write {path}: {cause}")
-
-
-def _remove_quietly(path: Path) -> None:
-    """Remove ``path`` if it is there; a failure to remove it is not reported (the error that
-    made it necessary is the one that matters)."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temporary_name(path: Path) -> Path:
-    """A temporary name beside ``path``: ``.glaclip-<16 hex digits>.tmp``, 26 characters
-    whatever the length of ``path``'s name, so that any name the file system accepts can be
-    written."""
-    return path.with_name(f".glaclip-{secrets.token_hex(8)}.tmp")
-
-
-def atomic_write(
-    path: str | os.PathLike[str], write_fn: Callable[[Path], Any], fsync: bool = True
-) -> Path:
-    """Write a file atomically: ``write_fn(tmp)`` writes a temporary file, then it is renamed.
-
-    The temporary file lives in the same directory (``temporary_name``) so that ``os.replace``
-    is atomic; ``write_fn`` must not rely on its extension to pick a format. Missing parent
-    directories are created. The temporary file is flushed to the disk (``fsync``) before the
-    rename, unless ``fsync`` is False (``write_fn`` did it). On any exception (including
-    KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was.
-
-    Returns:
-        ``path`` as a ``Path``.
-
-    Raises:
-        WriteError: an ``OSError`` while writing, naming ``path`` and the cause (a full disk,
-            no permission, a folder at ``path``, a name too long for the file system).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise write_error(path, err) from None
-    tmp = temporary_name(path)
-    try:
-        write_fn(tmp)
-        if fsync:
-            _fsync_file(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        _remove_quietly(tmp)
-        raise write_error(path, err) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (``atomic_write``), flushed to the disk and
-    checked: a file that holds fewer bytes than were written (a file system that loses data
-    without an error) is removed and reported.
-
-    Raises:
-        WriteError: as ``atomic_write``; ``errno.EIO`` when the written size is short.
-    """
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            size = os.fstat(f.fileno()).st_size
-        if size != len(data):
-            raise OSError(
-                errno.EIO,
-                f"only {size} of its {len(data)} bytes reached the disk (is it full?)",
-            )
-
-    return atomic_write(path, write, fsync=False)
-
-
 def encode_label_png(
     labels: np.ndarray,
     palette: np.ndarray | None = None,
@@ -484,34 +388,3 @@ def save_rgb(path: str | os.PathLike[str], rgb: np.ndarray, jpeg_quality: int = 
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     return atomic_write_bytes(path, data)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
-
-
-def encode_json(obj: Any, what: str = "JSON") -> bytes:
-    """``obj`` as UTF-8 JSON text (non-ASCII kept, indent 2, trailing newline); numpy
-    scalars/arrays and paths are converted.
-
-    Raises:
-        ValueError: ``obj`` holds NaN or an infinity, which strict JSON readers refuse
-            (``what`` names the file in the message).
-    """
-    try:
-        text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default, allow_nan=False)
-    except ValueError as err:
-        raise ValueError(f"{what} would hold NaN or Infinity, which JSON cannot ({err})") from None
-    return (text + "\n").encode("utf-8")
-
-
-def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Save ``obj`` as JSON (``encode_json``) atomically; the text is made before anything is
-    written, and a value that JSON cannot hold (NaN, Infinity) is refused with ValueError."""
-    return atomic_write_bytes(path, encode_json(obj, str(path)))

@@ -1,4 +1,4 @@
-"""Visualisation: a deterministic palette, pixel shares, and a label overlay with a legend.
+"""Visualisation: pixel shares, and a label overlay with a legend (colours: ``palette``).
 
 Pure numpy + Pillow (``ImageDraw`` with Pillow's default font); no matplotlib.
 """
@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from glaclip.palette import class_palette, label_png_palette, make_palette
+
 __all__ = [
     "LegendEntry",
     "class_palette",
@@ -26,44 +28,6 @@ __all__ = [
 UNLABELLED_NAME = "unlabelled"
 _CHUNK = 1 << 22  # pixels per chunk where a full-size temporary would be large
 MAX_LEGEND_COLUMNS = 4  # columns of legend entries before the legend outgrows the image
-
-
-def make_palette(n: int) -> np.ndarray:
-    """Return ``n`` distinct RGB colours as an nx3 uint8 array, deterministically.
-
-    Entries 0..255 are the PASCAL VOC bit-interleaving palette (0 is black, 1 is (128, 0, 0),
-    2 is (0, 128, 0), ...), so ``make_palette(21)`` matches VOC's label colours. Entries
-    from 256 on (only for n > 256) come from a fixed-seed random generator.
-    """
-    if n < 0:
-        raise ValueError(f"palette size must be >= 0, got {n}")
-    pal = np.zeros((max(n, 256), 3), dtype=np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    if n > 256:
-        pal[256:] = np.random.default_rng(0).integers(0, 256, size=(n - 256, 3), dtype=np.uint8)
-    return pal[:n].copy()
-
-
-def class_palette(n: int) -> np.ndarray:
-    """Colours of ``n`` classes of a user's vocabulary (``n x 3`` uint8): the VOC palette from
-    its entry 1 on, so that no class is black (VOC's 0 is black: a class drawn in it darkens
-    the photo instead of colouring it)."""
-    return make_palette(n + 1)[1:]
-
-
-def label_png_palette(num_classes: int) -> np.ndarray:
-    """The 256-entry palette of an indexed label PNG of up to 255 classes: ``class_palette``
-    for the classes, black for 255 (unlabelled)."""
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[:255] = class_palette(255)
-    return pal
 
 
 def pixel_shares(labels: np.ndarray, num_classes: int) -> list[float]:
@@ -180,6 +144,25 @@ def overlay(
         only the classes present (swatch, name, percentage of all pixels), largest first,
         then "unlabelled" if any; its font size scales with the image.
     """
+    rgb, labels, pal = _overlay_inputs(rgb, labels, len(class_names), palette, alpha)
+    h, w = labels.shape
+    legend = _legend_panel(legend_entries(labels, class_names, unlabeled_index), pal, h, w)
+    out = np.full((max(h, legend.shape[0]), w + legend.shape[1], 3), 255, dtype=np.uint8)
+    out[: legend.shape[0], w:] = legend
+    n = len(class_names)
+    _blend_in_bands(out[:h, :w], rgb, labels, pal, alpha, n, unlabeled_index, draw_boundaries)
+    return out
+
+
+def _overlay_inputs(
+    rgb: np.ndarray, labels: np.ndarray, n: int, palette: np.ndarray | None, alpha: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``overlay``'s inputs checked: ``(rgb, labels, palette)`` as arrays (the palette
+    ``make_palette``'s when None).
+
+    Raises:
+        ValueError: a shape, dtype, ``alpha`` or palette that does not fit.
+    """
     rgb = np.asarray(rgb)
     labels = np.asarray(labels)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -190,18 +173,30 @@ def overlay(
         raise ValueError(f"labels must be an integer array, got {labels.dtype}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    n = len(class_names)
     pal = make_palette(max(n, 1)) if palette is None else np.asarray(palette, dtype=np.uint8)
     if pal.ndim != 2 or pal.shape[1] != 3 or len(pal) < n:
         raise ValueError(f"palette must be Kx3 with K >= {n} classes, got shape {pal.shape}")
+    return rgb, labels, pal
 
+
+def _blend_in_bands(
+    canvas: np.ndarray,
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    pal: np.ndarray,
+    alpha: float,
+    n: int,
+    unlabeled_index: int | None,
+    draw_boundaries: bool,
+) -> None:
+    """Write the blended image into ``canvas`` (``H x W x 3``, a view of the output), in bands
+    of rows: no full-size temporaries beyond the output. Labels in [0, n) other than
+    ``unlabeled_index`` are coloured (``_valid_mask``).
+
+    A band's boundaries need ``margin`` rows of labels on either side (one for the neighbour
+    comparison, the rest for the dilation); edges found in the margin are dropped.
+    """
     h, w = labels.shape
-    legend = _legend_panel(legend_entries(labels, class_names, unlabeled_index), pal, h, w)
-    out = np.full((max(h, legend.shape[0]), w + legend.shape[1], 3), 255, dtype=np.uint8)
-    out[: legend.shape[0], w:] = legend
-    # Bands of rows, written straight into the canvas: no full-size temporaries beyond the
-    # output. A band's boundaries need `margin` rows of labels on either side (one for the
-    # neighbour comparison, the rest for the dilation); edges found in the margin are dropped.
     thickness = max(1, round(max(h, w) / 1000))
     margin = thickness + 1
     band = max(margin, _CHUNK // max(1, w))
@@ -211,7 +206,7 @@ def overlay(
         lab = labels[a0:a1]
         valid = _valid_mask(lab, n, unlabeled_index)
         v = valid[r0 - a0 : r1 - a0]
-        tile = out[r0:r1, :w]
+        tile = canvas[r0:r1]
         tile[...] = rgb[r0:r1]
         if v.any():
             colours = pal[labels[r0:r1][v].astype(np.int64)].astype(np.float32)
@@ -221,7 +216,6 @@ def overlay(
                 effective = np.where(valid, lab, -1).astype(np.int32, copy=False)
                 edge = _boundaries(effective, valid, thickness)
                 tile[edge[r0 - a0 : r1 - a0]] = 255
-    return out
 
 
 def _legend_panel(entries: list[LegendEntry], pal: np.ndarray, h: int, w: int) -> np.ndarray:
