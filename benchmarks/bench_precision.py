@@ -215,7 +215,7 @@ def fast_mode_golden(precision: str) -> None:
     from glaclip.segmenter import Segmenter
     from tests.golden import COMPACT_DIR, GOLDEN_CASES, is_clearclip, load_case, settings_of
 
-    clip, vfm, tok = _golden_modules(COMPACT_DIR)
+    clip, vfm, tok = _common.build_tiny_models()
     print(f"precision {precision}, the fast mode against float32, golden inputs")
     print(f"{'case':>24} | {'mask rows moved':>15} | {'cut rows moved':>15} | "
           f"{'labels changed':>14} | logits within 1e-2")  # fmt: skip
@@ -238,24 +238,6 @@ def fast_mode_golden(precision: str) -> None:
         close = float(((fast.query_logits - ref.query_logits).abs() < 1e-2).float().mean())
         print(f"{case:>24} | {moved(c0, c1):>15} | {moved(k0, k1):>15} | "
               f"{labels:>14.2%} | {close:.2%}")  # fmt: skip
-
-
-def _golden_modules(directory):
-    import open_clip
-    import timm
-    import torch
-
-    m = torch.load(directory / "models.pt", weights_only=True)
-    clip = open_clip.model.CLIP(
-        embed_dim=m["clip_embed_dim"],
-        vision_cfg=m["clip_vision_cfg"],
-        text_cfg=m["clip_text_cfg"],
-        quick_gelu=m["quick_gelu"],
-    )
-    clip.load_state_dict(m["clip_state_dict"])
-    vfm = timm.create_model(m["vfm_timm_name"], pretrained=False, num_classes=0, **m["vfm_kwargs"])
-    vfm.load_state_dict(m["vfm_state_dict"])
-    return clip.eval(), vfm.eval(), open_clip.get_tokenizer("ViT-B-16")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,7 +264,8 @@ def build_segmenter(args: argparse.Namespace):
     from glaclip.segmenter import Segmenter
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    clip, vfm, tok = _common.build_models(seed=0, with_vfm=needs_vfm(args.base))
+    build = _common.build_tiny_models if args.models == "tiny" else _common.build_models
+    clip, vfm, tok = build(with_vfm=needs_vfm(args.base))
     settings = settings_from_kwargs(base=args.base, **parse_settings(args.set))
     return Segmenter(clip, vfm, tok, settings, device=args.device, text_cache_dir=args.text_cache)
 
@@ -520,7 +521,7 @@ def run_configurations(args: argparse.Namespace, base: str, configs: list[str]) 
     cmd += ["--configs", ",".join(configs), "--device", args.device]
     cmd += ["--classes", args.classes, "--text-cache", args.text_cache]
     cmd += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
-    cmd += ["--warmup", str(args.warmup)]
+    cmd += ["--warmup", str(args.warmup), "--models", args.models]
     for pair in args.set:
         cmd += ["--set", pair]
     env = dict(os.environ, **dict(pair.split("=", 1) for pair in args.env))
@@ -595,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", help="also write all results to this JSON file")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument(
+        "--models",
+        choices=["paper", "tiny"],
+        default="paper",
+        help="paper: ViT-B/16 + DINO ViT-B/8 with random weights (default); tiny: the tests' "
+        "tiny models, to try the code paths quickly (no meaningful figures)",
+    )
     parser.add_argument(
         "--one-process", action="store_true", help="a base's configurations in one process"
     )

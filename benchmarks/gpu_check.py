@@ -15,7 +15,8 @@ the exit status is 1 if any step failed. With ``--out DIR`` the whole log and a 
 3. **bench**: ``benchmarks/bench_segment.py --device DEVICE`` with the paper's architectures
    (random weights): 336x448, 560x1120, 1024x1024 and 2048x2048, both bases, fp32/bf16/fp16,
    the blocked attention and, where it fits, the dense oracle; seconds per stage, images per
-   second, peak memory and the attention's block size (``--quick``: 224x224, fp32, blocked);
+   second, peak memory and the attention's block size (``--quick``: the tests' tiny models at
+   224x336, fp32, blocked);
 4. **torchrun**: ``glaclip eval`` of a synthetic three-image VOC benchmark under
    ``torchrun --nproc-per-node 1`` (nccl on CUDA, gloo on the CPU).
 
@@ -157,8 +158,9 @@ def step_bench(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, st
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_segment.py")]
     cmd += ["--device", args.device, "--bases", "proxyclip,clearclip", "--one-process"]
     cmd += ["--text-cache", str(work / "bench_text"), "--json", str(work / "bench.json")]
-    if args.quick:
-        cmd += ["--sizes", "224x224", "--precisions", "fp32", "--impl", "blocked"]
+    if args.quick:  # the code paths only: the tests' tiny models
+        cmd += ["--sizes", "224x336", "--precisions", "fp32", "--impl", "blocked"]
+        cmd += ["--models", "tiny"]
     else:
         cmd += ["--sizes", args.sizes, "--precisions", "fp32,bf16,fp16", "--impl", "blocked,dense"]
         cmd += ["--warmup", "1", "--repeat", "3"]

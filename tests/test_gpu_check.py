@@ -36,8 +36,8 @@ def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert "gla_default [compact] on cpu: " in log  # the agreement figures, per case
     bench = json.loads((out / "bench.json").read_text())["results"]
     assert {(r["base"], r["size"], r["impl"]) for r in bench} == {
-        ("proxyclip", "224x224", "blocked"),
-        ("clearclip", "224x224", "blocked"),
+        ("proxyclip", "224x336", "blocked"),
+        ("clearclip", "224x336", "blocked"),
     }
     assert all(r["block"] > 0 and r["seconds"] > 0 for r in bench)
     assert "voc21: mIoU" in log and "running on cpu" in log
