@@ -133,7 +133,7 @@ class DecisionRecorder:
         import torch
 
         att = self.blocked
-        self.saved = (att._anchors, att._softmax_times_values)
+        self.saved = (att.compute_anchors, att._softmax_times_values)
         anchors, softmax = self.saved
 
         def anchors_recorded(work, cfg, initial=None):
@@ -147,11 +147,11 @@ class DecisionRecorder:
             self.kept.append((z >= cut).sum(dim=1).to(torch.int64))
             return softmax(z, *rest)
 
-        att._anchors, att._softmax_times_values = anchors_recorded, softmax_recorded
+        att.compute_anchors, att._softmax_times_values = anchors_recorded, softmax_recorded
         return self
 
     def __exit__(self, *exc) -> None:
-        self.blocked._anchors, self.blocked._softmax_times_values = self.saved
+        self.blocked.compute_anchors, self.blocked._softmax_times_values = self.saved
 
     def rows(self):
         import torch

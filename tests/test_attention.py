@@ -70,8 +70,8 @@ def test_mask_decisions_identical(iters, block):
     for dtype in (torch.float64, torch.float32):
         k = clustered_keys(2, dtype)
         cfg = GLAConfig(proxy_iters=iters, block_size=block)
-        work = blk._Workspace(k, block, blk.SPARSE_MASK_DENSITY)
-        anchors, count = blk._anchors(work, cfg)
+        work = blk.Workspace(k, block, blk.SPARSE_MASK_DENSITY)
+        anchors, count = blk.compute_anchors(work, cfg)
         assert torch.equal(count, dense_counts(k, cfg))
         assert anchors.shape == k.shape
         assert 0.05 < float(count.mean()) / k.shape[0] < 0.95  # the masks are not trivial
@@ -90,8 +90,8 @@ def test_default_inputs_exercise_single_entry_rows():
     """The test keys produce both kinds of rows: a negative maximum (one kept entry) and not."""
     k = clustered_keys(0)
     cfg = GLAConfig()
-    work = blk._Workspace(k, 120, 0.0)
-    anchors, count = blk._anchors(work, cfg)
+    work = blk.Workspace(k, 120, 0.0)
+    anchors, count = blk.compute_anchors(work, cfg)
     s = anchors @ k.T
     mu = s.mean(dim=1, keepdim=True).clamp_min(0)
     z = (s - att.dynamic_beta(N_WIN, cfg.beta_alpha) * mu) * (1 + cfg.gamma_alpha / count[:, None])
@@ -112,13 +112,13 @@ def test_sparse_mask_products_match(iters, block):
 
 def test_sparse_decision_follows_density():
     k = clustered_keys(5)
-    work = blk._Workspace(k, 64, 0.05)
+    work = blk.Workspace(k, 64, 0.05)
     dense_mask = (torch.rand(64, 120, generator=torch.Generator().manual_seed(0)) < 0.5).double()
     sparse_mask = torch.zeros(64, 120, dtype=torch.float64)
     sparse_mask[::8, ::9] = 1.0  # 1.5 % ones
     assert not work.is_sparse(dense_mask)
     assert work.is_sparse(sparse_mask)
-    assert not blk._Workspace(k, 64, 0.0).is_sparse(sparse_mask)
+    assert not blk.Workspace(k, 64, 0.0).is_sparse(sparse_mask)
 
 
 def test_empty_rows_get_their_own_token():
@@ -134,8 +134,8 @@ def test_empty_rows_get_their_own_token():
         cfg = GLAConfig(proxy_iters=iters, block_size=50)
         # first step: A_17,17 = 0.25 < tau, and 0 against the others
         assert not bool(((k @ k.T)[17] > cfg.proxy_threshold).any())
-        work = blk._Workspace(k, 50, 0.0)
-        anchors, count = blk._anchors(work, cfg)
+        work = blk.Workspace(k, 50, 0.0)
+        anchors, count = blk.compute_anchors(work, cfg)
         assert count[17] == 1
         torch.testing.assert_close(anchors[17], F.normalize(lone, dim=0))
         # after the first proxy step the row is still empty: p_17 . k_17 = 0.5
@@ -150,8 +150,8 @@ def test_all_rows_empty_above_one():
     the diagonal (empty rows get their own token), proxies are the keys."""
     k, v = clustered_keys(7), random_values(7)
     cfg = GLAConfig(proxy_threshold=1.0, block_size=33)
-    work = blk._Workspace(k, 33, 0.0)
-    anchors, count = blk._anchors(work, cfg)
+    work = blk.Workspace(k, 33, 0.0)
+    anchors, count = blk.compute_anchors(work, cfg)
     assert torch.equal(count, torch.ones_like(count))
     torch.testing.assert_close(anchors, k)
     ref = att.global_attention_dense(k, v, N_WIN, cfg)
@@ -483,8 +483,8 @@ def test_half_mask_products_count_in_float32():
     k = F.normalize(torch.randn(601, DIM, generator=g) + 3.0, dim=-1)
     assert (k @ k.T).min() > 0
     cfg = GLAConfig(proxy_threshold=0.0, proxy_iters=2, block_size=128)
-    work = blk._Workspace(k, 128, 0.0, torch.bfloat16, frozenset({"mask_keys"}))
-    _, count = blk._anchors(work, cfg)
+    work = blk.Workspace(k, 128, 0.0, torch.bfloat16, frozenset({"mask_keys"}))
+    _, count = blk.compute_anchors(work, cfg)
     assert torch.equal(count, torch.full_like(count, 601.0))
     assert torch.tensor(601.0).to(torch.bfloat16).item() != 601.0
 

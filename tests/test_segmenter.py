@@ -191,13 +191,13 @@ def test_callers_models_are_left_alone(golden_modules) -> None:
 
 
 def test_low_precision_without_native_support_warns(golden_modules, monkeypatch) -> None:
-    import glaclip.segmenter as segmenter_module
+    import glaclip.device as device_module
 
     clip, vfm, tok = golden_modules
-    monkeypatch.setattr(segmenter_module, "native_precision", lambda device, precision: False)
+    monkeypatch.setattr(device_module, "native_precision", lambda device, precision: False)
     with pytest.warns(RuntimeWarning, match="slower than fp32"):
         Segmenter.from_modules(clip, vfm, tok, precision="fp16")
-    monkeypatch.setattr(segmenter_module, "native_precision", lambda device, precision: True)
+    monkeypatch.setattr(device_module, "native_precision", lambda device, precision: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Segmenter.from_modules(clip, vfm, tok, precision="bf16")

@@ -13,7 +13,7 @@ from PIL import Image
 import glaclip.text as text_module
 from glaclip import Segmenter
 from glaclip.cli import main
-from glaclip.segmenter import default_cache_dir
+from glaclip.text import default_cache_dir
 from glaclip.text import (
     TextEncoder,
     check_vocabulary,

@@ -186,3 +186,9 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 4 << 30
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (with its index: ``cuda:1``), or the CPU."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Union
 
@@ -24,7 +23,7 @@ from glaclip.bases import BaseMethod, make_base, needs_vfm
 from glaclip.config import Settings, check_vocabulary_size, settings_from_kwargs
 from glaclip.device import (
     StageTimer,
-    native_precision,
+    module_device,
     precision_dtype,
     resolve_device,
     strict_fp32,
@@ -38,12 +37,17 @@ from glaclip.results import (
     to_numpy_labels,
 )
 from glaclip.text import (
+    USER_CACHE,
+    CacheDir,
     TextEncoder,
+    _UserCache,
     check_vocabulary,
+    default_cache_dir,
     expand_queries,
     parse_class_lines,
     parse_classes_arg,
 )
+from glaclip.towers import cast_towers
 from glaclip.windows import network_canvas, stitch, window_grid
 
 if TYPE_CHECKING:
@@ -60,17 +64,6 @@ __all__ = [
 ]
 
 ImageSource = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]
-
-
-class _UserCache:
-    """The user cache folder (``default_cache_dir``), as a ``text_cache_dir`` value."""
-
-    def __repr__(self) -> str:
-        return "USER_CACHE"
-
-
-USER_CACHE: Any = _UserCache()
-CacheDir = str | os.PathLike | None | _UserCache
 
 
 class Segmenter:
@@ -256,26 +249,13 @@ class Segmenter:
     def _towers_for(
         self, precision: str
     ) -> tuple[backbones.ClipTower, backbones.VFMKeyTower | None]:
-        """The backbone towers for a precision: the models themselves for fp32, copies of the
-        image towers cast to bf16/fp16 otherwise (the caller's models and the text tower are
-        left in float32). Cast weights, not autocast: on the CPU, autocast turns the attention's
-        input projection into a slow batched product."""
+        """The backbone towers for a precision: the models themselves for fp32, cast copies of
+        the image towers otherwise (``towers.cast_towers``; made once, shared with
+        ``with_settings`` copies)."""
         if precision not in self._towers:
-            dtype = precision_dtype(precision)
-            if not native_precision(self.device, precision):
-                warnings.warn(
-                    f"precision {precision} on this {self.device.type.upper()} has no native "
-                    f"{precision} instructions (AVX-512 BF16/FP16 or AMX on CPUs): it is "
-                    "emulated and several times slower than fp32 (6-9x measured on an AVX2 "
-                    "CPU); use fp32 here",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            clip = backbones.ClipTower(copy.deepcopy(self.clip_model.visual).to(dtype))
-            vfm = None
-            if self.vfm_tower is not None:
-                vfm = backbones.VFMKeyTower(copy.deepcopy(self.vfm_tower.model).to(dtype))
-            self._towers[precision] = (clip, vfm)
+            self._towers[precision] = cast_towers(
+                self.clip_model.visual, self.vfm_tower, precision, self.device
+            )
         return self._towers[precision]
 
     # ------------------------------------------------------------------------------ pieces
@@ -500,19 +480,5 @@ class Segmenter:
         )
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter (with its index: ``cuda:1``), or the CPU."""
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def default_cache_dir() -> str:
-    """The user cache folder: ``$GLACLIP_CACHE`` or ``$XDG_CACHE_HOME/glaclip``."""
-    if os.environ.get("GLACLIP_CACHE"):
-        return os.environ["GLACLIP_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "glaclip")

@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -289,3 +290,23 @@ class TextEncoder:
             self._memory.update(self._encode(missing))
             self._save_disk()
         return torch.stack([self._memory[n] for n in names])
+
+
+# ------------------------------------------------------------------------- the cache folder
+class _UserCache:
+    """The user cache folder (``default_cache_dir``), as a ``text_cache_dir`` value."""
+
+    def __repr__(self) -> str:
+        return "USER_CACHE"
+
+
+USER_CACHE: Any = _UserCache()
+CacheDir = str | os.PathLike | None | _UserCache
+
+
+def default_cache_dir() -> str:
+    """The user cache folder: ``$GLACLIP_CACHE`` or ``$XDG_CACHE_HOME/glaclip``."""
+    if os.environ.get("GLACLIP_CACHE"):
+        return os.environ["GLACLIP_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "glaclip")
