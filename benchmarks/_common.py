@@ -38,26 +38,11 @@ def build_models(seed: int = 0, with_vfm: bool = True):
 def build_tiny_models(with_vfm: bool = True):
     """``(clip, vfm, tokenizer)``: the tests' tiny random models (``tests/golden/models.pt``:
     width 64, a few blocks), for quick runs of the benchmarks' code paths, not for figures."""
-    import open_clip
-    import timm
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from tests.golden import COMPACT_DIR, build_golden_modules
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden")
-    m = torch.load(os.path.join(path, "models.pt"), weights_only=True)
-    clip = open_clip.model.CLIP(
-        embed_dim=m["clip_embed_dim"],
-        vision_cfg=m["clip_vision_cfg"],
-        text_cfg=m["clip_text_cfg"],
-        quick_gelu=m["quick_gelu"],
-    )
-    clip.load_state_dict(m["clip_state_dict"])
-    vfm = None
-    if with_vfm:
-        vfm = timm.create_model(
-            m["vfm_timm_name"], pretrained=False, num_classes=0, **m["vfm_kwargs"]
-        )
-        vfm.load_state_dict(m["vfm_state_dict"])
-        vfm.eval()
-    return clip.eval(), vfm, open_clip.get_tokenizer("ViT-B-16")
+    clip, vfm, tok = build_golden_modules(torch.load(COMPACT_DIR / "models.pt", weights_only=True))
+    return clip, (vfm if with_vfm else None), tok
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> torch.Tensor:

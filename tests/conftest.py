@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.golden import COMPACT_DIR
+from tests.golden import COMPACT_DIR, build_golden_modules
 
 
 def pytest_configure(config) -> None:
@@ -49,20 +49,7 @@ def golden_models_state(golden_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def golden_modules(golden_models_state: dict):
     """``(clip_model, vfm_model, tokenizer)`` built exactly as the golden README says."""
-    import open_clip
-    import timm
-
-    m = golden_models_state
-    clip = open_clip.model.CLIP(
-        embed_dim=m["clip_embed_dim"],
-        vision_cfg=m["clip_vision_cfg"],
-        text_cfg=m["clip_text_cfg"],
-        quick_gelu=m["quick_gelu"],
-    )
-    clip.load_state_dict(m["clip_state_dict"])
-    vfm = timm.create_model(m["vfm_timm_name"], pretrained=False, num_classes=0, **m["vfm_kwargs"])
-    vfm.load_state_dict(m["vfm_state_dict"])
-    return clip.eval(), vfm.eval(), open_clip.get_tokenizer("ViT-B-16")
+    return build_golden_modules(golden_models_state)
 
 
 def write_tiny_checkpoints(state: dict, root: Path) -> dict[str, str]:

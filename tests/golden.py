@@ -98,6 +98,26 @@ def load_case(directory: Path, case: str) -> dict:
     return g
 
 
+def build_golden_modules(state: dict):
+    """``(clip_model, vfm_model, tokenizer)`` from ``models.pt``'s state, built exactly as the
+    golden README says (eval mode)."""
+    import open_clip
+    import timm
+
+    clip = open_clip.model.CLIP(
+        embed_dim=state["clip_embed_dim"],
+        vision_cfg=state["clip_vision_cfg"],
+        text_cfg=state["clip_text_cfg"],
+        quick_gelu=state["quick_gelu"],
+    )
+    clip.load_state_dict(state["clip_state_dict"])
+    vfm = timm.create_model(
+        state["vfm_timm_name"], pretrained=False, num_classes=0, **state["vfm_kwargs"]
+    )
+    vfm.load_state_dict(state["vfm_state_dict"])
+    return clip.eval(), vfm.eval(), open_clip.get_tokenizer("ViT-B-16")
+
+
 def reference_logits(logits: torch.Tensor, case: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ours, the reference's)`` at the pixels the case holds logits for: every pixel, or
     the compact set's subgrid."""

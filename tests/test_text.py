@@ -13,10 +13,10 @@ from PIL import Image
 import glaclip.text as text_module
 from glaclip import Segmenter
 from glaclip.cli import main
-from glaclip.text import default_cache_dir
 from glaclip.text import (
     TextEncoder,
     check_vocabulary,
+    default_cache_dir,
     expand_queries,
     openai_templates,
     parse_class_lines,
