@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -106,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     names = [line.split(";")[0].strip() for line in _common.class_lines("coco_stuff164k")]
     names = names[: args.classes]
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    from glaclip.device import describe_device
+
+    print(describe_device(torch.device("cpu")))
     for base in args.bases.split(","):
         run_base(base, (h, w), names, args.repeat)
     return 0
