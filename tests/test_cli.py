@@ -652,3 +652,24 @@ def test_warnings_are_one_line_without_the_source(
     err = capsys.readouterr().err
     assert "glaclip: warning: text embeddings are not cached on disk: cannot write" in err
     assert "warnings.warn" not in err and "RuntimeWarning" not in err
+
+
+def test_the_text_cache_goes_to_the_user_cache_folder(
+    tiny_checkpoints, tmp_path, monkeypatch
+) -> None:
+    """Without --text-cache the embeddings are cached in $GLACLIP_CACHE, not in a folder of the
+    working directory; --no-text-cache writes none."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_rgb(224, 224, 1)).save(photo)
+    user_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("GLACLIP_CACHE", str(user_cache))
+    monkeypatch.chdir(tmp_path)
+    base = ["segment", str(photo), "--classes", "sky, road", "--clip", tiny_checkpoints["clip"]]
+    base += ["--base", "clearclip", "--device", "cpu", "--no-progress"]
+    assert main(base + ["--out", "out"]) == 0
+    assert list(user_cache.glob("text-*.pt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photo.png", "user-cache"]
+    for f in user_cache.iterdir():
+        f.unlink()
+    assert main(base + ["--out", "out2", "--no-text-cache"]) == 0
+    assert not list(user_cache.glob("*"))

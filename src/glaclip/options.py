@@ -78,7 +78,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--text-cache",
-        default="default",
+        metavar="DIR",
         help="folder for cached text embeddings (default: $GLACLIP_CACHE or ~/.cache/glaclip)",
     )
     g.add_argument("--no-text-cache", action="store_true", help="do not cache text embeddings")
@@ -152,15 +152,16 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]) -> Segmenter:
     """A Segmenter from the model flags and flat settings."""
     from glaclip.device import describe_device
-    from glaclip.segmenter import Segmenter
+    from glaclip.segmenter import USER_CACHE, Segmenter
 
+    cache = USER_CACHE if args.text_cache is None else args.text_cache
     segmenter = Segmenter.from_pretrained(
         clip=args.clip,
         clip_pretrained=args.clip_pretrained,
         vfm=args.vfm,
         vfm_checkpoint=args.vfm_checkpoint,
         device=args.device,
-        text_cache_dir=None if args.no_text_cache else args.text_cache,
+        text_cache_dir=None if args.no_text_cache else cache,
         **settings,
     )
     if os.environ.get("RANK", "0") == "0":  # once under torchrun (each rank: its local GPU)
