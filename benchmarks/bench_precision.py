@@ -116,7 +116,6 @@ FAST_VARIANTS = [  # (name, settings over precision=P, half products of the meth
     ("+ fused VFM", {}, ()),
     ("+ weights_values", {}, ("weights_values",)),
     ("+ mask_keys", {}, ("weights_values", "mask_keys")),  # the fast mode
-    ("fast + stitch", {}, ("weights_values", "mask_keys", "stitch")),  # rejected
     ("fast + scores", {}, ("weights_values", "mask_keys", "scores")),  # rejected
 ]
 
@@ -174,7 +173,7 @@ def fast_mode_moves(precision: str, text_cache: str) -> None:
     fp32 = Segmenter(clip, vfm, tok, text_cache_dir=text_cache)
     print(
         f"precision {precision}; each row adds one part of the fast mode to the row above "
-        "(the fourth row is the fast mode); the last two add a product to the fast mode"
+        "(the fourth row is the fast mode); the last adds a product to the fast mode"
     )
     print(f"{'photo':>14} | {'variant':>18} | {'mask rows moved':>17} | {'cut rows moved':>16} | "
           f"{'labels changed':>20}")  # fmt: skip

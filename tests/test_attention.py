@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from glaclip import attention as att
 from glaclip import blocked as blk
+from glaclip.bases.proxyclip import window_attention
 from glaclip.config import GLAConfig
 
 N_WIN, N_TOK, DIM, HEADS, HEAD_DIM = 3, 40, 16, 2, 4
@@ -173,7 +174,7 @@ HAND_Z = torch.tensor(
 
 
 def test_sparse_softmax_cut_on_hand_made_matrix():
-    w = att._sparse_softmax(HAND_Z.clone())
+    w = att.sparse_softmax(HAND_Z.clone())
     e = math.exp
     row0 = torch.tensor([e(0.5), 0.0, e(0.0), e(1.0)], dtype=torch.float64)
     expected = torch.stack(
@@ -195,7 +196,7 @@ def test_softmax_times_values_matches_reference(rows, on_host):
     v = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = torch.empty(len(rows), 3, dtype=torch.float64)
     blk._softmax_times_values(z.clone(), v, out, on_host)
-    torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=0, atol=1e-14)
+    torch.testing.assert_close(out, att.sparse_softmax(z.clone()) @ v, rtol=0, atol=1e-14)
 
 
 def test_compact_rows_in_place():
@@ -216,7 +217,7 @@ def test_softmax_times_values_large_maximum_and_many_single_rows(on_host):
     v = torch.randn(30, 6, dtype=torch.float64, generator=g)
     out = torch.empty(40, 6, dtype=torch.float64)
     blk._softmax_times_values(z.clone(), v, out, on_host)
-    torch.testing.assert_close(out, att._sparse_softmax(z.clone()) @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, att.sparse_softmax(z.clone()) @ v, rtol=1e-12, atol=1e-12)
     assert torch.equal(out[0], v[z[0].argmax()])  # a single-entry row is its value, exactly
 
 
@@ -252,12 +253,14 @@ def test_auto_block_size_on_a_gpu():
     assert 2 * rows * n * 4 <= small // 4 and rows >= 1000
 
 
-def test_attend_routes_to_the_oracle_and_validates():
+def test_global_attention_routes_to_the_oracle_and_validates():
+    from glaclip.bases import SimilaritySpace
+
     k, v = clustered_keys(2, torch.float32), random_values(2, dtype=torch.float32)
-    keys = k.reshape(N_WIN, N_TOK, DIM) * 3.0  # attend normalises the keys
-    values = v.reshape(HEADS, N_WIN, N_TOK, HEAD_DIM)
-    dense = att.attend(keys, values, GLAConfig(attention_impl="dense"))
-    blocked = att.attend(keys, values, GLAConfig(block_size=25))
+    space = [SimilaritySpace(k.reshape(N_WIN, N_TOK, DIM) * 3.0)]  # the keys are normalised
+    values = v.permute(1, 0, 2).reshape(N_WIN, N_TOK, HEADS * HEAD_DIM)  # heads side by side
+    dense = att.global_attention(space, values, HEADS, GLAConfig(attention_impl="dense"))
+    blocked = att.global_attention(space, values, HEADS, GLAConfig(block_size=25))
     assert dense.shape == (N_WIN, N_TOK, HEADS * HEAD_DIM)
     torch.testing.assert_close(
         dense.reshape(-1, HEADS * HEAD_DIM), att.global_attention_dense(k, v, N_WIN, GLAConfig())
@@ -292,7 +295,7 @@ def _hand_expected(proxy: bool, token_norm: bool, v: torch.Tensor) -> torch.Tens
 def test_window_attention_on_a_hand_made_window(proxy, token_norm):
     values = torch.arange(12, dtype=torch.float64).reshape(HEADS, 1, 3, 2)  # heads x L x S x d
     cfg = GLAConfig(kv_extension=False, proxy_anchor=proxy, token_norm=token_norm)
-    out = att.window_attention(HAND_KEYS[None], values, cfg)[0]  # S x (heads * d)
+    out = window_attention(HAND_KEYS[None], values, cfg)[0]  # S x (heads * d)
     v = values[:, 0].permute(1, 0, 2).reshape(3, -1)  # token-major: v0, v1, v2
     torch.testing.assert_close(out, _hand_expected(proxy, token_norm, v), rtol=0, atol=1e-12)
 
@@ -305,14 +308,14 @@ def test_window_attention_alike_keys_average_and_windows_stay_apart():
     keys[:, :, 0] = 1.0
     values = random_values(4, n=8).reshape(HEADS, 2, 4, HEAD_DIM)
     cfg = GLAConfig(kv_extension=False, proxy_anchor=False)
-    out = att.window_attention(keys, values, cfg, chunk=1)
+    out = window_attention(keys, values, cfg, chunk=1)
     means = values.mean(dim=2).permute(1, 0, 2).reshape(2, 1, -1)  # L x 1 x (heads * d)
     torch.testing.assert_close(out, means.expand_as(out), rtol=0, atol=1e-12)
     keys = clustered_keys(3).reshape(N_WIN, N_TOK, DIM)
     values = random_values(3).reshape(HEADS, N_WIN, N_TOK, HEAD_DIM)
-    whole = att.window_attention(keys, values, GLAConfig(kv_extension=False), chunk=16)
+    whole = window_attention(keys, values, GLAConfig(kv_extension=False), chunk=16)
     for i in range(N_WIN):
-        alone = att.window_attention(keys[i : i + 1], values[:, i : i + 1], GLAConfig())
+        alone = window_attention(keys[i : i + 1], values[:, i : i + 1], GLAConfig())
         torch.testing.assert_close(whole[i : i + 1], alone, rtol=0, atol=1e-12)
 
 
@@ -369,7 +372,8 @@ def test_initial_proxies_equal_the_literal_mask_mean(height, width):
     windows = window_grid(height, width, 224, 112)
     g = torch.Generator().manual_seed(height + width)
     q = torch.randn(len(windows), 14, 14, 8, generator=g, dtype=torch.float64)
-    positions = token_positions(windows, (14, 14), (16, 16))
+    ys, xs = token_positions(windows, (14, 14), (16, 16))
+    positions = ys * width + xs
     got = att.initial_proxies(q, *token_groups(windows, (14, 14), (16, 16)))
     ref = _literal_initial_proxies(q, positions)
     torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
@@ -380,10 +384,10 @@ def test_token_positions_by_hand():
     from glaclip.windows import Window
 
     wins = [Window(0, 32, 0, 32), Window(0, 32, 20, 52)]  # second window 20 px to the right
-    pos = token_positions(wins, (2, 2), (16, 16))
-    width = 52
-    assert pos[0].tolist() == [[0, 16], [16 * width, 16 * width + 16]]
-    assert pos[1].tolist() == [[20, 36], [16 * width + 20, 16 * width + 36]]
+    ys, xs = token_positions(wins, (2, 2), (16, 16))
+    assert ys[0].tolist() == ys[1].tolist() == [[0, 0], [16, 16]]
+    assert xs[0].tolist() == [[0, 16], [0, 16]]
+    assert xs[1].tolist() == [[20, 36], [20, 36]]
 
 
 def _initial_for(k, seed):
@@ -446,11 +450,13 @@ def test_empty_masks_give_zero_rows(on_host):
 
 
 def test_query_attention_equals_scaled_dot_product_attention():
+    from glaclip.bases.base import softmax_attention
+
     g = torch.Generator().manual_seed(8)
     q = torch.randn(5, 17, 12, generator=g)
     v = torch.randn(5, 17, 12, generator=g)
     heads = 3
-    out = att.query_attention(q, v, heads, chunk=2)
+    out = softmax_attention([(q, None)], v, heads, chunk=2)
     qh = q.reshape(5, 17, heads, 4).transpose(1, 2)
     vh = v.reshape(5, 17, heads, 4).transpose(1, 2)
     ref = F.scaled_dot_product_attention(qh, qh, vh).transpose(1, 2).reshape(5, 17, 12)

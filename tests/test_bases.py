@@ -44,7 +44,7 @@ def test_proxyclip_without_vfm_is_a_clear_error(golden_modules) -> None:
     with pytest.raises(ValueError, match="vision foundation model"):
         seg.with_settings(base="proxyclip")
     with pytest.raises(ValueError, match="base must be one of"):
-        Segmenter.from_modules(clip, None, tok, base="sclip")
+        Segmenter.from_modules(clip, None, tok, base="segformer")
 
 
 def test_with_settings_switches_the_base(golden_modules) -> None:

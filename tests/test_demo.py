@@ -73,9 +73,14 @@ def test_default_method_follows_the_flags(golden_modules) -> None:
     assert demo.available_methods(clip_only) == [
         "GLA-CLIP on ClearCLIP (no VFM)",
         "ClearCLIP per window (no VFM)",
+        "GLA-CLIP on SCLIP (no VFM)",
+        "SCLIP per window (no VFM)",
+        "GLA-CLIP on NACLIP (no VFM)",
+        "NACLIP per window (no VFM)",
+        "MaskCLIP per window (no VFM)",  # no attention to extend: per window only
     ]
     assert demo.default_method(clip_only) == "ClearCLIP per window (no VFM)"
-    assert len(demo.available_methods(baseline)) == 4
+    assert len(demo.available_methods(baseline)) == 9
 
 
 def test_request_writes_what_segment_files_writes(segmenter, photo, tmp_path) -> None:
@@ -215,7 +220,7 @@ def stage_calls(monkeypatch) -> dict[str, int]:
 
     calls: dict[str, int] = {}
     for cls in REGISTRY.values():
-        for name in ("features", "attend"):
+        for name in ("features", "window_attention", "similarity_spaces"):
             _count_calls(monkeypatch, cls, name, calls)
     return calls
 
@@ -236,7 +241,8 @@ def test_new_classes_on_the_same_image_reuse_its_features(
 
     first = request("sky, tree; bush", 0.0, 1, store)
     computed = dict(stage_calls)  # a batch of windows per features call, one attention
-    assert computed["ProxyCLIPBase.features"] > 0 and computed["ProxyCLIPBase.attend"] == 1
+    assert computed["ProxyCLIPBase.features"] > 0
+    assert computed["ProxyCLIPBase.similarity_spaces"] == 1
     assert not first.features_reused and first.features_kept == store.nbytes > 0
     assert {"vfm", "clip", "attention", "text", "stitch", "labels"} <= set(first.result.timings)
     copy = tmp_path / "same photo, other name.png"
@@ -278,7 +284,8 @@ def test_the_store_keeps_one_image_per_method_and_drops_it_for_another(
     assert store.nbytes == per_window.features_kept == 2 * gla.features_kept
     assert request(photo, "ProxyCLIP per window", 3).features_reused
     assert request(photo, "GLA-CLIP", 4).features_reused
-    assert stage_calls["ProxyCLIPBase.attend"] == 2
+    assert stage_calls["ProxyCLIPBase.similarity_spaces"] == 1
+    assert stage_calls["ProxyCLIPBase.window_attention"] == 1
     changed = request(other, "GLA-CLIP", 5)  # another image: the photo's features are dropped
     assert not changed.features_reused and store.nbytes == changed.features_kept
     assert not request(photo, "GLA-CLIP", 6).features_reused
@@ -391,7 +398,7 @@ def _page(app) -> tuple[str, list[str]]:
 def test_demo_command_builds_the_page_for_every_base(base, tiny_model_args, monkeypatch) -> None:
     """``glaclip demo --base B`` loads the models and builds its page (served elsewhere): with
     ``--base clearclip`` and no ``--vfm`` it offers the ClearCLIP methods and says there is no
-    VFM; with the default base, all four methods and the VFM's name."""
+    VFM; with the default base, every method and the VFM's name."""
     built = {}
 
     def build_instead_of_serving(segmenter, models, **kwargs):
@@ -405,6 +412,9 @@ def test_demo_command_builds_the_page_for_every_base(base, tiny_model_args, monk
     assert main(["demo", "--base", base, *args]) == 0
     heading, methods = built["page"]
     clear = ["GLA-CLIP on ClearCLIP (no VFM)", "ClearCLIP per window (no VFM)"]
+    clear += ["GLA-CLIP on SCLIP (no VFM)", "SCLIP per window (no VFM)"]
+    clear += ["GLA-CLIP on NACLIP (no VFM)", "NACLIP per window (no VFM)"]
+    clear += ["MaskCLIP per window (no VFM)"]
     if base == "clearclip":
         assert "no VFM" in heading
         assert methods == clear

@@ -269,7 +269,8 @@ def test_features_answer_new_classes_without_the_backbones(golden_modules, monke
     seg = Segmenter.from_modules(clip, vfm, tok, text_cache_dir=None)
     rgb = _image(300, 420, seed=4)
     calls = {"features": 0, "attend": 0}
-    real_features, real_attend = bases.ProxyCLIPBase.features, bases.ProxyCLIPBase.attend
+    real_features = bases.ProxyCLIPBase.features
+    real_attend = bases.ProxyCLIPBase.similarity_spaces
 
     def counted(name, real):
         def wrapper(*args, **kwargs):
@@ -279,7 +280,7 @@ def test_features_answer_new_classes_without_the_backbones(golden_modules, monke
         return wrapper
 
     monkeypatch.setattr(bases.ProxyCLIPBase, "features", counted("features", real_features))
-    monkeypatch.setattr(bases.ProxyCLIPBase, "attend", counted("attend", real_attend))
+    monkeypatch.setattr(bases.ProxyCLIPBase, "similarity_spaces", counted("attend", real_attend))
     features = seg.encode_image(rgb)
     assert calls == {"features": 2, "attend": 1}  # 2 x 4 windows in batches of 4, one attention
     assert features.input_size == (336, 470) and features.image_size == (300, 420)

@@ -1,82 +1,98 @@
-"""The method's attention (SPEC sections 5-7, 10 and 12): pure tensors in, tensors out.
+"""GLA's global attention (SPEC sections 5-7 and 12.2): pure tensors in, tensors out.
 
-``attend`` is the entry point. The KV-extended attention has two implementations that compute
-the same thing:
+``global_attention`` is the entry point: it runs in each similarity space a base method gives
+(``bases.SimilaritySpace``) and sums the outputs. It has two implementations that compute the
+same thing:
 
 * ``global_attention_dense`` (here) follows the SPEC line by line and holds several ``N x N``
   matrices. It is the readable oracle that the tests compare against (``attention_impl="dense"``).
 * ``blocked.global_attention_blocked`` (the default) never holds an ``N x N`` matrix: the extra
   memory is ``O(block x N)`` (see ``glaclip.blocked``).
 
-``window_attention`` is the per-window baseline of the ProxyCLIP base (KV extension off),
-``query_attention`` that of the ClearCLIP base (SPEC 12.1), and ``initial_proxies`` the
-ClearCLIP base's starting point of the proxy iteration (SPEC 12.2), in ``O(N x D)``. The
-normalisation (``normalisation``, ``dynamic_beta``, ``needs_mask``) is shared by both
-implementations.
+A space's optional bias (NACLIP's neighbourhood, glaclip's construction) is added to the
+normalised logits ``Z`` before the cut at ``min(rowmax, 0)`` and the softmax. The per-window
+methods (GLA off) are each base's own (``glaclip.bases``). ``initial_proxies`` is the starting
+point of the proxy iteration of the bases that attend in CLIP's own features (SPEC 12.2), in
+``O(N x D)``. The normalisation (``normalisation``, ``dynamic_beta``, ``needs_mask``) is
+shared by both implementations.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from glaclip.config import GLAConfig
 
+if TYPE_CHECKING:
+    from glaclip.bases.base import GaussianBias, SimilaritySpace
+
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 EPS = 1e-6  # added to the mask's row count before dividing (the reference's)
 
 
-def attend(
-    keys: torch.Tensor,
+def global_attention(
+    spaces: Sequence[SimilaritySpace],
     values: torch.Tensor,
+    heads: int,
     cfg: GLAConfig,
-    initial: torch.Tensor | None = None,
     progress: Progress | None = None,
     half: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Attention output of every token of every window.
+    """GLA's global attention of every token of every window (SPEC 5-7, 12.2), in each of a
+    base method's similarity spaces, the outputs summed.
 
     Args:
-        keys: ``L x S x Ck`` key tokens per window (any scale; rows are L2-normalised here).
-        values: ``heads x L x S x d_h`` CLIP values per window, on the keys' grid.
+        spaces: the base's similarity spaces (``bases.SimilaritySpace``): ``keys`` ``L x S x C``
+            (any scale; rows are L2-normalised here), ``initial`` ``N x C`` proxies the
+            iteration starts from (None: the keys), ``bias`` an additive bias on the
+            normalised logits (None: none).
+        values: ``L x S x D`` CLIP values per window on the keys' grid, heads side by side.
+        heads: the number of heads (``D = heads * d_h``).
         cfg: the method's switches and numbers; ``cfg.attention_impl`` picks the blocked
             implementation (default) or the dense oracle.
-        initial: ``N x Ck`` initial proxies (any scale; ``N = L * S``) from which the proxy
-            iteration starts (SPEC 12.2); None starts from the keys themselves (SPEC 5).
-            Used with the KV extension only.
-        progress: called as ``progress("attention", rows_done, N)`` by the blocked
+        progress: called as ``progress("attention", rows_done, N x spaces)`` by the blocked
             implementation after each block of query rows.
         half: ``torch.bfloat16`` or ``torch.float16``: the blocked implementation's products
             named in ``blocked.HALF_PRODUCTS`` run in that precision (the fast mode); None: float32.
 
     Returns:
-        ``L x S x (heads * d_h)`` float32 attention output, heads concatenated (head-major).
+        ``L x S x D`` float32 attention output, heads concatenated (head-major).
     """
-    n_win, n_tok, _ = keys.shape
-    heads, _, _, d_h = values.shape
-    keys = F.normalize(keys.float(), dim=-1)
-    values = values.float()
-    if not cfg.kv_extension:
-        return window_attention(keys, values, cfg)
-    n = n_win * n_tok
-    k = keys.reshape(n, -1)
-    if initial is not None:
-        initial = F.normalize(initial.float().reshape(n, -1), dim=-1)
-    # one copy, token-major (N x heads*d_h); v is a heads x N x d_h view of it
-    v = values.permute(1, 2, 0, 3).reshape(n, heads * d_h).view(n, heads, d_h).permute(1, 0, 2)
-    if cfg.attention_impl == "dense":
-        out = global_attention_dense(k, v, n_win, cfg, initial)
-    else:
-        from glaclip.blocked import global_attention_blocked  # it imports this module
+    from glaclip.blocked import global_attention_blocked  # it imports this module
 
-        out = global_attention_blocked(
-            k, v, n_win, cfg, initial=initial, progress=progress, half=half
-        )
-    return out.reshape(n_win, n_tok, heads * d_h)
+    n_win, n_tok, d = values.shape
+    n = n_win * n_tok
+    # one token-major copy (N x D); v is a heads x N x d_h view of it
+    v = values.float().reshape(n, d).view(n, heads, d // heads).permute(1, 0, 2)
+    out = None
+    for i, space in enumerate(spaces):
+        k = F.normalize(space.keys.float(), dim=-1).reshape(n, -1)
+        initial = space.initial
+        if initial is not None:
+            initial = F.normalize(initial.float().reshape(n, -1), dim=-1)
+        if cfg.attention_impl == "dense":
+            part = global_attention_dense(k, v, n_win, cfg, initial, space.bias)
+        else:
+            report = _offset_progress(progress, i * n, n * len(spaces))
+            part = global_attention_blocked(
+                k, v, n_win, cfg, initial=initial, progress=report, half=half, bias=space.bias
+            )
+        out = part if out is None else out.add_(part)
+    assert out is not None, "a base with GLA has at least one similarity space"
+    return out.reshape(n_win, n_tok, d)
+
+
+def _offset_progress(progress: Progress | None, offset: int, total: int) -> Progress | None:
+    """``progress`` for one of several passes: rows counted from ``offset`` of ``total``."""
+    if progress is None:
+        return None
+    return lambda stage, done, _n: progress(stage, offset + done, total)
 
 
 def needs_mask(cfg: GLAConfig) -> bool:
@@ -102,7 +118,7 @@ def dynamic_beta(n_windows: int, beta_alpha: float) -> float:
     return 1.0 + beta_alpha * math.log(1.0 + n_windows)
 
 
-def _sparse_softmax(z: torch.Tensor) -> torch.Tensor:
+def sparse_softmax(z: torch.Tensor) -> torch.Tensor:
     """SPEC 7: entries below ``min(rowmax, 0)`` become ``-inf``; softmax over the last axis.
 
     Works in place on ``z`` (which the caller no longer needs).
@@ -122,6 +138,7 @@ def global_attention_dense(
     n_windows: int,
     cfg: GLAConfig,
     initial: torch.Tensor | None = None,
+    bias: GaussianBias | None = None,
 ) -> torch.Tensor:
     """SPEC 5-7 (and 12.2) as written, with ``N x N`` matrices. The readable oracle.
 
@@ -130,6 +147,8 @@ def global_attention_dense(
         v: ``heads x N x d_h`` values.
         n_windows: ``L`` (``N = L * S``).
         initial: ``N x Ck`` L2-normalised initial proxies, or None for the keys themselves.
+        bias: added to the normalised logits ``Z`` before the cut and the softmax (NACLIP's
+            neighbourhood, glaclip's construction), or None.
 
     Returns:
         ``N x (heads * d_h)``. A row whose last mask is empty (possible only with initial
@@ -146,7 +165,9 @@ def global_attention_dense(
         count = m.sum(dim=1).to(k.dtype) if m is not None else None
         beta, gamma = normalisation(cfg, n_windows, count)
     z = (scores - beta * mu) * gamma
-    w = torch.nan_to_num(_sparse_softmax(z), nan=0.0)
+    if bias is not None:
+        bias.add_to(z, 0)
+    w = torch.nan_to_num(sparse_softmax(z), nan=0.0)
     out = torch.einsum("nm,hmd->hnd", w, v)
     return out.permute(1, 0, 2).reshape(n, -1)
 
@@ -178,48 +199,7 @@ def dense_proxy_iteration(
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-window baseline (ProxyCLIP; SPEC 10)
-
-
-def window_attention(
-    keys: torch.Tensor, values: torch.Tensor, cfg: GLAConfig, chunk: int = 16
-) -> torch.Tensor:
-    """Steps 5-7 inside each window alone, with fixed beta and gamma.
-
-    Args:
-        keys: ``L x S x Ck`` L2-normalised keys.
-        values: ``heads x L x S x d_h``.
-        chunk: windows computed together (batched products; memory ``O(chunk x S x S)``).
-
-    Returns:
-        ``L x S x (heads * d_h)``.
-    """
-    n_win, n_tok, _ = keys.shape
-    heads, _, _, d_h = values.shape
-    v = values.permute(1, 2, 0, 3).reshape(n_win, n_tok, heads * d_h)
-    out = keys.new_empty(n_win, n_tok, heads * d_h)
-    for start in range(0, n_win, chunk):
-        part = slice(start, min(n_win, start + chunk))
-        k = keys[part]
-        kt = k.transpose(1, 2)
-        a = k @ kt
-        if cfg.proxy_anchor and cfg.proxy_iters > 0:
-            for _ in range(cfg.proxy_iters):
-                mf = (a > cfg.proxy_threshold).to(k.dtype)
-                p = F.normalize((mf @ k) / (mf.sum(dim=-1, keepdim=True) + EPS), dim=-1)
-                a = p @ kt
-            a = p @ p.transpose(1, 2)
-        if cfg.token_norm:
-            mu = a.mean(dim=-1, keepdim=True)
-        else:
-            mu = a.mean(dim=(-2, -1), keepdim=True)
-        z = (a - cfg.fixed_beta * mu) * cfg.fixed_gamma
-        out[part] = _sparse_softmax(z) @ v[part]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# ClearCLIP base (SPEC 12)
+# Initial proxies of CLIP's own features (SPEC 12.2)
 
 
 def initial_proxies(q: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -259,27 +239,3 @@ def initial_proxies(q: torch.Tensor, group: torch.Tensor, n_groups: int) -> torc
     total = same_sum[group] + box.reshape(-1, d)
     count = same_count[group] + box_count.expand(n_win, gh, gw).reshape(-1)
     return total / count.unsqueeze(1)
-
-
-def query_attention(q: torch.Tensor, v: torch.Tensor, heads: int, chunk: int = 16) -> torch.Tensor:
-    """SPEC 12.1, ClearCLIP inside each window: ``softmax(q q^T / sqrt(d_h)) v`` per head.
-
-    Args:
-        q, v: ``L x T x D`` queries and values of every token of each window (class token
-            included), heads side by side (``D = heads * d_h``).
-        heads: the number of heads.
-        chunk: windows computed together (memory ``O(chunk x heads x T x T)``).
-
-    Returns:
-        ``L x T x D`` float32, heads concatenated.
-    """
-    n_win, n_tok, d = q.shape
-    d_h = d // heads
-    out = q.new_empty(n_win, n_tok, d, dtype=torch.float32)
-    for start in range(0, n_win, chunk):
-        part = slice(start, min(n_win, start + chunk))
-        qh = q[part].float().reshape(-1, n_tok, heads, d_h).transpose(1, 2)
-        vh = v[part].float().reshape(-1, n_tok, heads, d_h).transpose(1, 2)
-        w = torch.softmax((qh @ qh.transpose(-1, -2)) * d_h**-0.5, dim=-1)
-        out[part] = (w @ vh).transpose(1, 2).reshape(-1, n_tok, d)
-    return out

@@ -33,6 +33,8 @@ The fast mode (``half``): the products named in ``HALF_PRODUCTS`` run in half pr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +42,9 @@ from glaclip.anchors import SPARSE_MASK_DENSITY, Workspace, compute_anchors
 from glaclip.attention import Progress, normalisation
 from glaclip.config import GLAConfig
 from glaclip.device import free_memory, half_mm, host_decisions
+
+if TYPE_CHECKING:
+    from glaclip.bases.base import GaussianBias
 
 # Query-row blocks are sized so that one ``block x N`` float32 buffer has about this many bytes
 # (larger blocks gain nothing on the CPU and cost cache misses in the element-wise passes).
@@ -53,12 +58,11 @@ _DROPPED_EXP = 1e-30
 
 
 # The method's products that run in half precision when one is asked for (the fast mode:
-# ``precision="bf16"``/``"fp16"``): the blocked attention's similarity scores, mask-times-keys
-# sums and weights-times-values product, and the stitching's projection and cosine logits
-# (``Segmenter``). Measured in BENCHMARKS.md ("Fast mode"): which of them move how many
-# threshold decisions and labels. The thresholds, the softmax and every normalisation stay in
-# float32 whatever this holds.
-PRODUCTS = ("scores", "mask_keys", "weights_values", "stitch")
+# ``precision="bf16"``/``"fp16"``): the blocked attention's mask-times-keys sums and
+# weights-times-values product. Measured in BENCHMARKS.md ("Fast mode"): which of the products
+# move how many threshold decisions and labels (the similarity scores in half precision move
+# too many). The thresholds, the softmax and every normalisation stay in float32.
+PRODUCTS = ("scores", "mask_keys", "weights_values")
 HALF_PRODUCTS: frozenset[str] = frozenset({"weights_values", "mask_keys"})
 
 
@@ -105,6 +109,7 @@ def global_attention_blocked(
     decide_on_host: bool | None = None,
     half: torch.dtype | None = None,
     half_products: frozenset[str] | None = None,
+    bias: GaussianBias | None = None,
 ) -> torch.Tensor:
     """Same result as ``global_attention_dense`` with ``O(block x N)`` extra memory.
 
@@ -124,6 +129,8 @@ def global_attention_blocked(
             ``HALF_PRODUCTS``; of ``PRODUCTS``: the similarity scores, the mask-times-keys sums,
             the weights-times-values product), or None for float32 throughout. Thresholds,
             softmax and normalisations stay in float32.
+        bias: added to each block's normalised logits before the cut and the softmax (in
+            chunks of 64 rows: ``O(64 x N)`` more memory), or None.
 
     Returns:
         ``N x (heads * d_h)`` float32; zero rows where the last mask is empty (see
@@ -145,6 +152,8 @@ def global_attention_blocked(
         rows = slice(start, min(n, start + block))
         x = work.scores(anchors[rows])  # B x N similarities
         empty = _normalise_block(work, x, cfg, n_windows, count, rows, global_mu)
+        if bias is not None:
+            bias.add_to(x, start)
         zh = work.half_view(*x.shape) if v_half is not None else None
         _softmax_times_values(x, v_flat, out[rows], decide_on_host, v_half, zh)
         if empty is not None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from glaclip.registry import REGISTRY, base_class, setting_owner
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
@@ -19,6 +22,12 @@ def check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def check_real(
@@ -50,10 +59,12 @@ class WindowConfig:
     stride: int = 112  # step between windows
     short_side: int = 336  # protocol resize: target short side
     max_long_side: int = 2048  # protocol resize: cap on the long side
+    whole_image: bool = False  # one pass over the whole image, no windows (NACLIP's VOC protocol)
 
     def __post_init__(self) -> None:
         for name in ("crop", "stride", "short_side", "max_long_side"):
             check_int(name, getattr(self, name), 1)
+        check_bool("whole_image", self.whole_image)
         if self.stride > self.crop:
             raise ValueError(
                 f"stride {self.stride} is larger than crop {self.crop}: the windows would leave "
@@ -98,7 +109,7 @@ def check_vocabulary_size(num_classes: int, background_index: int) -> None:
 class GLAConfig:
     """The base method and the global-local attention (SPEC 5-7, 10, 12)."""
 
-    base: str = "proxyclip"  # where the keys come from: proxyclip (VFM) | clearclip (CLIP q)
+    base: str = "proxyclip"  # the base method (glaclip.registry): proxyclip, clearclip, ...
     kv_extension: bool = True  # attend across all windows (off: the base's per-window method)
     proxy_anchor: bool = True  # proxy anchors (SPEC 5)
     dynamic_norm: bool = True  # dynamic beta and gamma (SPEC 6)
@@ -114,10 +125,7 @@ class GLAConfig:
     attention_impl: str = "blocked"  # blocked (exact, O(block x N) memory) | dense (N x N oracle)
 
     def __post_init__(self) -> None:
-        from glaclip.bases import REGISTRY  # the base methods (bases imports this module)
-
-        if self.base not in REGISTRY:
-            raise ValueError(f"base must be one of {', '.join(REGISTRY)}, got {self.base!r}")
+        base_class(self.base)  # a registered base method (the message lists them)
         check_int("proxy_iters", self.proxy_iters, 0)
         check_real("proxy_threshold", self.proxy_threshold, at_least=0.0, at_most=1.0)
         for name in ("beta_alpha", "gamma_alpha", "fixed_beta", "fixed_gamma"):
@@ -132,16 +140,36 @@ class GLAConfig:
 
 @dataclass(frozen=True)
 class PostConfig:
-    """Logits to labels (SPEC 9.4)."""
+    """Logits to labels (SPEC 9.3-9.4, 13-14): PAMR, softmax, area and probability thresholds."""
 
     logit_scale: float = 40.0  # softmax temperature applied to cosine logits
     prob_threshold: float = 0.0  # below this winning probability a pixel gets background_index
     background_index: int = 0  # label for low-confidence pixels (0: the first class)
+    # SCLIP's area threshold: a class (other than background_index) whose share of the argmax
+    # is not above this is dropped before the labels are taken; 0: off
+    area_threshold: float = 0.0
+    pamr_steps: int = 0  # pixel-adaptive mask refinement (NACLIP's PAMR) steps; 0: off
+    pamr_dilations: tuple[int, ...] = (8, 16)  # PAMR's neighbourhood dilations in pixels
 
     def __post_init__(self) -> None:
         check_real("logit_scale", self.logit_scale, above=0.0)
         check_real("prob_threshold", self.prob_threshold, at_least=0.0, at_most=1.0)
         check_int("background_index", self.background_index, 0)
+        check_real("area_threshold", self.area_threshold, at_least=0.0)
+        if self.area_threshold >= 1.0:
+            raise ValueError(
+                f"area_threshold must be below 1 (a share of the image), got "
+                f"{self.area_threshold:g}; SCLIP's is 0.1"
+            )
+        check_int("pamr_steps", self.pamr_steps, 0)
+        dilations = self.pamr_dilations
+        if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Sequence):
+            raise ValueError(f"pamr_dilations must be a list of whole numbers, got {dilations!r}")
+        if not dilations:
+            raise ValueError("pamr_dilations must name at least one dilation, e.g. (8, 16)")
+        for d in dilations:
+            check_int("each of pamr_dilations", d, 1)
+        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in dilations))
 
 
 @dataclass(frozen=True)
@@ -177,25 +205,58 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Settings:
-    """All settings of a Segmenter."""
+    """All settings of a Segmenter.
+
+    ``method`` holds the settings of the base method itself (``BaseMethod.settings_class``, a
+    frozen dataclass registered with the base: NACLIP's ``gaussian_std``, ...), or None for a
+    base that has none.
+    """
 
     window: WindowConfig = field(default_factory=WindowConfig)
     gla: GLAConfig = field(default_factory=GLAConfig)
     post: PostConfig = field(default_factory=PostConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    method: Any = None
 
     def __post_init__(self) -> None:
+        cls = base_class(self.gla.base)
+        own = cls.settings_class
+        if self.method is None and own is not None:
+            object.__setattr__(self, "method", own())
+        elif (
+            own is None
+            and self.method is not None
+            or (own is not None and not isinstance(self.method, own))
+        ):
+            raise ValueError(
+                f"method settings {self.method!r} do not belong to base {self.gla.base!r}"
+            )
+        cls.check_settings(self)
         reasons = slow_reasons(self)
         if reasons and not self.runtime.allow_slow:
             raise ValueError(
                 "; ".join(reasons) + ". Pass allow_slow=True (--allow-slow) to run it anyway"
             )
 
+    def parts(self) -> dict[str, Any]:
+        """The settings' parts by name (``window``, ``gla``, ``post``, ``runtime``, and
+        ``method`` where the base has settings of its own)."""
+        parts = {name: getattr(self, name) for name in _PARTS}
+        if self.method is not None:
+            parts["method"] = self.method
+        return parts
+
+    def feature_parts(self) -> dict[str, Any]:
+        """The parts that shape an image's features (``Segmenter.encode_image``): every part
+        but the post-processing, which only turns the features into labels."""
+        return {name: part for name, part in self.parts().items() if name != "post"}
+
     def to_dict(self) -> dict[str, Any]:
-        """Flat ``{name: value}`` of every setting (for result files)."""
+        """Flat ``{name: value}`` of every setting (for result files; tuples as lists)."""
         out: dict[str, Any] = {}
-        for part in (self.window, self.gla, self.post, self.runtime):
-            out.update(dataclasses.asdict(part))
+        for part in self.parts().values():
+            for name, value in dataclasses.asdict(part).items():
+                out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     def replace(self, **kwargs: Any) -> Settings:
@@ -249,30 +310,56 @@ _PARTS = {"window": WindowConfig, "gla": GLAConfig, "post": PostConfig, "runtime
 
 
 def setting_names() -> list[str]:
-    """Every flat setting name accepted by ``settings_from_kwargs``."""
-    return [f.name for cls in _PARTS.values() for f in dataclasses.fields(cls)]
+    """Every flat setting name accepted by ``settings_from_kwargs`` (the base methods' own
+    settings included)."""
+    names = [f.name for cls in _PARTS.values() for f in dataclasses.fields(cls)]
+    for cls in REGISTRY.values():
+        if cls.settings_class is not None:
+            names += [f.name for f in dataclasses.fields(cls.settings_class) if f.name not in names]
+    return names
 
 
 def settings_from_kwargs(start: Settings | None = None, /, **kwargs: Any) -> Settings:
     """Build ``Settings`` from flat keyword settings, starting from ``start`` (or the defaults).
 
+    A base method's own settings (``gaussian_std`` of ``base="naclip"``, ...) go to its
+    settings; they restart from that base's defaults when ``base`` changes.
+
     Raises:
         TypeError: for a name that is not a setting (the message lists the valid ones).
+        ValueError: for a setting of another base method than the one chosen.
     """
     start = start or Settings()
+    base = kwargs.get("base", start.gla.base)
+    own = base_class(base).settings_class
+    own_names = {f.name for f in dataclasses.fields(own)} if own is not None else set()
     updates: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
+    method_updates: dict[str, Any] = {}
     for name, value in kwargs.items():
         for part, cls in _PARTS.items():
             if name in {f.name for f in dataclasses.fields(cls)}:
                 updates[part][name] = value
                 break
         else:
+            if name in own_names:
+                method_updates[name] = value
+                continue
+            owners = setting_owner(name)
+            if owners:
+                raise ValueError(
+                    f"{name} is a setting of the base method {' and '.join(owners)}, not of "
+                    f"{base!r}: choose base={owners[0]!r} or leave {name} unset"
+                )
             raise TypeError(
                 f"unknown setting {name!r}; valid settings: {', '.join(setting_names())}"
             )
+    method = start.method if start.gla.base == base else None
+    if own is not None:
+        method = dataclasses.replace(method or own(), **method_updates)
     return Settings(
         **{
             part: dataclasses.replace(getattr(start, part), **changes)
             for part, changes in updates.items()
-        }
+        },
+        method=method,
     )

@@ -28,6 +28,7 @@ import torch
 from glaclip.config import Settings
 from glaclip.device import describe_device, strict_fp32
 from glaclip.imageio import protocol_size
+from glaclip.registry import base_class
 from glaclip.windows import network_canvas, window_grid
 
 VFM_FLOP_PER_WINDOW = 0.156e12  # DINO ViT-B/8 on a 224-pixel window
@@ -77,20 +78,28 @@ def measure_speed(device: torch.device, seconds: float = 0.3) -> DeviceSpeed:
 
 
 def image_flops(h0: int, w0: int, settings: Settings, vfm_patch: int = 8) -> tuple[float, float]:
-    """``(backbone FLOPs, attention FLOPs)`` of one ``h0 x w0`` image under ``settings``."""
+    """``(backbone FLOPs, attention FLOPs)`` of one ``h0 x w0`` image under ``settings``: the
+    base method says what it runs (a VFM or not; the similarity spaces of its attention)."""
     w = settings.window
+    base = base_class(settings.gla.base)
     h, wd = protocol_size(h0, w0, w.short_side, w.max_long_side)
-    canvas = network_canvas(h, wd, w.crop, w.max_long_side).size
-    windows = len(window_grid(canvas[0], canvas[1], w.crop, w.stride))
-    scale = (w.crop / 224) ** 2  # the backbones' work grows with the window's tokens
-    clearclip = settings.gla.base == "clearclip"
-    patch = 16 if clearclip else vfm_patch
-    per_window = (w.crop // patch) ** 2
-    backbones = windows * scale * (CLIP_FLOP_PER_WINDOW + (0 if clearclip else VFM_FLOP_PER_WINDOW))
-    if settings.gla.kv_extension:
-        pairs = float(windows * per_window) ** 2
+    if w.whole_image:
+        windows, scale = 1, h * wd / 224**2
     else:
-        pairs = windows * float(per_window) ** 2
+        canvas = (
+            (h, wd) if base.native_windows else network_canvas(h, wd, w.crop, w.max_long_side).size
+        )
+        windows = len(window_grid(canvas[0], canvas[1], w.crop, w.stride))
+        scale = (w.crop / 224) ** 2  # the backbones' work grows with the window's tokens
+    patch = vfm_patch if base.needs_vfm else 16
+    per_window = scale * (224 // patch) ** 2
+    vfm = VFM_FLOP_PER_WINDOW if base.needs_vfm else 0.0
+    backbones = windows * scale * (CLIP_FLOP_PER_WINDOW + vfm)
+    spaces = max(1, base.attention_spaces)  # a per-window map each (MaskCLIP: its values)
+    if settings.gla.kv_extension:
+        pairs = float(windows * per_window) ** 2 * spaces
+    else:
+        pairs = windows * float(per_window) ** 2 * spaces
     return backbones, pairs * ATTENTION_FLOP_PER_PAIR
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glaclip.config import GLAConfig
 from glaclip.data import (
     Sample,
     get_preset,
@@ -21,6 +22,7 @@ from glaclip.data import (
     preset_display_names,
 )
 from glaclip.outputs import OutputFolder, check_outside
+from glaclip.registry import base_class
 from glaclip.reports import results_stem
 from glaclip.text import read_class_file
 
@@ -171,11 +173,15 @@ def check_eval_outputs(
     OutputFolder(pred, flag).check([f"{s.id}.png" for s in task.samples], overwrite)
 
 
-def preset_settings(dataset: str) -> dict[str, Any]:
-    """The flat Segmenter settings a preset sets (short side, threshold, background index)."""
+def preset_settings(dataset: str, base: str | None = None) -> dict[str, Any]:
+    """The flat Segmenter settings of a preset's protocol (short side, threshold, background
+    index), with the base method's own protocol where it differs (``BaseMethod.protocol``:
+    SCLIP's logit scales and area threshold, NACLIP's whole-image VOC and PAMR, ...)."""
     preset = get_preset(dataset)
-    return {
+    out: dict[str, Any] = {
         "short_side": preset.short_side,
         "prob_threshold": preset.prob_threshold,
         "background_index": preset.background_index,
     }
+    out.update(base_class(base or GLAConfig.base).protocol(dataset))
+    return out

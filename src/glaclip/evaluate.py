@@ -333,7 +333,7 @@ def plan_eval(
     if save_predictions:
         check_output_folder(save_predictions, "--save-predictions")
     task = make_task(dataset, data_root, class_file, limit, reduce_zero_label)
-    settings = {**preset_settings(dataset), **settings}
+    settings = {**preset_settings(dataset, settings.get("base")), **settings}
     if not restart:  # refuse a foreign state before loading any model
         check_state(out, task, settings_from_kwargs(**settings).to_dict(), models)
     check_eval_outputs(out, task, save_predictions, overwrite)

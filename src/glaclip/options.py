@@ -7,13 +7,14 @@ they build. Every command that runs the model takes the same flags from here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
-from glaclip.bases import REGISTRY, needs_vfm
 from glaclip.config import PRECISIONS, GLAConfig
+from glaclip.registry import needs_vfm, registered
 
 if TYPE_CHECKING:
     from glaclip.segmenter import Segmenter
@@ -35,13 +36,30 @@ NUMBERS: list[tuple[str, type, str]] = [
     ("max_long_side", int, "cap on the resized long side (2048)"),
     ("window_batch", int, "windows per backbone batch (4)"),
     ("block_size", int, "query rows per attention block (default: from free memory)"),
+    (
+        "area_threshold",
+        float,
+        "drop the classes (background aside) whose share of the pixels' "
+        "best classes is not above this, before the labels are taken (SCLIP's rule; 0: off)",
+    ),
+    (
+        "pamr_steps",
+        int,
+        "refine the class maps along the image's edges with this many PAMR "
+        "steps (NACLIP's protocol: 10; 0: off)",
+    ),
 ]
 SWITCHES: list[tuple[str, str]] = [
-    ("kv_extension", "attend across all windows (off: per-window ProxyCLIP baseline)"),
+    ("kv_extension", "attend across all windows (GLA; off: the base method per window)"),
     ("proxy_anchor", "proxy anchors"),
     ("dynamic_norm", "dynamic beta and gamma"),
     ("dynamic_beta", "with --dynamic-norm: beta from the window count (off: --fixed-beta)"),
     ("token_norm", "per-token mean in the normalisation"),
+    (
+        "whole_image",
+        "one pass over the whole image, no windows (bases sclip, naclip, maskclip; "
+        "NACLIP's VOC protocol)",
+    ),
 ]
 
 
@@ -87,13 +105,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """Every switch and number of the method (unset flags keep the paper's or preset's value)."""
     g = p.add_argument_group("method (defaults: the paper's)")
+    bases = registered()
     g.add_argument(
         "--base",
-        choices=list(REGISTRY),
+        choices=list(bases),
         help="base method: "
         + "; ".join(
             f"{name} ({cls.title}, " + ("keys from the VFM" if cls.needs_vfm else "no VFM") + ")"
-            for name, cls in REGISTRY.items()
+            for name, cls in bases.items()
         )
         + f" (default: {GLAConfig.base})",
     )
@@ -101,6 +120,24 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
     for name, typ, help_text in NUMBERS:
         g.add_argument(flag(name), dest=name, type=typ, help=help_text)
+    g.add_argument(
+        "--pamr-dilations",
+        type=_dilations,
+        metavar="D,D",
+        help="PAMR's neighbourhood dilations in pixels (default: 8,16)",
+    )
+    for name, cls in bases.items():
+        if cls.settings_class is None:
+            continue
+        own = p.add_argument_group(f"{cls.title} (--base {name} only)")
+        for f in dataclasses.fields(cls.settings_class):
+            own.add_argument(
+                flag(f.name),
+                dest=f.name,
+                type=type(f.default),
+                choices=f.metadata.get("choices"),
+                help=f.metadata.get("help"),
+            )
     g.add_argument(
         "--prob-threshold",
         type=float,
@@ -136,8 +173,9 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flat settings given on the command line (unset flags are left out)."""
     out: dict[str, Any] = {}
-    names = [n for n, _ in SWITCHES] + [n for n, _, _ in NUMBERS]
+    names = [n for n, _ in SWITCHES] + [n for n, _, _ in NUMBERS] + base_setting_names()
     names += ["base", "prob_threshold", "background_index", "precision", "attention_impl"]
+    names += ["pamr_dilations"]
     for name in names:
         value = getattr(args, name, None)
         if value is not None:
@@ -147,6 +185,28 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "allow_slow", False):
         out["allow_slow"] = True
     return out
+
+
+def base_setting_names() -> list[str]:
+    """The flat names of every registered base method's own settings (their flags)."""
+    names: list[str] = []
+    for cls in registered().values():
+        if cls.settings_class is not None:
+            names += [f.name for f in dataclasses.fields(cls.settings_class)]
+    return list(dict.fromkeys(names))
+
+
+def _dilations(text: str) -> tuple[int, ...]:
+    """``--pamr-dilations 8,16`` -> ``(8, 16)``."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of whole numbers: give e.g. 8,16"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give dilations of at least 1, e.g. 8,16")
+    return values
 
 
 def build_segmenter(args: argparse.Namespace, settings: dict[str, Any]) -> Segmenter:

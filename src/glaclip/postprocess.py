@@ -20,17 +20,20 @@ float32 precision.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from glaclip import pamr
 from glaclip.config import PostConfig
 
 # Rows per band are chosen so that one band of logits (Q x rows x W0 float32) has about this
 # many bytes; the band's temporaries take a few times that.
 TILE_BYTES = 16 << 20
+# With PAMR, a band's class maps are refined a few classes at a time within about this many bytes.
+PAMR_TILE_BYTES = 128 << 20
 
 
 class AxisWeights(NamedTuple):
@@ -124,45 +127,142 @@ def labels_from_logits(
     output_size: tuple[int, int] | None = None,
     return_scores: bool = False,
     tile_bytes: int = TILE_BYTES,
+    image: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """SPEC 9.3-9.4: resize, softmax over query names, max over synonyms, argmax, threshold.
+    """SPEC 9.3-9.4 (and 13-14): resize, PAMR, softmax over query names, max over synonyms,
+    area threshold, argmax, probability threshold.
 
     Args:
         logits: ``Q x H x W`` float32 stitched logits.
         query_class: the class of each query name (``Q`` entries in ``[0, C)``).
         num_classes: ``C``.
-        post: the logit scale, probability threshold and background index.
+        post: the logit scale, thresholds, background index and PAMR settings.
         output_size: ``(H0, W0)``; default ``(H, W)``.
         return_scores: also return the ``C x H0 x W0`` class probabilities (memory
             ``C x H0 x W0`` floats; without it, only ``O(Q x band)``).
+        image: ``3 x H x W`` float32, the normalised image the logits belong to; needed with
+            PAMR (``post.pamr_steps``), which refines the logits at the output size along its
+            edges (the image resized there likewise).
 
     Returns:
         ``(labels H0 x W0 int32, scores or None)`` on the logits' device. Labels are class
         indices, or ``post.background_index`` where the winning probability is below
-        ``post.prob_threshold``.
+        ``post.prob_threshold``. With an area threshold, the classes whose share of the
+        pixels' best classes is not above it (the background class aside) are dropped before
+        the labels are taken (SCLIP's rule); ``scores`` are the probabilities before it.
     """
-    queries = logits.shape[0]
     out_h, out_w = output_size or tuple(logits.shape[-2:])
+    if post.pamr_steps and image is None:
+        raise ValueError("PAMR (pamr_steps) refines along the image: pass image=")
+    bands = _Bands(logits, query_class, num_classes, post, (out_h, out_w), tile_bytes, image)
+    keep = area_keep(bands, post) if post.area_threshold > 0 else None
+    bg = post.background_index
     labels = torch.empty(out_h, out_w, dtype=torch.int32, device=logits.device)
     scores = None
     if return_scores:
         scores = torch.empty(num_classes, out_h, out_w, device=logits.device)
-    groups: list[list[int]] | None = None
-    if len(set(query_class)) != len(query_class):
-        groups = [[] for _ in range(num_classes)]
-        for q, c in enumerate(query_class):
-            groups[c].append(q)
-    step = band_rows(queries, out_w, tile_bytes)
-    for r0 in range(0, out_h, step):
-        r1 = min(out_h, r0 + step)
-        band = resize_rows(logits, (out_h, out_w), r0, r1)
-        probs = torch.softmax(band * post.logit_scale, dim=0)
-        if groups is not None:
-            probs = torch.stack([probs[g].amax(dim=0) for g in groups])
-        best, index = probs.max(dim=0)
-        if post.prob_threshold > 0:
-            index.masked_fill_(best < post.prob_threshold, post.background_index)
-        labels[r0:r1] = index
+    for r0, r1, probs in bands:
         if scores is not None:
             scores[:, r0:r1] = probs
+        kept = probs if keep is None else probs * keep.view(-1, 1, 1)
+        best, index = kept.max(dim=0)
+        if post.prob_threshold > 0:
+            index.masked_fill_(best < post.prob_threshold, bg)
+        if keep is not None and not 0 <= bg < num_classes:  # every class of a pixel dropped
+            index.masked_fill_(best <= 0, bg)
+        labels[r0:r1] = index
     return labels, scores
+
+
+class _Bands:
+    """The class probabilities of an image, band of output rows by band (iterable, again and
+    again): ``(r0, r1, C x (r1 - r0) x W0 probabilities)``."""
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        query_class: Sequence[int],
+        num_classes: int,
+        post: PostConfig,
+        size: tuple[int, int],
+        tile_bytes: int,
+        image: torch.Tensor | None,
+    ) -> None:
+        self.logits, self.post, self.size, self.image = logits, post, size, image
+        self.groups: list[list[int]] | None = None
+        if len(set(query_class)) != len(query_class):
+            self.groups = [[] for _ in range(num_classes)]
+            for q, c in enumerate(query_class):
+                self.groups[c].append(q)
+        self.step = band_rows(logits.shape[0], size[1], tile_bytes)
+        if post.pamr_steps:  # bands at least as tall as their margin: at most 3x the work
+            self.step = max(self.step, pamr.halo(post.pamr_steps, post.pamr_dilations), 16)
+
+    def __iter__(self):
+        out_h = self.size[0]
+        for r0 in range(0, out_h, self.step):
+            r1 = min(out_h, r0 + self.step)
+            if self.post.pamr_steps:
+                band = self._refined(r0, r1)
+            else:
+                band = resize_rows(self.logits, self.size, r0, r1)
+            probs = torch.softmax(band * self.post.logit_scale, dim=0)
+            if self.groups is not None:
+                probs = torch.stack([probs[g].amax(dim=0) for g in self.groups])
+            yield r0, r1, probs
+
+    def _refined(self, r0: int, r1: int) -> torch.Tensor:
+        """Rows ``r0:r1`` of the logits at the output size after PAMR: computed on the rows
+        within ``pamr.halo`` of them (exact: PAMR is local), class by class in chunks."""
+        post, (out_h, _) = self.post, self.size
+        margin = pamr.halo(post.pamr_steps, post.pamr_dilations)
+        s0, s1 = max(0, r0 - margin), min(out_h, r1 + margin)
+        image = resize_rows(self.image, self.size, s0, s1)[None]
+        weights = _affinity_rows(image, post.pamr_dilations)
+        band = resize_rows(self.logits, self.size, s0, s1)
+        per_class = 2 * weights.numel() * 4  # a class's shifted copies and their product
+        chunk = max(1, PAMR_TILE_BYTES // per_class)
+        out = band.new_empty(band.shape[0], r1 - r0, band.shape[2])
+        for c0 in range(0, band.shape[0], chunk):
+            part = band[None, c0 : c0 + chunk]
+            refined = pamr.refine(part, weights, post.pamr_steps, post.pamr_dilations)
+            out[c0 : c0 + chunk] = refined[0, :, r0 - s0 : r1 - s0]
+        return out
+
+
+def _affinity_rows(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """``pamr.affinity`` of a ``1 x K x R x W`` image, computed in chunks of rows with the
+    margin each needs (exact: a pixel's weights read the image within ``max(dilations)``)."""
+    rows = image.shape[2]
+    margin = max(dilations)
+    step = max(margin, PAMR_TILE_BYTES // max(1, 4 * 48 * len(dilations) * image.shape[3]))
+    if step >= rows:
+        return pamr.affinity(image, dilations)
+    out = image.new_empty(1, 1, 8 * len(dilations), rows, image.shape[3])
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        lo, hi = max(0, a - margin), min(rows, b + margin)
+        out[:, :, :, a:b] = pamr.affinity(image[:, :, lo:hi], dilations)[:, :, :, a - lo : b - lo]
+    return out
+
+
+def area_keep(bands: Iterable[tuple[int, int, torch.Tensor]], post: PostConfig) -> torch.Tensor:
+    """SCLIP's area threshold: ``C`` float32, 1 for the classes kept, 0 for those dropped.
+
+    ``n_c`` is the number of pixels whose most probable class is ``c``; a class other than
+    the background (``post.background_index``, when it is a class) is kept iff
+    ``n_c > area_threshold x (sum of n_c over those classes)``; the background always is.
+    """
+    counts = None
+    for _, _, probs in bands:
+        best = probs.argmax(dim=0).reshape(-1)
+        n = torch.bincount(best, minlength=probs.shape[0])
+        counts = n if counts is None else counts + n
+    assert counts is not None
+    num_classes, bg = counts.shape[0], post.background_index
+    others = torch.ones(num_classes, dtype=torch.bool, device=counts.device)
+    if 0 <= bg < num_classes:
+        others[bg] = False
+    total = counts[others].sum().to(torch.float64)
+    keep = (counts.to(torch.float64) > post.area_threshold * total) | ~others
+    return keep.to(torch.float32)

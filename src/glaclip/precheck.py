@@ -81,7 +81,9 @@ def check_root(
         check = check_preset(preset, scans[key], num_classes, reduce)
         seconds = None
         if speed is not None and scans[key].sizes:
-            full = settings_from_kwargs(**{**preset_settings(name), **settings})
+            full = settings_from_kwargs(
+                **{**preset_settings(name, settings.get("base")), **settings}
+            )
             seconds = estimate_seconds(scans[key].sizes, full, speed, vfm_patch(vfm))
         out.append((preset, folder, check, seconds))
     return RootCheck(out)

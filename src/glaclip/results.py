@@ -30,6 +30,8 @@ class ImageFeatures:
         settings: the settings they were computed with; a Segmenter asking with other window,
             method or runtime settings refuses them (other post-processing is fine).
         timings: seconds per stage of the encoding.
+        image: ``3 x H x W`` float32, the normalised network input (the resized image), on the
+            device: the post-processing's PAMR refines the labels along its edges.
     """
 
     embeddings: torch.Tensor
@@ -40,16 +42,18 @@ class ImageFeatures:
     image_size: tuple[int, int]
     settings: Settings
     timings: dict[str, float] = field(default_factory=dict)
+    image: torch.Tensor | None = None
 
     def check_compatible(self, settings: Settings, device: torch.device) -> None:
         """Raise ValueError unless a Segmenter with ``settings`` on ``device`` may ask these
         features: the same window, method and runtime settings (other post-processing is
         fine), and the same device."""
+        mine, theirs = self.settings.feature_parts(), settings.feature_parts()
         differ = [
             name
-            for part in ("window", "gla", "runtime")
-            for name, value in vars(getattr(self.settings, part)).items()
-            if getattr(getattr(settings, part), name) != value
+            for part in dict.fromkeys([*mine, *theirs])
+            for name in dict.fromkeys(_fields(mine.get(part)) + _fields(theirs.get(part)))
+            if getattr(mine.get(part), name, None) != getattr(theirs.get(part), name, None)
         ]
         if differ:
             raise ValueError(
@@ -69,6 +73,10 @@ class ImageFeatures:
         """Memory held by the features: ``4 x L x S x E`` bytes (9.6 MB for a VOC-sized image
         with DINO ViT-B/8 keys and a ViT-B/16 CLIP, 2.4 MB without a VFM)."""
         return self.embeddings.numel() * self.embeddings.element_size()
+
+
+def _fields(part: object) -> list[str]:
+    return list(vars(part)) if part is not None else []
 
 
 @dataclass

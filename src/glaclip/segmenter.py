@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glaclip import backbones, blocked
-from glaclip.attention import Progress
-from glaclip.bases import BaseMethod, make_base, needs_vfm
+from glaclip import backbones
+from glaclip.attention import Progress, global_attention
+from glaclip.bases import BaseMethod, WindowFeatures, make_base
 from glaclip.config import Settings, check_vocabulary_size, settings_from_kwargs
 from glaclip.device import (
     StageTimer,
@@ -30,6 +30,7 @@ from glaclip.device import (
 )
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
+from glaclip.registry import needs_vfm
 from glaclip.results import (
     ImageFeatures,
     Segmentation,
@@ -48,7 +49,7 @@ from glaclip.text import (
     parse_classes_arg,
 )
 from glaclip.towers import cast_towers
-from glaclip.windows import network_canvas, stitch, window_grid
+from glaclip.windows import Canvas, Window, network_canvas, stitch, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -240,9 +241,10 @@ class Segmenter:
     def _make_base(self) -> BaseMethod:
         precision = self._settings.runtime.precision
         clip, vfm = self._towers_for(precision)
-        half = None if precision == "fp32" else precision_dtype(precision)
+        # the fast mode's half precision, for the global attention's products
+        self._half = None if precision == "fp32" else precision_dtype(precision)
         normalisation = (self.clip_mean, self.clip_std)
-        base = make_base(self._settings.gla.base, clip, vfm, normalisation, half)
+        base = make_base(self._settings, clip, vfm, normalisation, self.clip_tower)
         base.check_crop(self._settings.window.crop)
         return base
 
@@ -318,35 +320,52 @@ class Segmenter:
             raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(x.shape)}")
         timer = timer or StageTimer(self.device)
         x = x.to(self.device, torch.float32)
+        image = x
         height, width = x.shape[-2:]
-        win, cfg = self._settings.window, self._settings
-        canvas = network_canvas(height, width, win.crop, win.max_long_side)
+        canvas, windows = self._windows(height, width)
         (ch, cw), (canvas_h, canvas_w) = canvas
         if (ch, cw) != (height, width):
             x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False)
         if (canvas_h, canvas_w) != (ch, cw):  # zeros: the mean colour after normalisation
             x = F.pad(x, (0, canvas_w - cw, 0, canvas_h - ch))
-        windows = window_grid(canvas_h, canvas_w, win.crop, win.stride)
+        cfg = self._settings
         with strict_fp32(self.device):
             feats = self.base.window_features(x, windows, cfg, timer, progress)
             with timer("attention"):
-                out = self.base.attend(feats, windows, cfg.gla, progress)  # L x S x D
+                out = self._attend(feats, windows, progress)  # L x S x D
             with timer("stitch"):
-                embeddings = self._project(out)
+                tokens = self.base.finish(out, feats)  # the last block's output, L x S x D
+                embeddings = F.normalize(self.clip_tower.head(tokens), dim=-1)
         size = (height, width)
         return ImageFeatures(
-            embeddings, windows, feats.grid, canvas, size, image_size or size, self._settings,
-            timings=dict(timer.seconds),
+            embeddings.float(), windows, feats.grid, canvas, size, image_size or size,
+            self._settings, timings=dict(timer.seconds), image=image[0],
         )  # fmt: skip
 
-    def _project(self, attended: torch.Tensor) -> torch.Tensor:
-        """SPEC 9.1's image side: CLIP's output projection of every token, L2-normalised
-        (``L x S x E`` float32); in the fast mode's precision where ``stitch`` is one of its
-        half-precision products."""
-        half = self.base.half if "stitch" in blocked.HALF_PRODUCTS else None
-        if half is None:
-            return F.normalize(self.clip_tower.project(attended), dim=-1)
-        return F.normalize(self.base.clip.project(attended.to(half)).float(), dim=-1)
+    def _windows(self, height: int, width: int) -> tuple[Canvas, list[Window]]:
+        """Where the windows of an ``height x width`` input are cut: glaclip's canvas (SPEC 2,
+        every window a full crop; ``network_canvas``), or, for a base with native windows, the
+        input itself, cut as its authors' code cuts it (or whole, with ``whole_image``)."""
+        win = self._settings.window
+        if not self.base.native_windows:
+            canvas = network_canvas(height, width, win.crop, win.max_long_side)
+            return canvas, window_grid(*canvas.size, win.crop, win.stride)
+        canvas = Canvas((height, width), (height, width))
+        if win.whole_image:
+            return canvas, [Window(0, height, 0, width)]
+        return canvas, window_grid(height, width, win.crop, win.stride)
+
+    def _attend(
+        self, feats: WindowFeatures, windows: list[Window], progress: Progress | None
+    ) -> torch.Tensor:
+        """The attention output of every patch token (``L x S x D``): GLA's global attention in
+        the base's similarity spaces (KV extension on), or the base's own per window."""
+        if not self._settings.gla.kv_extension:
+            return self.base.window_attention(feats)
+        spaces = self.base.similarity_spaces(feats, windows)
+        return global_attention(
+            spaces, feats["v"], self.base.clip.heads, self._settings.gla, progress, self._half
+        )
 
     # ------------------------------------------------------------------------------ ask
     def segment(
@@ -440,26 +459,20 @@ class Segmenter:
             if (ch, cw) != features.input_size:
                 logits = _resize(logits, features.input_size)
             labels, scores = self.labels_from_logits(
-                logits, owner, len(classes), output_size, return_scores
+                logits, owner, len(classes), output_size, return_scores, features.image
             )
         return SegmentationOutput(logits, labels, scores, classes, names, owner, timer.seconds)
 
     def _stitch(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
         """SPEC 9.1-9.2: cosine logits of every token with the ``Q x E`` text embeddings,
-        upsampled to each window's crop, the overlaps averaged: ``Q x H x W`` on the canvas.
-        In the fast mode the cosine product runs in its half precision where ``stitch`` is one
-        of its half-precision products."""
+        upsampled to each window's size, the overlaps averaged: ``Q x H x W`` on the canvas."""
         feats, windows = features.embeddings, features.windows
-        half = self.base.half if "stitch" in blocked.HALF_PRODUCTS else None
-        if half is None:
-            logits = feats @ text.T  # L x S x Q
-        else:
-            flat = blocked.half_mm(feats.reshape(-1, feats.shape[-1]).to(half), text.T.to(half))
-            logits = flat.reshape(*feats.shape[:2], -1)
+        logits = feats @ text.T  # L x S x Q
         gh, gw = features.grid
         logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
-        crop = (self._settings.window.crop, self._settings.window.crop)
-        logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
+        first = windows[0]  # every window of an image has the same size
+        size = (first.y2 - first.y1, first.x2 - first.x1)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return stitch(logits, windows, *features.canvas.size)
 
     def labels_from_logits(
@@ -469,14 +482,17 @@ class Segmenter:
         num_classes: int,
         output_size: tuple[int, int] | None = None,
         return_scores: bool = False,
+        image: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SPEC 9.3-9.4 with this Segmenter's settings (``postprocess.labels_from_logits``):
-        resize, softmax over queries, max over synonyms, argmax, threshold, in bands of rows.
+        resize, PAMR (with the ``3 x H x W`` normalised ``image``), softmax over queries, max
+        over synonyms, area threshold, argmax, threshold, in bands of rows.
 
         Returns ``(labels h x w int32, class probabilities C x h x w or None)``.
         """
+        post = self._settings.post
         return labels_from_logits(
-            logits, query_class, num_classes, self._settings.post, output_size, return_scores
+            logits, query_class, num_classes, post, output_size, return_scores, image=image
         )
 
 

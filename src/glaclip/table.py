@@ -130,7 +130,7 @@ def find_benchmarks(root: str | os.PathLike, limit: int | None = None) -> list[B
 
 def benchmark_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The flat settings of one benchmark: its preset's, then those given (which win)."""
-    return {**preset_settings(name), **settings}
+    return {**preset_settings(name, settings.get("base")), **settings}
 
 
 def check_states(

@@ -3,9 +3,11 @@
 ``build_table`` gathers the rows (``table_row``, from each benchmark's ``results.json``), their
 average and what was not run or failed; ``table_notes`` says in plain sentences what the table
 is not (missing rows, ``--limit``, settings or models other than the paper's);
-``write_table`` writes ``table1.json`` and ``table1.md``. The paper's numbers are shown only
-for rows whose method settings are the paper's (``paper_differences``), so that an ablation is
-never compared with the wrong reference.
+``write_table`` writes ``table1.json`` and ``table1.md``. The published numbers of the method
+run (``reference``: the GLA-CLIP paper's Table 1 for GLA on ProxyCLIP, SCLIP's and NACLIP's
+own for those bases per window, ...) are shown only for rows whose settings are those of the
+published protocol (``paper_differences``), so that an ablation is never compared with the
+wrong reference.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glaclip.backbones import DEFAULT_CLIP, DEFAULT_CLIP_PRETRAINED, DEFAULT_VFM
-from glaclip.config import settings_from_kwargs
-from glaclip.data import PAPER_AVERAGE_MIOU, PRESETS, Preset
+from glaclip.bases.base import Published
+from glaclip.config import GLAConfig, settings_from_kwargs
+from glaclip.data import PRESETS, Preset
 from glaclip.eval_task import preset_settings
+from glaclip.registry import base_class, needs_vfm
 from glaclip.reports import format_percent, limited_stem, results_stem, write_report
 
 if TYPE_CHECKING:
@@ -41,19 +45,36 @@ PAPER_MODELS = {
 }
 
 
+def reference(settings: dict[str, Any]) -> Published | None:
+    """The published numbers of the method a run's flat settings name: its base method per
+    window (``kv_extension`` off) or with GLA, where its authors (or the GLA-CLIP paper)
+    published them; None otherwise."""
+    cls = base_class(settings.get("base") or GLAConfig.base)
+    return cls.published.get(bool(settings.get("kv_extension", True)))
+
+
 def paper_differences(name: str, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The method settings of a run that are not those of the paper's Table 1.
+    """The method settings of a run that are not those of its published reference: the base
+    method's own protocol (``preset_settings``) for a method with published numbers
+    (``reference``), the paper's Table 1 (GLA-CLIP's defaults) otherwise.
 
     Args:
         name: the preset.
         settings: the run's flat settings (``Settings.to_dict()``, as in results.json).
 
     Returns:
-        ``{setting: {"used": value, "paper": value}}``, empty when the paper's number applies.
-        Settings that only split the work or change round-off (window batch, block size,
-        attention implementation, precision, fused attention) are not compared.
+        ``{setting: {"used": value, "paper": value}}``, empty when the published number
+        applies. Settings that only split the work or change round-off (window batch, block
+        size, attention implementation, precision, fused attention) are not compared.
     """
-    paper = settings_from_kwargs(**preset_settings(name)).to_dict()
+    if reference(settings) is None:
+        paper = settings_from_kwargs(**preset_settings(name)).to_dict()
+    else:
+        base = settings.get("base") or GLAConfig.base
+        kv = bool(settings.get("kv_extension", True))
+        paper = settings_from_kwargs(
+            **preset_settings(name, base), base=base, kv_extension=kv
+        ).to_dict()
     return {
         key: {"used": settings.get(key), "paper": value}
         for key, value in paper.items()
@@ -64,7 +85,8 @@ def paper_differences(name: str, settings: dict[str, Any]) -> dict[str, dict[str
 def table_row(preset: Preset, results: dict[str, Any]) -> dict[str, Any]:
     """One benchmark's row of Table 1 from its ``results.json`` dictionary."""
     differ = paper_differences(preset.name, results["settings"])
-    paper = None if differ else preset.paper_miou
+    ref = reference(results["settings"])
+    paper = None if differ or ref is None else ref.miou.get(preset.name)
     miou = results["mIoU"]
     return {
         "dataset": preset.name,
@@ -113,10 +135,11 @@ def build_table(
         for name in PRESETS
         if name in failed
     ]
-    paper_values = [r["paper_mIoU"] for r in rows]
-    paper_avg = _mean(paper_values)
-    if paper_avg is not None and len(rows) == len(PRESETS):
-        paper_avg = PAPER_AVERAGE_MIOU  # the published average (of unrounded numbers)
+    ref = reference(settings)
+    paper_avg = _mean([r["paper_mIoU"] for r in rows])
+    matches = bool(rows) and not any(r["settings_differ"] for r in rows)
+    if ref is not None and ref.average is not None and matches and len(rows) == len(PRESETS):
+        paper_avg = ref.average  # the published average (of unrounded numbers)
     avg_miou = _mean([r["mIoU"] for r in rows])
     average = {
         "benchmarks": len(rows),
@@ -137,9 +160,9 @@ def build_table(
         "models": models,
         "settings": settings,
         "paper": {
-            "source": "GLA-CLIP paper, Table 1 (ViT-B/16, GLA-CLIP default settings), mIoU %",
-            "mIoU": {name: p.paper_miou for name, p in PRESETS.items()},
-            "average": PAPER_AVERAGE_MIOU,
+            "source": None if ref is None else f"{ref.source}, mIoU %",
+            "mIoU": {} if ref is None else dict(ref.miou),
+            "average": None if ref is None else ref.average,
         },
     }
     table["notes"] = table_notes(table)
@@ -153,12 +176,24 @@ def _value(v: Any) -> str:
 def table_notes(table: dict[str, Any]) -> list[str]:
     """Plain sentences about what the table is not: missing rows, limits, other settings."""
     rows, notes = table["benchmarks"], []
+    published = table["paper"]
+    if published["source"] is None:
+        notes.append(
+            "No published numbers for this method (base method and KV extension): the paper "
+            "column is empty."
+        )
+    elif not published["mIoU"]:
+        notes.append(
+            f"Published ({published['source']}): the average over the {len(PRESETS)} "
+            f"benchmarks only, {published['average']}; no number per benchmark."
+        )
     if len(rows) < len(PRESETS):
         ran = ", ".join(r["title"] for r in rows) or "none"
+        own = published["average"]
+        own = f" (the published one, {own}, is over all {len(PRESETS)})" if own else ""
         notes.append(
             f"{len(rows)} of {len(PRESETS)} benchmarks were run ({ran}): the average is over "
-            f"these only, and so is the paper column's average (the paper's own, "
-            f"{PAPER_AVERAGE_MIOU}, is over all {len(PRESETS)})."
+            f"these only, and so is the paper column's average{own}."
         )
     for item in table["not_run"]:
         notes.append(f"Not run: {item['title']}: {item['reason']}.")
@@ -186,7 +221,9 @@ def table_notes(table: dict[str, Any]) -> list[str]:
             f"Paper column not applicable to {', '.join(titles)}: the method settings differ "
             f"from the paper's: {what}."
         )
-    if any(table["models"].get(k) != v for k, v in PAPER_MODELS.items()):
+    base = table["settings"].get("base") or GLAConfig.base
+    compared = PAPER_MODELS if needs_vfm(base) else {"clip": DEFAULT_CLIP}
+    if any(table["models"].get(k) != v for k, v in compared.items()):
         notes.append(
             "The models are not the paper's (CLIP ViT-B-16 openai, VFM "
             f"{DEFAULT_VFM}): compare with the paper's column with that in mind."

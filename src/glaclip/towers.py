@@ -65,22 +65,43 @@ class ClipTower(nn.Module):
         side = int(math.isqrt(self.visual.positional_embedding.shape[0] - 1))
         return (side, side)
 
-    def _positional(self, gh: int, gw: int) -> torch.Tensor:
+    def _positional(self, gh: int, gw: int, positional: str = "size") -> torch.Tensor:
+        """The position embedding for a ``gh x gw`` grid, class token first.
+
+        ``positional="size"``: the patch embeddings resampled bicubically to ``gh x gw``
+        (where the grid differs from the pretrained one). ``"scale_factor"``: as SCLIP's and
+        NACLIP's code does it, bicubic by the scale factor ``(g + 0.1) / g0`` per axis (DINO's
+        offset; the sampling positions follow the factor, not the sizes), and only where the
+        token count differs from the pretrained one.
+        """
         pos = self.visual.positional_embedding
-        if (gh, gw) == tuple(self.grid_size):
+        ph, pw = self.grid_size
+        if positional == "scale_factor":
+            if gh * gw == ph * pw:
+                return pos
+        elif (gh, gw) == (ph, pw):
             return pos
         cls_pos, patch_pos = pos[:1], pos[1:]
-        ph, pw = self.grid_size
         patch_pos = patch_pos.reshape(1, ph, pw, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(gh, gw), mode="bicubic", align_corners=False)
+        if positional == "scale_factor":
+            factor = ((gh + 0.1) / ph, (gw + 0.1) / pw)
+            patch_pos = F.interpolate(
+                patch_pos, scale_factor=factor, mode="bicubic", align_corners=False
+            )
+        else:
+            patch_pos = F.interpolate(patch_pos, size=(gh, gw), mode="bicubic", align_corners=False)
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
         return torch.cat([cls_pos, patch_pos], dim=0)
 
-    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The last block's normalised input ``ln_1(tokens)``, class token first.
+    def tokens(
+        self, x: torch.Tensor, positional: str = "size"
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The last block's input (the residual stream), class token first.
 
         Args:
-            x: ``B x 3 x h x w`` CLIP-normalised crops.
+            x: ``B x 3 x h x w`` CLIP-normalised crops (a side that is no multiple of the
+                patch loses its last pixels in the patch embedding).
+            positional: how the position embedding is resampled (``_positional``).
 
         Returns:
             ``(B x (1 + gh*gw) x D tokens, (gh, gw) patch grid)``.
@@ -90,7 +111,7 @@ class ClipTower(nn.Module):
         b, d, gh, gw = t.shape
         t = t.reshape(b, d, gh * gw).permute(0, 2, 1)
         cls = v.class_embedding.to(t.dtype).expand(b, 1, d)
-        t = torch.cat([cls, t], dim=1) + self._positional(gh, gw).to(t.dtype)
+        t = torch.cat([cls, t], dim=1) + self._positional(gh, gw, positional).to(t.dtype)
         t = v.patch_dropout(t)
         t = v.ln_pre(t)
         transformer = v.transformer
@@ -101,7 +122,19 @@ class ClipTower(nn.Module):
             t = block(t)
         if not batch_first:
             t = t.transpose(0, 1)
-        return self.last.ln_1(t), (gh, gw)
+        return t, (gh, gw)
+
+    def last_block_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The last block's normalised input ``ln_1(tokens)``, class token first.
+
+        Args:
+            x: ``B x 3 x h x w`` CLIP-normalised crops.
+
+        Returns:
+            ``(B x (1 + gh*gw) x D tokens, (gh, gw) patch grid)``.
+        """
+        t, grid = self.tokens(x)
+        return self.last.ln_1(t), grid
 
     def projection(self, y: torch.Tensor, part: str) -> torch.Tensor:
         """One third of the last block's input projection: ``part`` = ``q``, ``k`` or ``v``.
@@ -131,12 +164,27 @@ class ClipTower(nn.Module):
         val = self.projection(y[:, 1:], "v")
         return val.permute(0, 2, 1).reshape(val.shape[0], self.width, gh, gw)
 
+    def out_proj(self, o: torch.Tensor) -> torch.Tensor:
+        """The last block's attention output projection: ``... x D`` -> ``... x D``."""
+        return self.last.attn.out_proj(o)
+
+    def residual_mlp(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The rest of the last block after its attention, as the block computes it:
+        ``x = x + ls_1(o)``, then ``x + ls_2(mlp(ln_2(x)))`` (``o``: the projected attention
+        output, ``x``: the block's input)."""
+        last = self.last
+        x = x + getattr(last, "ls_1", nn.Identity())(o)
+        return x + getattr(last, "ls_2", nn.Identity())(last.mlp(last.ln_2(x)))
+
+    def head(self, t: torch.Tensor) -> torch.Tensor:
+        """``... x D`` last-block output -> ``... x E`` embeddings: ``ln_post``, ``proj``."""
+        t = self.visual.ln_post(t)
+        proj = self.visual.proj
+        return t @ proj if proj is not None else t
+
     def project(self, o: torch.Tensor) -> torch.Tensor:
         """``... x D`` attention output -> ``... x E`` embeddings: out_proj, ln_post, proj."""
-        o = self.last.attn.out_proj(o)
-        o = self.visual.ln_post(o)
-        proj = self.visual.proj
-        return o @ proj if proj is not None else o
+        return self.head(self.out_proj(o))
 
 
 # ---------------------------------------------------------------------------------------------

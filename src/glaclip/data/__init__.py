@@ -7,7 +7,6 @@ from glaclip.data.convert import ConvertReport, MissingExtraError, OutputError
 from glaclip.data.datasets import LAYOUTS, Sample, list_samples, load_label, resolve_layout
 from glaclip.data.pascal_context import convert_pascal_context
 from glaclip.data.presets import (
-    PAPER_AVERAGE_MIOU,
     PRESETS,
     Preset,
     class_file_path,
@@ -20,7 +19,6 @@ from glaclip.data.presets import (
 __all__ = [
     "LAYOUTS",
     "PRESETS",
-    "PAPER_AVERAGE_MIOU",
     "Preset",
     "Sample",
     "ConvertReport",

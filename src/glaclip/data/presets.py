@@ -37,7 +37,6 @@ class Preset:
         title: the benchmark's name in tables (the paper's column title).
         folder: where the dataset's root lies under the root of ``glaclip eval --dataset
             all`` (the README's layout).
-        paper_miou: the paper's Table 1 mIoU in percent (ViT-B/16, GLA-CLIP's defaults).
     """
 
     name: str
@@ -50,26 +49,24 @@ class Preset:
     ignore_index: int = 255
     title: str = ""
     folder: str = ""
-    paper_miou: float | None = None
 
 
 _VOC, _CONTEXT, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
-# name, layout, short side, prob_threshold, reduce_zero_label, title, folder, paper mIoU
+# name, layout, short side, prob_threshold, reduce_zero_label, title, folder
 _TABLE1 = [
-    ("voc21", "voc", 336, 0.1, False, "VOC21", _VOC, 66.3),
-    ("context60", "context", 336, 0.1, False, "Context60", _CONTEXT, 36.1),
-    ("coco_object", "coco_object", 336, 0.1, False, "COCO-Object", _COCO, 37.7),
-    ("voc20", "voc", 336, 0.0, True, "VOC20", _VOC, 84.2),
-    ("context59", "context", 336, 0.0, True, "Context59", _CONTEXT, 39.9),
-    ("coco_stuff164k", "coco_stuff", 336, 0.0, False, "COCO-Stuff", _COCO, 26.9),
-    ("cityscapes", "cityscapes", 560, 0.0, False, "Cityscapes", "cityscapes", 40.8),
-    ("ade20k", "ade20k", 336, 0.0, True, "ADE20K", "ADEChallengeData2016", 20.0),
+    ("voc21", "voc", 336, 0.1, False, "VOC21", _VOC),
+    ("context60", "context", 336, 0.1, False, "Context60", _CONTEXT),
+    ("coco_object", "coco_object", 336, 0.1, False, "COCO-Object", _COCO),
+    ("voc20", "voc", 336, 0.0, True, "VOC20", _VOC),
+    ("context59", "context", 336, 0.0, True, "Context59", _CONTEXT),
+    ("coco_stuff164k", "coco_stuff", 336, 0.0, False, "COCO-Stuff", _COCO),
+    ("cityscapes", "cityscapes", 560, 0.0, False, "Cityscapes", "cityscapes"),
+    ("ade20k", "ade20k", 336, 0.0, True, "ADE20K", "ADEChallengeData2016"),
 ]
 PRESETS: dict[str, Preset] = {
-    name: Preset(name, layout, f"{name}.txt", short, thd, rzl, title=t, folder=f, paper_miou=m)
-    for name, layout, short, thd, rzl, t, f, m in _TABLE1
+    name: Preset(name, layout, f"{name}.txt", short, thd, rzl, title=t, folder=f)
+    for name, layout, short, thd, rzl, t, f in _TABLE1
 }
-PAPER_AVERAGE_MIOU = 44.0  # the paper's Table 1 average over the eight benchmarks
 
 
 def get_preset(name: str) -> Preset:

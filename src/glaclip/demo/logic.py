@@ -190,9 +190,10 @@ def file_digest(path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------------------ kept features
 def feature_key(settings: Settings) -> Hashable:
-    """What makes an image's features (``Segmenter.encode_image``): the window, method and
-    runtime settings. Requests that differ only in post-processing (the threshold) share them."""
-    return (settings.window, settings.gla, settings.runtime)
+    """What makes an image's features (``Segmenter.encode_image``): every setting but the
+    post-processing (``Settings.feature_parts``). Requests that differ only in
+    post-processing (the threshold) share them."""
+    return tuple(settings.feature_parts().items())
 
 
 class FeatureStore:

@@ -1,0 +1,47 @@
+"""ClearCLIP (``base="clearclip"``): CLIP alone, its last block's queries are the keys
+(SPEC 12). No VFM. Per window: q-q attention over the class token and the patches, the output
+projection, no residual, no MLP (SPEC 12.1); with GLA the proxy iteration starts from
+neighbourhood means (SPEC 12.2)."""
+
+from __future__ import annotations
+
+from glaclip.bases.base import (
+    BaseMethod,
+    Published,
+    SimilaritySpace,
+    WindowFeatures,
+    clip_parts,
+    neighbourhood_proxies,
+    softmax_attention,
+    with_class_token,
+)
+from glaclip.registry import register_base
+
+
+@register_base
+class ClearCLIPBase(BaseMethod):
+    """CLIP alone: its last block's queries are the keys (SPEC 12). No VFM."""
+
+    name = "clearclip"
+    title = "ClearCLIP"
+    published = {
+        True: Published("GLA-CLIP paper (ClearCLIP + GLA, ViT-B/16)", {}, 39.3),
+        False: Published("GLA-CLIP paper (ClearCLIP, ViT-B/16)", {}, 38.1),
+    }
+
+    def features(self, crops, settings, timer):
+        with_class = not settings.gla.kv_extension  # the per-window method attends over it
+        with timer("clip"):
+            parts, grid = clip_parts(self.clip, crops, ("q", "v"), with_class)
+        return WindowFeatures(grid, parts)
+
+    def window_attention(self, feats):
+        q, v = with_class_token(feats, "q"), with_class_token(feats, "v")
+        return softmax_attention([(q, None)], v, self.clip.heads)[:, 1:]
+
+    def similarity_spaces(self, feats, windows):
+        initial = None
+        gla = self.settings.gla
+        if gla.proxy_anchor or gla.dynamic_norm:
+            initial = neighbourhood_proxies(feats["q"], windows, feats.grid, self.clip.patch_size)
+        return [SimilaritySpace(feats["q"], initial)]
