@@ -14,6 +14,10 @@ classes (``F.interpolate`` is per channel), so the check itself fits in memory.
 
     python benchmarks/bench_memory.py
     python benchmarks/bench_memory.py --cases 12mp --check-identity
+    python benchmarks/bench_memory.py --base naclip --pamr-steps 10   # GLA on NACLIP, PAMR
+
+``--base`` runs GLA on another base method (per window for one without GLA, MaskCLIP);
+``--pamr-steps`` adds PAMR's refinement to the labels.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def run_child(args: argparse.Namespace) -> dict:
     import torch
 
     from glaclip.batch import segment_files
+    from glaclip.registry import base_class
     from glaclip.segmenter import Segmenter
 
     height, width, count = CASES[args.case]
@@ -78,8 +83,12 @@ def run_child(args: argparse.Namespace) -> dict:
     work = tempfile.mkdtemp(prefix="glaclip-mem-")
     photo = os.path.join(work, f"{args.case}.jpg")
     _photo(height, width, photo)
-    clip, vfm, tok = _common.build_models(seed=0)
-    seg = Segmenter(clip, vfm, tok, text_cache_dir=args.text_cache)
+    cls = base_class(args.base)
+    clip, vfm, tok = _common.build_models(seed=0, with_vfm=cls.needs_vfm)
+    seg = Segmenter.from_modules(
+        clip, vfm, tok, text_cache_dir=args.text_cache, base=args.base,
+        kv_extension=bool(cls.attention_spaces), pamr_steps=args.pamr_steps,
+    )  # fmt: skip
     classes = _vocabulary(count)
     seg.query_embeddings(classes)  # text outside the measured call (cached on disk)
     models_rss = _status("VmRSS")
@@ -89,6 +98,8 @@ def run_child(args: argparse.Namespace) -> dict:
     peak = _status("VmHWM")
     result = {
         "case": args.case,
+        "base": args.base,
+        "pamr_steps": args.pamr_steps,
         "size": f"{height}x{width}",
         "classes": count,
         "seconds": seconds,
@@ -135,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         default=os.path.join(tempfile.gettempdir(), "glaclip-bench-text"),
         help="folder for cached query embeddings (the first run encodes them)",
     )
+    parser.add_argument("--base", default="proxyclip", help="base method (GLA on it)")
+    parser.add_argument("--pamr-steps", type=int, default=0, help="PAMR steps (0: off)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--case", case]
         cmd += ["--threads", str(args.threads), "--text-cache", args.text_cache]
+        cmd += ["--base", args.base, "--pamr-steps", str(args.pamr_steps)]
         if args.check_identity:
             cmd.append("--check-identity")
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -158,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, gb)
         verdict = "meets" if gb < TARGET_GB else "MISSES"
         print(
-            f"{r['size']:>9} px, {r['classes']:3d} classes: peak {gb:.2f} GB "
+            f"{r['size']:>9} px, {r['classes']:3d} classes, {r['base']}, PAMR "
+            f"{r['pamr_steps']}: peak {gb:.2f} GB "
             f"(models and text alone {r['models_rss'] / 1e9:.2f} GB), {r['seconds']:.1f} s; "
             f"{verdict} the {TARGET_GB:.0f} GB target"
         )

@@ -180,7 +180,7 @@ def attention_statistics(
     """Mask densities and cut outcomes on a random sample of query rows (dense formulas).
 
     Every quantity of SPEC 5-7 is per row, so a row sample gives unbiased fractions.
-    ``initial``: the ``N x C`` initial proxies of the ClearCLIP base (None: the keys).
+    ``initial``: the ``N x C`` initial proxies of a base that starts from them (None: the keys).
     """
     import torch
     import torch.nn.functional as F
@@ -259,14 +259,18 @@ def build_segmenter(args: argparse.Namespace):
     """The benchmark's Segmenter for ``args.base`` on ``args.device`` (random real-size models)."""
     import torch
 
-    from glaclip.bases import needs_vfm
     from glaclip.config import settings_from_kwargs
+    from glaclip.registry import base_class
     from glaclip.segmenter import Segmenter
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     build = _common.build_tiny_models if args.models == "tiny" else _common.build_models
-    clip, vfm, tok = build(with_vfm=needs_vfm(args.base))
-    settings = settings_from_kwargs(base=args.base, **parse_settings(args.set))
+    cls = base_class(args.base)
+    clip, vfm, tok = build(with_vfm=cls.needs_vfm)
+    given = parse_settings(args.set)
+    if not cls.attention_spaces:  # a base without GLA (MaskCLIP) runs per window
+        given.setdefault("kv_extension", False)
+    settings = settings_from_kwargs(base=args.base, **given)
     return Segmenter(clip, vfm, tok, settings, device=args.device, text_cache_dir=args.text_cache)
 
 
@@ -275,8 +279,6 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
     sampled statistics of the method."""
     import torch
 
-    from glaclip.attention import initial_proxies
-    from glaclip.bases import token_groups
     from glaclip.blocked import auto_block_size
 
     seg = seg.with_settings(attention_impl=impl, precision=precision)
@@ -324,17 +326,17 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
     vfm_f, clip_f = tower_flops(seg.with_settings(precision="fp32"), crop)
     seconds = statistics.median(totals)
     timings = {s: statistics.median(t.get(s, 0.0) for t in stage_runs) for s in stage_runs[0]}
-    keys = recorded["feats"].keys
+    feats = recorded["feats"]
+    spaces = seg.base.attention_spaces if settings.gla.kv_extension else 0
+    if spaces:  # the first similarity space the base's global attention runs in
+        space = seg.base.similarity_spaces(feats, recorded["windows"])[0]
+        keys, initial = space.keys, space.initial
+    else:  # per window: the statistics of the value tokens' own space
+        keys, initial = feats["v"], None
     n_windows, s_tok, c = keys.shape
     n = n_windows * s_tok
     d = seg.clip_tower.width
     queries = out.query_logits.shape[0]
-    initial = None
-    if args.base == "clearclip":
-        gh, gw = recorded["feats"].grid
-        group, n_groups = token_groups(recorded["windows"], (gh, gw), seg.clip_tower.patch_size)
-        q = keys.reshape(n_windows, gh, gw, c)
-        initial = initial_proxies(q, group.to(q.device), n_groups)
     stats = attention_statistics(keys, n_windows, settings.gla, initial=initial)
     iters = settings.gla.proxy_iters
     if impl == "dense":
@@ -344,6 +346,7 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
         block = settings.gla.block_size or auto_block_size(n, seg.device, symmetric=initial is None)
         general = n * (1.0 - stats["single_row_fraction"])
         att = attention_flops_blocked(n, c, d, iters, block, general, symmetric=initial is None)
+    att = {part: flops * max(spaces, 1) for part, flops in att.items()}  # one pass per space
     embed = seg.clip_model.visual.output_dim
     rates = {p: matmul_rate(seg.device, p) for p in dict.fromkeys(["fp32", precision])}
     return {
@@ -421,12 +424,15 @@ def dense_fits(n: int, device: str = "cpu") -> tuple[bool, str]:
 
 
 def tokens_for(size: str, base: str) -> tuple[int, int]:
-    """Windows and tokens: DINO ViT-B/8 has 28x28 tokens per window, CLIP ViT-B/16 14x14."""
+    """Windows and tokens: DINO ViT-B/8 has 28x28 tokens per window, CLIP ViT-B/16 14x14 (the
+    bases without a VFM attend on CLIP's grid)."""
     from glaclip.windows import window_grid
 
     height, width = (int(v) for v in size.split("x"))
+    from glaclip.registry import needs_vfm
+
     n_windows = len(window_grid(height, width))
-    side = 28 if base == "proxyclip" else 14
+    side = 28 if needs_vfm(base) else 14
     return n_windows, n_windows * side * side
 
 
@@ -562,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="336x448,560x1120,1024x1024", help="HxW,HxW,...")
     parser.add_argument("--impl", default="blocked,dense", help="blocked,dense or one of them")
     parser.add_argument(
-        "--bases", default="proxyclip,clearclip", help="base methods: proxyclip,clearclip"
+        "--bases",
+        default="proxyclip,clearclip",
+        help="base methods, comma-separated: proxyclip, clearclip, sclip, naclip, maskclip",
     )
     parser.add_argument(
         "--precisions",

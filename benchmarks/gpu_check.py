@@ -7,13 +7,14 @@ Each step prints its results as it goes, and the run ends with one line per step
 the exit status is 1 if any step failed. With ``--out DIR`` the whole log and a JSON summary
 (``gpu_check.log``, ``gpu_check.json``) are written there too. The steps:
 
-1. **golden**: the reference implementation's twelve cases (``tests/test_golden.py``, both
-   base methods) run on the device with TF32 off, under the CPU's tolerance rule
-   (``GLACLIP_TEST_DEVICE``);
-2. **segment**: ``glaclip segment`` on the device for both base methods with the tiny models
+1. **golden**: the reference implementation's twelve cases (``tests/test_golden.py``) and
+   SCLIP's and NACLIP's (``tests/test_base_golden.py``) run on the device with TF32 off, under
+   the CPU's tolerance rule (``GLACLIP_TEST_DEVICE``);
+2. **segment**: ``glaclip segment`` on the device for every base method with the tiny models
    of the tests (written as ``local-dir:`` checkpoints), its label PNG compared with the CPU's;
 3. **bench**: ``benchmarks/bench_segment.py --device DEVICE`` with the paper's architectures
-   (random weights): 336x448, 560x1120, 1024x1024 and 2048x2048, both bases, fp32/bf16/fp16,
+   (random weights): 336x448, 560x1120, 1024x1024 and 2048x2048, GLA on ProxyCLIP, ClearCLIP,
+   SCLIP and NACLIP, fp32/bf16/fp16,
    the blocked attention and, where it fits, the dense oracle; seconds per stage, images per
    second, peak memory and the attention's block size (``--quick``: the tests' tiny models at
    224x336, fp32, blocked);
@@ -94,8 +95,9 @@ def run(cmd: list[str], log: Log, env: dict[str, str] | None = None, timeout: in
 def step_golden(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, str]:
     env = dict(_env(), GLACLIP_TEST_DEVICE=args.device)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"]
-    which = "test_golden_case and compact" if args.quick else "test_golden_case"
-    cmd += [str(REPO / "tests" / "test_golden.py"), "-k", which]
+    which = "(test_golden_case and compact)" if args.quick else "test_golden_case"
+    cmd += [str(REPO / "tests" / "test_golden.py"), str(REPO / "tests" / "test_base_golden.py")]
+    cmd += ["-k", f"{which} or test_base_case"]
     code = run(cmd, log, env)
     return code == 0, f"golden cases on {args.device}: exit {code}"
 
@@ -127,7 +129,9 @@ def step_segment(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, 
     models = _tiny_checkpoints(work)
     photo = _photo(work / "photos" / "street.png")
     summary, ok = [], True
-    for base in ("proxyclip", "clearclip"):
+    from glaclip.registry import base_class, registered
+
+    for base in registered():
         labels = {}
         for device in dict.fromkeys([args.device, "cpu"]):
             out = work / f"segment-{base}-{device.replace(':', '')}"
@@ -135,8 +139,10 @@ def step_segment(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, 
             cmd += ["--classes", "sky, road, car, tree, person; man; woman", "--out", str(out)]
             cmd += ["--base", base, "--clip", models["clip"], "--device", device]
             cmd += ["--text-cache", str(work / "text"), "--no-progress"]
-            if base == "proxyclip":
+            if base_class(base).needs_vfm:
                 cmd += ["--vfm", models["vfm"]]
+            if not base_class(base).attention_spaces:  # per window only (MaskCLIP)
+                cmd += ["--no-kv-extension"]
             code = run(cmd, log)
             png = out / "street.png"
             if code != 0 or not png.is_file() or not (out / "street.json").is_file():
@@ -154,9 +160,12 @@ def step_segment(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, 
     return ok, "; ".join(summary)
 
 
+BENCH_BASES = ("proxyclip", "clearclip", "sclip", "naclip")  # GLA on each
+
+
 def step_bench(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, str]:
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_segment.py")]
-    cmd += ["--device", args.device, "--bases", "proxyclip,clearclip", "--one-process"]
+    cmd += ["--device", args.device, "--bases", ",".join(BENCH_BASES), "--one-process"]
     cmd += ["--text-cache", str(work / "bench_text"), "--json", str(work / "bench.json")]
     if args.quick:  # the code paths only: the tests' tiny models
         cmd += ["--sizes", "224x336", "--precisions", "fp32", "--impl", "blocked"]
@@ -168,7 +177,8 @@ def step_bench(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, st
     results = []
     if (work / "bench.json").is_file():
         results = json.loads((work / "bench.json").read_text())["results"]
-    expected = 2 if args.quick else 2 * len(args.sizes.split(",")) * 3
+    bases = len(BENCH_BASES)
+    expected = bases if args.quick else bases * len(args.sizes.split(",")) * 3
     blocked = [r for r in results if r["impl"] == "blocked"]
     ok = code == 0 and len(blocked) == expected
     return ok, f"{len(results)} configurations measured ({len(blocked)} of {expected} blocked)"

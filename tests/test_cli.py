@@ -285,6 +285,11 @@ def test_out_naming_a_file(tiny_model_args, inputs, tmp_path, capsys) -> None:
         (["--crop", "100", "--stride", "50"], "multiple of 16 (the CLIP patch) and 8"),
         (["--crop", "100000"], "larger than max_long_side"),
         (["--background-index", "7"], "background_index 7 names no class of the 2"),
+        (["--base", "sclip", "--gaussian-std", "3"], "a setting of the base method naclip"),
+        (["--base", "maskclip"], "run it per window with kv_extension=False"),
+        (["--area-threshold", "1"], "area_threshold must be below 1"),
+        (["--whole-image"], "not 'proxyclip'"),
+        (["--base", "naclip", "--gaussian-std", "0"], "gaussian_std must be above 0"),
     ],
 )
 def test_bad_numbers_are_refused_before_any_model_loads(
@@ -304,6 +309,42 @@ def test_bad_numbers_are_refused_before_any_model_loads(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_pamr_dilations_flag(capsys) -> None:
+    args = ["segment", "a.jpg", "--classes", "a", "--out", "o", "--pamr-dilations"]
+    assert build_parser().parse_args([*args, "1,2,4"]).pamr_dilations == (1, 2, 4)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*args, "8,x"])
+    assert "'8,x' is not a list of whole numbers" in capsys.readouterr().err
+
+
+def test_naclip_with_pamr_end_to_end(inputs, tiny_model_args, tmp_path, golden_modules) -> None:
+    """``glaclip segment --base naclip --pamr-steps 10``: NACLIP's own settings and PAMR reach
+    the result file, and the labels are those of the API with the same keywords."""
+    out = tmp_path / "o"
+    flags = ["--base", "naclip", "--pamr-steps", "10", "--gaussian-std", "3"]
+    args = ["segment", str(inputs["rgb"]), "--classes", "sky, road; street, car", "--out"]
+    assert main([*args, str(out), *flags, "--no-progress", *tiny_model_args]) == 0
+    record = json.loads((out / "rgb.json").read_text())
+    settings = record["settings"]
+    assert (settings["base"], settings["pamr_steps"], settings["pamr_dilations"]) == (
+        "naclip",
+        10,
+        [8, 16],
+    )
+    assert (settings["gaussian_std"], settings["naclip_arch"]) == (3.0, "reduced")
+    assert record["models"]["vfm"] is None
+    labels = np.asarray(Image.open(out / "rgb.png"))
+    clip, _, tok = golden_modules
+    seg = Segmenter.from_modules(
+        clip, None, tok, text_cache_dir=None, base="naclip", pamr_steps=10, gaussian_std=3.0,
+        background_index=255,
+    )  # fmt: skip
+    expected = seg.segment(inputs["rgb"], "sky, road; street, car").labels
+    assert labels.shape == (240, 320) and (labels == expected).mean() >= 0.999
+    no_pamr = seg.with_settings(pamr_steps=0).segment(inputs["rgb"], "sky, road; street, car")
+    assert (no_pamr.labels != expected).any()  # PAMR changed some labels
 
 
 def test_stride_larger_than_crop_in_the_api(golden_modules) -> None:

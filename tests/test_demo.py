@@ -105,6 +105,25 @@ def test_request_writes_what_segment_files_writes(segmenter, photo, tmp_path) ->
     assert 255 in labels and (labels < 3).any()  # the threshold is applied, not everything
 
 
+@pytest.mark.parametrize(
+    "method",
+    ["GLA-CLIP on SCLIP (no VFM)", "GLA-CLIP on NACLIP (no VFM)", "MaskCLIP per window (no VFM)"],
+)
+def test_a_request_on_a_new_base_writes_what_segment_files_writes(
+    method, segmenter, photo, tmp_path
+) -> None:
+    """The page's methods of the new bases are the same computation as ``glaclip segment``
+    with their settings: the same label PNG, the base in the record."""
+    out_demo, out_cli = tmp_path / "demo", tmp_path / "cli"
+    out_demo.mkdir()
+    run = demo.run_request(segmenter, MODELS, photo, "sky, tree; bush", method, 0.0, out_demo)
+    chosen = segmenter.with_settings(**demo.method_settings(method))
+    segment_files(chosen, [photo], ["sky", "tree; bush"], out_cli, models=MODELS, progress=False)
+    assert run.files.labels.read_bytes() == (out_cli / "my photo.png").read_bytes()
+    record = json.loads(run.files.record.read_text())
+    assert record["settings"]["base"] == demo.method_settings(method)["base"]
+
+
 def test_second_request_embeds_no_class_again(segmenter, photo, tmp_path) -> None:
     def request(text: str, method: str, k: int) -> demo.DemoRun:
         out = tmp_path / str(k)

@@ -660,3 +660,47 @@ def test_a_limit_above_the_image_count_is_the_whole_dataset(
     assert f"wrote {out / 'results.json'}" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("results*")) == ["results.json", "results.md"]
     assert json.loads((out / "results.json").read_text())["limit"] is None
+
+
+# ------------------------------------------------------------------------ base methods' protocols
+@pytest.mark.parametrize(
+    ("flags", "protocol"),
+    [
+        (  # SCLIP's configs/cfg_voc21.py
+            ["--base", "sclip"],
+            {"logit_scale": 65.0, "prob_threshold": 0.1, "area_threshold": 0.1, "pamr_steps": 0},
+        ),
+        (  # NACLIP's configs/cfg_voc21.py and README: the whole image, PAMR on
+            ["--base", "naclip", "--no-kv-extension"],
+            {"whole_image": True, "pamr_steps": 10, "pamr_dilations": [8, 16]},
+        ),
+    ],
+    ids=["sclip", "naclip"],
+)
+def test_eval_follows_the_base_methods_protocol(
+    flags: list[str],
+    protocol: dict,
+    voc: Dataset,
+    tiny_model_args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``eval --dataset voc21 --base B`` runs the preset with B's own protocol (its authors'
+    config for the benchmark), writes it in results.json, and its metrics are those of its
+    saved predictions."""
+    root, made = voc
+    args = ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(tmp_path / "r")]
+    args += ["--save-predictions", str(tmp_path / "pred"), "--no-progress", *flags]
+    code, err, results = run(args + tiny_model_args, capsys)
+    assert code == 0, err
+    settings = results["settings"]
+    assert {k: settings[k] for k in protocol} == protocol
+    assert settings["base"] == flags[1] and settings["background_index"] == 0
+    preds, labels = [], []
+    for sid, (h, w) in made.items():
+        preds.append(np.array(Image.open(tmp_path / "pred" / f"{sid}.png")).astype(np.int64))
+        assert preds[-1].shape == (h, w)
+        label_path = root / PATHS["voc"][1].format(id=sid, city="")
+        labels.append(ground_truth(label_path, False))
+    for key, value in rescore(preds, labels, 21).items():
+        assert results[key] == pytest.approx(value, abs=1e-6)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from glaclip import Segmenter
+from glaclip.registry import base_class, needs_vfm
 from glaclip.text import TextEncoder
 
 META = torch.device("meta")
@@ -27,13 +28,13 @@ CLASSES = ["sky", "tree; bush", "road", "car"]  # five query names, four classes
 def _meta_segmenter(golden_modules, base: str, **settings) -> Segmenter:
     """Models moved to meta first; the Segmenter takes their device."""
     clip, vfm, tokenizer = golden_modules
-    vfm = copy.deepcopy(vfm).to(META) if base == "proxyclip" else None
+    vfm = copy.deepcopy(vfm).to(META) if needs_vfm(base) else None
     return Segmenter.from_modules(
         copy.deepcopy(clip).to(META), vfm, tokenizer, base=base, **settings
     )
 
 
-@pytest.mark.parametrize("base", ["proxyclip", "clearclip"])
+@pytest.mark.parametrize("base", ["proxyclip", "clearclip", "sclip", "naclip"])
 def test_public_api_on_meta_runs_every_window_and_the_attention(base, golden_modules) -> None:
     """``segment_tensor`` on meta: the windows, both backbones and the global attention run
     to the end; the run then stops in the text tower, whose embeddings are read back to the
@@ -51,7 +52,8 @@ def test_public_api_on_meta_runs_every_window_and_the_attention(base, golden_mod
     assert any(p.path.name == "text.py" for p in err.traceback)
     n_windows = 2  # 224 x 336: two windows side by side
     assert ("windows", n_windows, n_windows) in seen
-    tokens = n_windows * (28 * 28 if base == "proxyclip" else 14 * 14)
+    tokens = n_windows * (28 * 28 if needs_vfm(base) else 14 * 14)
+    tokens *= base_class(base).attention_spaces  # a pass per similarity space
     assert ("attention", tokens, tokens) in seen
 
 
@@ -64,11 +66,12 @@ SETTINGS = [
     {"proxy_anchor": False},
     {"block_size": 100},
     {"precision": "bf16"},
+    {"pamr_steps": 2, "pamr_dilations": (1, 2), "area_threshold": 0.2},
 ]
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(s) or "default")
-@pytest.mark.parametrize("base", ["proxyclip", "clearclip"])
+@pytest.mark.parametrize("base", ["proxyclip", "clearclip", "sclip", "naclip"])
 def test_every_stage_after_the_text_runs_on_meta(base, settings, golden_modules) -> None:
     """With the text tower on the CPU (its embeddings are cached there and moved to the
     device), the whole of ``segment_tensor`` runs on meta: stitching, the band-wise resize to

@@ -284,7 +284,7 @@ def test_features_answer_new_classes_without_the_backbones(golden_modules, monke
     features = seg.encode_image(rgb)
     assert calls == {"features": 2, "attend": 1}  # 2 x 4 windows in batches of 4, one attention
     assert features.input_size == (336, 470) and features.image_size == (300, 420)
-    assert features.nbytes == 8 * 784 * 32 * 4  # L x S x E float32
+    assert features.nbytes == 8 * 784 * 32 * 4 + 3 * 336 * 470 * 4  # L x S x E, the input
     for classes in (["sky", "tree; bush"], ["road", "car", "person; man", "dog"]):
         before = dict(calls)
         kept = seg.segment(features, classes, return_scores=True)

@@ -276,3 +276,63 @@ def test_all_refuses_before_loading_models(
     assert "no benchmark found under" in err and str(empty / "VOCdevkit/VOC2012") in err
     assert calls == []
     assert not (tmp_path / "o").exists()
+
+
+SCLIP_PAPER = {  # the SCLIP paper, Table 1 (ViT-B/16)
+    "voc21": 59.1,
+    "context60": 30.4,
+    "coco_object": 30.5,
+    "voc20": 80.4,
+    "context59": 34.2,
+    "coco_stuff164k": 22.4,
+    "cityscapes": 32.2,
+    "ade20k": 16.1,
+}
+
+
+def _results(name: str, **flat) -> dict:
+    """A benchmark's results.json as ``eval`` writes it for these flat settings."""
+    from glaclip.config import settings_from_kwargs
+    from glaclip.eval_task import preset_settings
+
+    given = {**preset_settings(name, flat.get("base")), **flat}
+    settings = settings_from_kwargs(**given).to_dict()
+    return {"settings": settings, "mIoU": 50.0, "aAcc": 80.0, "BER": 5.0, "num_images": 2}
+
+
+def test_the_paper_column_is_the_published_numbers_of_the_method_run() -> None:
+    """SCLIP per window under its protocol: SCLIP's own numbers and average; GLA on SCLIP: the
+    published average only; another logit scale on VOC21: not SCLIP's protocol; NACLIP with
+    GLA: nothing published, said in a note."""
+    from glaclip.data import PRESETS
+    from glaclip.table_report import build_table, table_row
+
+    models = {"clip": "ViT-B-16", "clip_pretrained": "openai", "vfm": None, "vfm_checkpoint": None}
+
+    def table(**flat):
+        rows = [
+            table_row(PRESETS[n], {**_results(n, **flat), "dataset_images": 2}) for n in PRESETS
+        ]
+        return build_table(rows, [], {}, None, "data", models, flat)
+
+    per_window = table(base="sclip", kv_extension=False)
+    assert [r["paper_mIoU"] for r in per_window["benchmarks"]] == list(SCLIP_PAPER.values())
+    assert per_window["average"]["paper_mIoU"] == 38.2
+    assert per_window["paper"]["source"].startswith("SCLIP paper")
+    gla = table(base="sclip")
+    assert all(r["paper_mIoU"] is None and not r["settings_differ"] for r in gla["benchmarks"])
+    assert gla["average"]["paper_mIoU"] == 39.8
+    assert any("the average over the 8 benchmarks only, 39.8" in n for n in gla["notes"])
+    row = table_row(
+        PRESETS["voc21"],
+        {
+            **_results("voc21", base="sclip", kv_extension=False, logit_scale=40.0),
+            "dataset_images": 2,
+        },
+    )
+    assert row["paper_mIoU"] is None
+    assert row["settings_differ"] == {"logit_scale": {"used": 40.0, "paper": 65.0}}
+    naclip = table(base="naclip")
+    assert naclip["average"]["paper_mIoU"] is None and naclip["paper"]["source"] is None
+    assert any("No published numbers for this method" in n for n in naclip["notes"])
+    assert not any("models are not the paper's" in n for n in naclip["notes"])  # no VFM needed

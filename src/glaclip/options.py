@@ -57,8 +57,8 @@ SWITCHES: list[tuple[str, str]] = [
     ("token_norm", "per-token mean in the normalisation"),
     (
         "whole_image",
-        "one pass over the whole image, no windows (bases sclip, naclip, maskclip; "
-        "NACLIP's VOC protocol)",
+        "one pass over the whole image, no windows (the bases that run images as their "
+        "authors' code does; NACLIP's VOC protocol)",
     ),
 ]
 
@@ -84,7 +84,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--vfm",
         default=DEFAULT_VFM,
         help=f"timm model name with tag, or local-dir:DIR (default: {DEFAULT_VFM}; "
-        "unused with --base clearclip)",
+        "unused by the base methods that need no VFM)",
     )
     g.add_argument("--vfm-checkpoint", help="local weight file for the --vfm architecture")
     g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")

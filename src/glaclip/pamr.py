@@ -28,13 +28,14 @@ _NEIGHBOURS = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]  
 def _kernels(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The 3 x 3 shift kernels: ``difference`` (centre minus each neighbour), ``copy`` (each
     neighbour), ``window`` (each of the 9 pixels, centre included)."""
-    difference = torch.zeros(8, 1, 3, 3)
-    copy = torch.zeros(8, 1, 3, 3)
+    cpu = torch.device("cpu")  # made on the host, moved below
+    difference = torch.zeros(8, 1, 3, 3, device=cpu)
+    copy = torch.zeros(8, 1, 3, 3, device=cpu)
     for i, (y, x) in enumerate(_NEIGHBOURS):
         difference[i, 0, 1, 1] = 1
         difference[i, 0, y, x] = -1
         copy[i, 0, y, x] = 1
-    window = torch.zeros(9, 1, 3, 3)
+    window = torch.zeros(9, 1, 3, 3, device=cpu)
     for i in range(9):
         window[i, 0, i // 3, i % 3] = 1
     return {

@@ -255,14 +255,15 @@ def area_keep(bands: Iterable[tuple[int, int, torch.Tensor]], post: PostConfig) 
     """
     counts = None
     for _, _, probs in bands:
-        best = probs.argmax(dim=0).reshape(-1)
-        n = torch.bincount(best, minlength=probs.shape[0])
+        best = probs.argmax(dim=0).reshape(-1)  # counted on the device, nothing read back
+        n = best.new_zeros(probs.shape[0]).index_add_(0, best, torch.ones_like(best))
         counts = n if counts is None else counts + n
     assert counts is not None
     num_classes, bg = counts.shape[0], post.background_index
     others = torch.ones(num_classes, dtype=torch.bool, device=counts.device)
     if 0 <= bg < num_classes:
         others[bg] = False
-    total = counts[others].sum().to(torch.float64)
-    keep = (counts.to(torch.float64) > post.area_threshold * total) | ~others
+    exact = torch.float32 if counts.device.type == "mps" else torch.float64  # MPS: no float64
+    total = (counts * others).sum().to(exact)
+    keep = (counts.to(exact) > post.area_threshold * total) | ~others
     return keep.to(torch.float32)

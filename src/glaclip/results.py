@@ -70,9 +70,11 @@ class ImageFeatures:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the features: ``4 x L x S x E`` bytes (9.6 MB for a VOC-sized image
-        with DINO ViT-B/8 keys and a ViT-B/16 CLIP, 2.4 MB without a VFM)."""
-        return self.embeddings.numel() * self.embeddings.element_size()
+        """Memory held by the features: the embeddings, ``4 x L x S x E`` bytes (9.6 MB for a
+        VOC-sized image with DINO ViT-B/8 keys and a ViT-B/16 CLIP, 2.4 MB without a VFM),
+        and the network input for PAMR, ``4 x 3 x H x W`` (1.8 MB at 448 x 336)."""
+        held = [self.embeddings] + ([self.image] if self.image is not None else [])
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def _fields(part: object) -> list[str]:

@@ -264,7 +264,8 @@ def format_table_markdown(table: dict[str, Any]) -> str:
     cells = [f"average ({a['benchmarks']} of {len(PRESETS)})", pct(a["mIoU"]), pct(a["aAcc"])]
     cells += [pct(a["BER"]), "", paper(a["paper_mIoU"]), diff(a["difference"])]
     lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "mIoU, aAcc, BER in %; the paper's numbers: " + table["paper"]["source"] + "."]
+    source = table["paper"]["source"] or "none published for this method"
+    lines += ["", f"mIoU, aAcc, BER in %; the paper's numbers: {source}."]
     if table["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in table["notes"]]
     models = ", ".join(f"{k}={v}" for k, v in table["models"].items() if v is not None)

@@ -133,14 +133,19 @@ class NACLIPBase(BaseMethod):
 
 def gaussian_window(dim1: int, dim2: int, std: float) -> torch.Tensor:
     """``dim1 x dim2`` Gaussian centred in the middle, ``exp(-(a^2 + b^2))`` over offsets
-    scaled by ``1 / (std sqrt 2)``, made as NACLIP's code makes it (``torch.linspace``)."""
+    scaled by ``1 / (std sqrt 2)``, made as NACLIP's code makes it (``torch.linspace``), on the
+    CPU (``window_bias`` moves the result)."""
     constant = 1 / (std * math.sqrt(2))
     axes = []
     for dim in (dim1, dim2):
         start = -(dim - 1) / 2.0
         axes.append(
             torch.linspace(
-                start * constant, (start + (dim - 1)) * constant, steps=dim, dtype=torch.float
+                start * constant,
+                (start + (dim - 1)) * constant,
+                steps=dim,
+                dtype=torch.float,
+                device="cpu",
             )
         )
     dist = (torch.stack(torch.meshgrid(*axes, indexing="ij")) ** 2).sum(0)
@@ -155,11 +160,11 @@ def window_bias(grid: tuple[int, int], std: float, device: str) -> torch.Tensor:
     convolution of one-hot maps places it."""
     gh, gw = grid
     window = gaussian_window(2 * gh - 1, 2 * gw - 1, std)
-    a = torch.arange(gh).view(gh, 1, 1, 1)
-    b = torch.arange(gw).view(1, gw, 1, 1)
-    c = torch.arange(gh).view(1, 1, gh, 1)
-    d = torch.arange(gw).view(1, 1, 1, gw)
+    a = torch.arange(gh, device="cpu").view(gh, 1, 1, 1)
+    b = torch.arange(gw, device="cpu").view(1, gw, 1, 1)
+    c = torch.arange(gh, device="cpu").view(1, 1, gh, 1)
+    d = torch.arange(gw, device="cpu").view(1, 1, 1, gw)
     patches = window[a - c + gh - 1, b - d + gw - 1].reshape(gh * gw, gh * gw)
-    out = torch.zeros(1 + gh * gw, 1 + gh * gw)
+    out = torch.zeros(1 + gh * gw, 1 + gh * gw, device="cpu")
     out[1:, 1:] = patches
     return out.to(device)

@@ -201,8 +201,8 @@ class FeatureStore:
     ``feature_key`` (so at most one per method of the page): a new vocabulary or threshold on
     the same photo runs only the text and the final product. A new image drops the others.
 
-    Holds ``nbytes`` of memory (``ImageFeatures.nbytes`` summed): 9.6 MB per method with a VFM
-    for a 500 x 375 photo (network input 448 x 336), 2.4 MB without. One store serves one
+    Holds ``nbytes`` of memory (``ImageFeatures.nbytes`` summed): 11.4 MB per method with a
+    VFM for a 500 x 375 photo (network input 448 x 336), 4.2 MB without. One store serves one
     loaded Segmenter (features are not compared across models).
     """
 
