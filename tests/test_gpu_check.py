@@ -33,11 +33,13 @@ def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert all(step["ok"] for step in record["steps"].values()), record
     log = (out / "gpu_check.log").read_text()
     assert log.count("PASSED tests/test_golden.py::test_golden_case[") == 12  # compact set
+    assert log.count("PASSED tests/test_base_golden.py::test_base_case[") == 7  # SCLIP, NACLIP
     assert "gla_default [compact] on cpu: " in log  # the agreement figures, per case
+    for base in ("proxyclip", "clearclip", "sclip", "naclip", "maskclip"):
+        assert f"{base}: labels equal to the CPU's" in log or f"{base}: segmented on" in log
     bench = json.loads((out / "bench.json").read_text())["results"]
     assert {(r["base"], r["size"], r["impl"]) for r in bench} == {
-        ("proxyclip", "224x336", "blocked"),
-        ("clearclip", "224x336", "blocked"),
+        (base, "224x336", "blocked") for base in ("proxyclip", "clearclip", "sclip", "naclip")
     }
     assert all(r["block"] > 0 and r["seconds"] > 0 for r in bench)
     assert "voc21: mIoU" in log and "running on cpu" in log

@@ -101,3 +101,54 @@ def test_final_resize_against_an_independent_computation(golden_modules) -> None
     clear = (top2[1] - top2[0]) > 1e-5  # pixels where float32 round-off cannot decide
     assert clear.mean() > 0.99
     assert np.array_equal(res.labels[clear], expect[clear])
+
+
+# ------------------------------------------------------------------------------ PAMR, area
+@pytest.mark.parametrize("output", [(90, 70), (123, 101)])
+def test_pamr_in_bands_equals_pamr_on_the_whole_image(output, monkeypatch) -> None:
+    """PAMR at the output size, band by band with its margin, a few classes and rows at a time,
+    gives what ``pamr.pamr`` gives on the whole resized image and logits."""
+    from glaclip import pamr, postprocess
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(3, 90, 70, generator=g)
+    logits = torch.randn(5, 90, 70, generator=g) * 0.1
+    post = PostConfig(logit_scale=30.0, pamr_steps=3, pamr_dilations=(1, 2))
+    big = F.interpolate(image[None], size=output, mode="bilinear", align_corners=False)
+    maps = F.interpolate(logits[None], size=output, mode="bilinear", align_corners=False)
+    expected = torch.softmax(pamr.pamr(big, maps, 3, (1, 2))[0] * 30.0, dim=0)
+    monkeypatch.setattr(postprocess, "PAMR_TILE_BYTES", 400_000)  # chunks of classes and rows
+    labels, scores = labels_from_logits(
+        logits, range(5), 5, post, output, return_scores=True, tile_bytes=1, image=image
+    )
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+    assert torch.equal(labels, expected.argmax(dim=0).to(torch.int32))
+    unrefined = labels_from_logits(logits, range(5), 5, PostConfig(logit_scale=30.0), output)
+    assert (unrefined[0] != labels).any()  # PAMR changed labels
+
+
+def test_area_threshold_by_hand() -> None:
+    """Background 0 on 70 pixels, class 1 on 10, class 2 on 120 of 200 (classes 1 and 2: 130
+    pixels). Area threshold 0.1: class 1 has 10 / 130 = 7.7 % of them and is dropped, its
+    pixels going to their second class (2); class 2 stays; the background is never dropped,
+    even at 0.5 (where class 2, 120 / 130, stays and class 1 still goes)."""
+    logits = torch.zeros(3, 10, 20)
+    logits[0, :, :7] = 1.0  # 70 pixels
+    logits[1, :, 7:8] = 1.0  # 10 pixels, their second class 2
+    logits[2, :, 7:8] = 0.5
+    logits[2, :, 8:] = 1.0  # 120 pixels
+    expected = torch.full((10, 20), 2, dtype=torch.int32)
+    expected[:, :7] = 0
+    for threshold in (0.1, 0.5):
+        post = PostConfig(logit_scale=10.0, area_threshold=threshold)
+        labels, scores = labels_from_logits(logits, range(3), 3, post, return_scores=True)
+        assert torch.equal(labels, expected), threshold
+        assert scores[1, 0, 7] > 0.5  # the probabilities are before the threshold
+    kept, _ = labels_from_logits(
+        logits, range(3), 3, PostConfig(logit_scale=10.0, area_threshold=0.07)
+    )
+    assert (kept == 1).sum() == 10  # 10 / 130 is above 7 %: kept
+    # without a background class every class may go: an unlabelled pixel where all went
+    post = PostConfig(logit_scale=10.0, area_threshold=0.9, background_index=255)
+    labels, _ = labels_from_logits(logits, range(3), 3, post)
+    assert (labels == 255).all()  # no class holds 90 % of the 200 pixels

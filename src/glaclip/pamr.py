@@ -16,42 +16,27 @@ the whole image would give it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 _NEIGHBOURS = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]  # of a 3 x 3
+_WINDOW = [(y, x) for y in range(3) for x in range(3)]  # the 3 x 3, centre included
 
 
-@lru_cache(maxsize=16)
-def _kernels(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The 3 x 3 shift kernels: ``difference`` (centre minus each neighbour), ``copy`` (each
-    neighbour), ``window`` (each of the 9 pixels, centre included)."""
-    cpu = torch.device("cpu")  # made on the host, moved below
-    difference = torch.zeros(8, 1, 3, 3, device=cpu)
-    copy = torch.zeros(8, 1, 3, 3, device=cpu)
-    for i, (y, x) in enumerate(_NEIGHBOURS):
-        difference[i, 0, 1, 1] = 1
-        difference[i, 0, y, x] = -1
-        copy[i, 0, y, x] = 1
-    window = torch.zeros(9, 1, 3, 3, device=cpu)
-    for i in range(9):
-        window[i, 0, i // 3, i % 3] = 1
-    return {
-        name: k.to(device=device, dtype=dtype)
-        for name, k in (("difference", difference), ("copy", copy), ("window", window))
-    }
-
-
-def _shifted(x: torch.Tensor, dilations: Sequence[int], kernel: torch.Tensor) -> torch.Tensor:
-    """``B x K x H x W`` -> ``B x K x (len(dilations) x kernels) x H x W``: each channel seen
-    through each kernel at each dilation, the borders replicated."""
+def _shifted(
+    x: torch.Tensor, dilations: Sequence[int], offsets: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """``B x K x H x W`` -> ``B x K x (len(dilations) x len(offsets)) x H x W``: each channel
+    seen from each offset of the 3 x 3 neighbourhood at each dilation, the borders replicated.
+    The copies are what a convolution with one-hot 3 x 3 kernels gives (as the authors'
+    ``pamr.py`` computes them), bit for bit, without the arithmetic."""
     b, k, h, w = x.shape
     flat = x.reshape(b * k, 1, h, w)
-    parts = [
-        F.conv2d(F.pad(flat, [d] * 4, mode="replicate"), kernel, dilation=d) for d in dilations
-    ]
+    parts = []
+    for d in dilations:
+        padded = F.pad(flat, [d] * 4, mode="replicate")
+        parts += [padded[:, :, y * d : y * d + h, c * d : c * d + w] for y, c in offsets]
     return torch.cat(parts, 1).view(b, k, -1, h, w)
 
 
@@ -61,17 +46,27 @@ def affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     Args:
         image: ``1 x K x H x W`` float32 (the normalised image).
     """
-    kernels = _kernels(str(image.device), image.dtype)
-    std = _shifted(image, dilations, kernels["window"]).std(2, keepdim=True)
-    x = -_shifted(image, dilations, kernels["difference"]).abs() / (1e-8 + 0.1 * std)
+    std = _shifted(image, dilations, _WINDOW).std(2, keepdim=True)
+    difference = image[:, :, None] - _shifted(image, dilations, _NEIGHBOURS)
+    x = -difference.abs() / (1e-8 + 0.1 * std)
     return F.softmax(x.mean(1, keepdim=True), 2)
 
 
 def refine(masks: torch.Tensor, weights: torch.Tensor, steps: int, dilations: Sequence[int]):
-    """``steps`` PAMR steps of ``1 x C x H x W`` maps with the ``affinity`` weights."""
-    copy = _kernels(str(masks.device), masks.dtype)["copy"]
+    """``steps`` PAMR steps of ``1 x C x H x W`` maps with the ``affinity`` weights: each map
+    becomes the weighted sum of its neighbours' values, summed neighbour by neighbour in the
+    order of the weights (without the ``C x P x H x W`` copies a single product would hold)."""
+    b, c, h, w = masks.shape
     for _ in range(steps):
-        masks = (_shifted(masks, dilations, copy) * weights).sum(2)
+        out, p = None, 0
+        for d in dilations:
+            padded = F.pad(masks.reshape(b * c, 1, h, w), [d] * 4, mode="replicate")
+            padded = padded.view(b, c, h + 2 * d, w + 2 * d)
+            for y, x in _NEIGHBOURS:
+                term = padded[:, :, y * d : y * d + h, x * d : x * d + w] * weights[:, :, p]
+                out = term if out is None else out.add_(term)
+                p += 1
+        masks = out
     return masks
 
 

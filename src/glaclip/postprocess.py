@@ -213,19 +213,19 @@ class _Bands:
 
     def _refined(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``r0:r1`` of the logits at the output size after PAMR: computed on the rows
-        within ``pamr.halo`` of them (exact: PAMR is local), class by class in chunks."""
-        post, (out_h, _) = self.post, self.size
+        within ``pamr.halo`` of them (exact: PAMR is local), a few classes at a time."""
+        post, (out_h, out_w) = self.post, self.size
         margin = pamr.halo(post.pamr_steps, post.pamr_dilations)
         s0, s1 = max(0, r0 - margin), min(out_h, r1 + margin)
         image = resize_rows(self.image, self.size, s0, s1)[None]
         weights = _affinity_rows(image, post.pamr_dilations)
-        band = resize_rows(self.logits, self.size, s0, s1)
-        per_class = 2 * weights.numel() * 4  # a class's shifted copies and their product
+        per_class = 4 * (s1 - s0) * out_w * 4  # a class's map, its padded copy, a term, the sum
         chunk = max(1, PAMR_TILE_BYTES // per_class)
-        out = band.new_empty(band.shape[0], r1 - r0, band.shape[2])
-        for c0 in range(0, band.shape[0], chunk):
-            part = band[None, c0 : c0 + chunk]
-            refined = pamr.refine(part, weights, post.pamr_steps, post.pamr_dilations)
+        queries = self.logits.shape[0]
+        out = self.logits.new_empty(queries, r1 - r0, out_w)
+        for c0 in range(0, queries, chunk):
+            band = resize_rows(self.logits[c0 : c0 + chunk], self.size, s0, s1)
+            refined = pamr.refine(band[None], weights, post.pamr_steps, post.pamr_dilations)
             out[c0 : c0 + chunk] = refined[0, :, r0 - s0 : r1 - s0]
         return out
 
