@@ -346,7 +346,10 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
         block = settings.gla.block_size or auto_block_size(n, seg.device, symmetric=initial is None)
         general = n * (1.0 - stats["single_row_fraction"])
         att = attention_flops_blocked(n, c, d, iters, block, general, symmetric=initial is None)
-    att = {part: flops * max(spaces, 1) for part, flops in att.items()}  # one pass per space
+    # one pass per similarity space; none for a base without attention (MaskCLIP)
+    att = {
+        part: flops * (spaces or min(1, seg.base.attention_spaces)) for part, flops in att.items()
+    }
     embed = seg.clip_model.visual.output_dim
     rates = {p: matmul_rate(seg.device, p) for p in dict.fromkeys(["fp32", precision])}
     return {
