@@ -48,7 +48,7 @@ from glaclip.text import (
     parse_classes_arg,
 )
 from glaclip.towers import cast_towers
-from glaclip.windows import network_canvas, stitch, window_grid
+from glaclip.windows import network_canvas, stitch_upsampled, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -458,9 +458,8 @@ class Segmenter:
             logits = flat.reshape(*feats.shape[:2], -1)
         gh, gw = features.grid
         logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
-        crop = (self._settings.window.crop, self._settings.window.crop)
-        logits = F.interpolate(logits, size=crop, mode="bilinear", align_corners=False)
-        return stitch(logits, windows, *features.canvas.size)
+        crop = self._settings.window.crop  # each window upsampled on its own: memory
+        return stitch_upsampled(logits, windows, crop, *features.canvas.size)
 
     def labels_from_logits(
         self,
