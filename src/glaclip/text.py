@@ -27,6 +27,7 @@ from glaclip.vocabulary import (
     parse_class_lines,
     parse_classes_arg,
     read_class_file,
+    shown,
 )
 
 __all__ = [
@@ -85,7 +86,7 @@ def prompt_keys(
     for name, count in zip(names, full, strict=True):
         if count:
             warnings.warn(
-                f"the class name {name!r} is longer than the text encoder reads: its prompts "
+                f"the class name {shown(name)} is longer than the text encoder reads: its prompts "
                 f"fill the context of {rows.shape[-1]} tokens ({count} of {len(templates)}), so "
                 "the words at its end are cut off; shorten it",
                 RuntimeWarning,
