@@ -90,6 +90,18 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         default=16.0,
         help="refuse larger uploads (default: 16)",
     )
+    g.add_argument(
+        "--max-classes",
+        type=int,
+        default=200,
+        help="refuse requests with more class names, synonyms counted (default: 200)",
+    )
+    g.add_argument(
+        "--max-name-length",
+        type=int,
+        default=100,
+        help="refuse class names longer than this many characters (default: 100)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,6 +371,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from glaclip.config import settings_from_kwargs
 
     check_server_flags(args.port, args.max_megapixels)
+    _check_demo_limits(args)
     settings = settings_from_args(args)
     settings.setdefault("background_index", UNLABELLED)
     settings_from_kwargs(**settings)  # refused before any model loads
@@ -377,10 +390,25 @@ def _run_demo(args: argparse.Namespace) -> int:
             port=args.port,
             share=args.share,
             max_megapixels=args.max_megapixels,
+            max_classes=args.max_classes,
+            max_name_length=args.max_name_length,
         )
     except OSError as err:
         return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")
     return 0
+
+
+def _check_demo_limits(args: argparse.Namespace) -> None:
+    """Raise ValueError unless ``--max-classes`` and ``--max-name-length`` are usable."""
+    from glaclip.vocabulary import MAX_NAME_CHARS
+
+    if not 1 <= args.max_classes <= 65535:
+        raise ValueError(f"--max-classes must be from 1 to 65535, got {args.max_classes}")
+    if not 1 <= args.max_name_length <= MAX_NAME_CHARS:
+        raise ValueError(
+            f"--max-name-length must be from 1 to {MAX_NAME_CHARS} characters, got "
+            f"{args.max_name_length}"
+        )
 
 
 def _fail(message: str) -> int:
