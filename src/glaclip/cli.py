@@ -102,6 +102,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         default=100,
         help="refuse class names longer than this many characters (default: 100)",
     )
+    g.add_argument(
+        "--cache-class-names",
+        action="store_true",
+        help="also keep the class names users type in the text cache on disk (default: only "
+        "the benchmark vocabularies' names are written there)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,6 +398,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             max_megapixels=args.max_megapixels,
             max_classes=args.max_classes,
             max_name_length=args.max_name_length,
+            cache_class_names=args.cache_class_names,
         )
     except OSError as err:
         return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")

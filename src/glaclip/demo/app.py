@@ -35,6 +35,7 @@ from glaclip.demo.logic import (  # noqa: E402
     available_methods,
     check_demo_limits,
     default_method,
+    keep_user_names_out,
     preset_choices,
     preset_text,
     run_request,
@@ -275,8 +276,13 @@ def serve(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     max_classes: int = DEFAULT_MAX_CLASSES,
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+    cache_class_names: bool = False,
 ) -> None:
-    """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link."""
+    """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link.
+    The persistent text cache receives only the benchmark vocabularies' names, unless
+    ``cache_class_names`` (``keep_user_names_out``)."""
+    if not cache_class_names:
+        keep_user_names_out(segmenter)
     folders = RequestFolders()
     app = build_app(segmenter, models, max_megapixels, folders, max_classes, max_name_length)
     previous = None

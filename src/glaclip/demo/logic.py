@@ -136,6 +136,21 @@ def preset_text(name: str | None) -> str:
     return ", ".join(preset_classes(name)) if name else ""
 
 
+def benchmark_names() -> frozenset[str]:
+    """Every query name of the benchmark vocabularies (the page's menu)."""
+    lines = [line for name in PRESETS for line in preset_classes(name)]
+    return frozenset(expand_queries(parse_class_lines(lines))[0])
+
+
+def keep_user_names_out(segmenter: Segmenter) -> None:
+    """Let the segmenter's persistent text cache receive only the names of the benchmark
+    vocabularies: what users type is embedded in memory (``TextEncoder.max_names``, the most
+    recently used) and never written to the disk. Applies to every ``with_settings`` copy,
+    which share the text encoder."""
+    names = benchmark_names()
+    segmenter.text.persist = names.__contains__
+
+
 def parse_page_classes(
     text: str | None,
     keys: QueryKeys | None = None,
