@@ -30,6 +30,8 @@ class ImageFeatures:
         settings: the settings they were computed with; a Segmenter asking with other window,
             method or runtime settings refuses them (other post-processing is fine).
         timings: seconds per stage of the encoding.
+        weights: the identity of the image towers' weights that made them
+            (``Segmenter.image_fingerprint``); a Segmenter with other weights refuses them.
     """
 
     embeddings: torch.Tensor
@@ -40,11 +42,15 @@ class ImageFeatures:
     image_size: tuple[int, int]
     settings: Settings
     timings: dict[str, float] = field(default_factory=dict)
+    weights: str | None = None
 
-    def check_compatible(self, settings: Settings, device: torch.device) -> None:
-        """Raise ValueError unless a Segmenter with ``settings`` on ``device`` may ask these
-        features: the same window, method and runtime settings (other post-processing is
-        fine), and the same device."""
+    def check_compatible(
+        self, settings: Settings, device: torch.device, weights: str | None = None
+    ) -> None:
+        """Raise ValueError unless a Segmenter with ``settings`` on ``device`` (and image
+        towers whose identity is ``weights``, where given) may ask these features: the same
+        window, method and runtime settings (other post-processing is fine), the same device
+        and the same weights."""
         differ = [
             name
             for part in ("window", "gla", "runtime")
@@ -57,6 +63,13 @@ class ImageFeatures:
                 + ", ".join(differ)
                 + "): encode the image again with this Segmenter (only the post-processing "
                 "settings may differ)"
+            )
+        if weights is not None and self.weights != weights:
+            made = f"weights {self.weights[:12]}" if self.weights else "unknown weights"
+            raise ValueError(
+                f"these image features were computed by image models of other weights ({made}, "
+                f"this Segmenter's are {weights[:12]}): their labels would be wrong; encode "
+                "the image again with this Segmenter"
             )
         if self.embeddings.device != device:
             raise ValueError(

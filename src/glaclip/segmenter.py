@@ -28,6 +28,7 @@ from glaclip.device import (
     resolve_device,
     strict_fp32,
 )
+from glaclip.identity import weights_fingerprint
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
 from glaclip.results import (
@@ -117,6 +118,7 @@ class Segmenter:
         )
         self.clip_mean, self.clip_std = mean_t, std_t  # 1 x 3 x 1 x 1, on the device
         self.base = self._make_base()
+        self._identity: dict[bool, str] = {}  # image_fingerprint, shared by with_settings copies
         cache = default_cache_dir() if isinstance(text_cache_dir, _UserCache) else text_cache_dir
         self.text = TextEncoder(self.clip_model, tokenizer, cache_dir=cache)
 
@@ -258,6 +260,19 @@ class Segmenter:
             )
         return self._towers[precision]
 
+    @property
+    def image_fingerprint(self) -> str:
+        """The identity of the weights that make image features: CLIP's image tower, the
+        VFM where the base method uses one, and the images' normalisations
+        (``identity.weights_fingerprint``: a sample of every tensor). Taken once, shared with
+        ``with_settings`` copies; ``ImageFeatures`` carry it, and ``segment`` refuses
+        features of other weights."""
+        uses_vfm = self.base.needs_vfm and self.vfm_tower is not None
+        if uses_vfm not in self._identity:
+            towers = [("clip", self.clip_tower)] + ([("vfm", self.vfm_tower)] if uses_vfm else [])
+            self._identity[uses_vfm] = weights_fingerprint(towers, repr(self.normalisation))
+        return self._identity[uses_vfm]
+
     # ------------------------------------------------------------------------------ pieces
     def query_embeddings(
         self, class_lines: Sequence[str]
@@ -336,7 +351,7 @@ class Segmenter:
         size = (height, width)
         return ImageFeatures(
             embeddings, windows, feats.grid, canvas, size, image_size or size, self._settings,
-            timings=dict(timer.seconds),
+            timings=dict(timer.seconds), weights=self.image_fingerprint,
         )  # fmt: skip
 
     def _project(self, attended: torch.Tensor) -> torch.Tensor:
@@ -426,7 +441,7 @@ class Segmenter:
         timer = StageTimer(self.device)
         if isinstance(x, ImageFeatures):
             features = x
-            features.check_compatible(self._settings, self.device)
+            features.check_compatible(self._settings, self.device, self.image_fingerprint)
         else:
             features = self.encode_tensor(x, progress=progress, timer=timer)
         with strict_fp32(self.device):
