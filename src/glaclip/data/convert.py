@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from glaclip.imageio import atomic_write
+from glaclip.pngcheck import incomplete_png_message, png_rows
 
 OnFailure = Callable[[str, str], None]
 PREPARE_INSTALL = 'pip install "glaclip[prepare]"'
@@ -94,7 +95,11 @@ def read_label_map(path: Path) -> np.ndarray:
                 raise ConversionError(
                     f"image mode {img.mode!r}: expected a single-channel 8-bit label map"
                 )
-            return np.array(img, dtype=np.uint8)
+            label = np.array(img, dtype=np.uint8)
+            rows = png_rows(path) if img.format == "PNG" else None
+        if rows is not None and not rows.complete:  # Pillow would have read the rest as 0
+            raise ConversionError(incomplete_png_message(rows))
+        return label
     except ConversionError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as err:
