@@ -43,6 +43,7 @@ from glaclip.eval_state import (
     StateWriter,
     check_state,
     fingerprint,
+    input_fingerprint,
     read_state,
     resume,
     state_config,
@@ -226,11 +227,12 @@ def _score_images(
     )
     try:
         for sample in bar:
+            inputs = input_fingerprint(sample)  # what the record will vouch for
             pred, metric = evaluate_image(segmenter, sample, task)
             if predictions is not None:
                 predictions.claim([f"{sample.id}.png"])
                 save_label_png(predictions.path / f"{sample.id}.png", pred)
-            writer.add(sample.id, metric)
+            writer.add(sample.id, metric, inputs)
             local.merge(metric)
             processed += 1
             _show_miou(bar, prior, local, task, dist)
