@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from glaclip.atomicio import remove_stale_temporaries
 from glaclip.config import MAX_INDEXED_CLASSES, Settings
 from glaclip.distributed import DistInfo, shard
 from glaclip.imageio import (
@@ -347,8 +348,9 @@ def segment_files(
     runs over the images, and one over the stages of an image that takes long.
 
     Every output name is recorded in ``out_dir``'s manifest before it is written
-    (``OutputFolder.claim``), so that a later run may replace it. One run per folder is the
-    caller's to ensure (the command line holds ``outputs.output_lock``).
+    (``OutputFolder.claim``), so that a later run may replace it. Temporary files that a killed
+    run left in ``out_dir`` are removed first (``atomicio.remove_stale_temporaries``). One run
+    per folder is the caller's to ensure (the command line holds ``outputs.output_lock``).
 
     Raises:
         ValueError: before any work, a class that can never win (``text.check_vocabulary``),
@@ -361,6 +363,7 @@ def segment_files(
     check_outputs(paths, out_dir, write_overlay, overwrite)
     folder = OutputFolder(out_dir)
     make_folder(out_dir)
+    remove_stale_temporaries(out_dir)  # of an earlier run that was killed while it wrote
     report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
     models = models or segmenter.model_names()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -435,9 +437,32 @@ def _show_warning(
     print(f"glaclip: warning: {message}", file=file or sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as after Ctrl-C (outputs of the image being written
+    removed, locks released), with status 143."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM stops the command the way Ctrl-C does, for the duration of the block (from
+    the main thread only, where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    with warnings.catch_warnings():
+    """Run the command line; returns the exit status (130 after Ctrl-C, 143 after SIGTERM)."""
+    with warnings.catch_warnings(), _sigterm_as_interrupt():
         warnings.showwarning = _show_warning
         return _main(argv)
 
@@ -465,6 +490,9 @@ def _main(argv: Sequence[str] | None) -> int:
         where = f"{err.filename}: " if err.filename and str(err.filename) not in str(err) else ""
         print(f"glaclip: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("glaclip: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as shells report it
     except KeyboardInterrupt:
         print("glaclip: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it

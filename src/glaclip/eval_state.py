@@ -196,7 +196,15 @@ class StateWriter:
         self._write(record)
 
     def close(self) -> None:
-        self._file.close()
+        """Close the file (a line that could not be flushed is tried once more).
+
+        Raises:
+            WriteError: naming the state file (a full disk).
+        """
+        try:
+            self._file.close()
+        except OSError as err:
+            raise write_error(self.path, err) from None
 
 
 def _check_agreement(done_flags: np.ndarray, dist: DistInfo) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glaclip.atomicio import atomic_write
+from glaclip.atomicio import atomic_write, remove_stale_temporaries, write_error
 
 MAGIC = b"\xffGLE"
 _HEAD = struct.Struct("<II")  # name length in bytes, embedding size
@@ -149,17 +149,20 @@ class EmbeddingFile:
         """Append ``items`` in one write; rewrite the file when it passes its bound.
 
         Raises:
-            OSError: the folder or the file cannot be written.
+            WriteError: the folder or the file cannot be written (names the file).
         """
         if not items:
             return
         data = b"".join(encode_record(n, e) for n, e in items.items())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise write_error(self.path, err) from None
         self._records += len(items)
         if self._records > self.max_names:
             self.compact()
@@ -169,5 +172,6 @@ class EmbeddingFile:
         names = self.load()
         keep = list(names.items())[-max(1, 3 * self.max_names // 4) :]
         data = b"".join(encode_record(n, e) for n, e in keep)
+        remove_stale_temporaries(self.path.parent)
         atomic_write(self.path, lambda tmp: tmp.write_bytes(data))
         self._records = len(keep)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from glaclip.atomicio import remove_stale_temporaries
 from glaclip.imageio import atomic_write
 from glaclip.pngcheck import incomplete_png_message, png_rows
 
@@ -166,6 +167,7 @@ def write_list(path: Path, lines: Sequence[str]) -> None:
     Raises:
         OutputError: it could not be written.
     """
+    remove_stale_temporaries(path.parent)
     text = "".join(f"{line}\n" for line in lines)
     try:
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -236,6 +238,8 @@ def run_jobs(
         OutputError: an output could not be written (the files finished before are kept).
     """
     report = ConvertReport()
+    for folder in sorted({job.out.parent for job in jobs}):  # left by a run that was killed
+        remove_stale_temporaries(folder)
     todo = _pending(jobs, overwrite, report)
     for source, reason in report.failed:
         if on_failure is not None:
