@@ -61,8 +61,8 @@ DATASET_NAMES: dict[str, str] = {
 }
 DEFAULT_MAX_MEGAPIXELS = 16.0
 # What one request may ask (``glaclip demo --max-classes``, ``--max-name-length``): every
-# class name (each synonym) is embedded by the text tower the first time, about half a
-# second each on a CPU, and has its own score map while the request runs; and the text tower
+# class name (each synonym) is embedded by the text tower the first time, about 0.65 s each
+# on a 2-core CPU, and has its own score map while the request runs; and the text tower
 # reads 77 tokens of a prompt, so a longer name is cut off anyway.
 DEFAULT_MAX_CLASSES = 200  # class names per request, synonyms counted (COCO-Stuff has 171)
 DEFAULT_MAX_NAME_LENGTH = 100  # characters per class name
@@ -195,8 +195,8 @@ def check_class_limits(text: str, max_classes: int, max_name_length: int) -> Non
         DemoInputError: says which limit, why it is there, and how the operator sets it.
     """
     why_count = (
-        "each new name takes the text encoder about half a second and every name its own "
-        "score map while the request runs"
+        "each new name takes the text encoder about 0.65 s (on a 2-core CPU) and every name "
+        "its own score map while the request runs"
     )
     why_length = "the text encoder reads only 77 tokens of a prompt, so more is cut off"
     most = max_classes * (max_name_length + 3)  # every name at the limit, with "; " between
