@@ -315,7 +315,8 @@ class FeatureStore:
 
     Holds ``nbytes`` of memory (``ImageFeatures.nbytes`` summed): 9.6 MB per method with a VFM
     for a 500 x 375 photo (network input 448 x 336), 2.4 MB without. One store serves one
-    loaded Segmenter (features are not compared across models).
+    loaded Segmenter (features of other weights would be refused by it:
+    ``ImageFeatures.weights``).
     """
 
     def __init__(self) -> None:
