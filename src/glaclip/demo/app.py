@@ -102,16 +102,19 @@ def _segment_handler(
     until it ends; when the client cancels it, it is told (``stop``) and ends at its next
     step. Every failure reaches the page as one sentence (no traceback, no server path)."""
 
-    def work(image: Any, class_text: Any, method: Any, threshold: Any, progress: Any, stop):
+    def work(
+        image: Any, text: Any, method: Any, threshold: Any, progress: Any, stop: threading.Event
+    ) -> tuple[Any, ...]:
         with gate.turn():
             Stopper(stop).check()  # cancelled while it waited for its turn
             image_path, name = upload_path(image)
-            return run_request(
-                segmenter, models, image_path, class_text, method, threshold, folders.new(),
+            run = run_request(
+                segmenter, models, image_path, text, method, threshold, folders.new(),
                 limits.pixels, name=name, progress=lambda f, message: progress(f, desc=message),
                 store=store, max_classes=limits.classes, max_name_length=limits.name_length,
                 stop=stop,
             )  # fmt: skip
+        return _show(run)
 
     async def segment(
         image: Any,
@@ -123,7 +126,7 @@ def _segment_handler(
         stop = threading.Event()
         job = functools.partial(work, image, class_text, method, threshold, progress, stop)
         try:
-            run = await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
         except (DemoInputError, DemoServerError) as err:
             raise _page_error(str(err)) from None
         except RequestCancelled:
@@ -134,7 +137,6 @@ def _segment_handler(
         except BaseException:  # cancelled: the worker stops at its next step, then frees it
             stop.set()
             raise
-        return _show(run)
 
     return segment
 
