@@ -113,7 +113,7 @@ def describe(
     shares = result.pixel_shares()
     labelled = labelled_share(result.labels, len(result.class_names))
     return {
-        "image": str(source),
+        "image": _text(str(source)),
         "image_size": {"height": result.image_size[0], "width": result.image_size[1]},
         "resized_size": {"height": result.resized_size[0], "width": result.resized_size[1]},
         "classes": [
@@ -125,6 +125,12 @@ def describe(
         "models": models,
         "seconds": result.timings,
     }
+
+
+def _text(name: str) -> str:
+    """A file name as JSON text: bytes that were not UTF-8 (decoded by Python as lone
+    surrogates) written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def output_paths(out_dir: Path, stem: str, write_overlay: bool = True) -> list[Path]:
