@@ -708,7 +708,7 @@ def test_the_text_cache_goes_to_the_user_cache_folder(
     base = ["segment", str(photo), "--classes", "sky, road", "--clip", tiny_checkpoints["clip"]]
     base += ["--base", "clearclip", "--device", "cpu", "--no-progress"]
     assert main(base + ["--out", "out"]) == 0
-    assert list(user_cache.glob("text-*.pt"))
+    assert list(user_cache.glob("text-*.emb"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photo.png", "user-cache"]
     for f in user_cache.iterdir():
         f.unlink()

@@ -262,9 +262,9 @@ def test_convert_coco_object(tmp_path: Path) -> None:
     dst = root / "annotations" / "val2017"
     # trainIds: things 0..79 -> 1..80, stuff 80..170 and 255 -> 0
     _save_l(src / "000000000001_labelTrainIds.png", [[0, 79, 80], [170, 255, 5]])
-    # raw stuffthingmaps (category id - 1): 0 person -> 1, 11 unused id 12 -> 0,
+    # raw stuffthingmaps (category id - 1): 0 person -> 1, 181 (the last stuff) -> 0,
     # 12 stop sign (12th thing) -> 12, 89 toothbrush -> 80, 91 stuff -> 0, 255 -> 0
-    _save_l(src / "000000000002.png", [[0, 11, 12], [89, 91, 255]])
+    _save_l(src / "000000000002.png", [[0, 181, 12], [89, 91, 255]])
     # raw map beside its trainIds: the trainIds one wins
     _save_l(src / "000000000001.png", [[200, 200, 200], [200, 200, 200]])
     report = convert_coco_object(src, root, progress=False)

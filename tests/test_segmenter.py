@@ -356,7 +356,7 @@ def test_normalisation_comes_from_the_model_or_the_caller(golden_modules, tmp_pa
         own = Segmenter.from_modules(clip, vfm, tok, clip_mean=(0, 0, 0), clip_std=(1, 1, 1))
         assert own.normalisation == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         seg.text.encode(["cat"])
-        assert list(tmp_path.glob("text-*.pt"))
+        assert list(tmp_path.glob("text-*.emb"))
     finally:
         if saved is None:
             del clip.visual.preprocess_cfg

@@ -282,7 +282,7 @@ def test_two_models_in_one_cache_folder_get_their_own_embeddings(
     assert b.text.encoded_count == 2  # nothing taken from a's embeddings
     own_b = TextEncoder(b.clip_model, tok).encode(["cat", "dog"])  # no cache at all
     assert torch.equal(emb_b, own_b) and not torch.allclose(emb_a, emb_b, atol=1e-3)
-    assert len(list(tmp_path.glob("text-*.pt"))) == 2
+    assert len(list(tmp_path.glob("text-*.emb"))) == 2
 
     a_again = Segmenter(_tiny_clip(state, 11), vfm, tok, text_cache_dir=tmp_path)  # rebuilt
     assert torch.equal(a_again.text.encode(["dog", "cat"]), emb_a[[1, 0]])

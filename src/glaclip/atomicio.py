@@ -3,15 +3,22 @@
 A file is written under a temporary name beside its final one, flushed to the disk and only
 then renamed over it (``atomic_write``): a reader sees the old file or the new one, never half
 of one; a failure leaves no temporary file behind and reports the final name and its cause
-(``WriteError``).
+(``WriteError``). A process killed while it writes (``kill -9``, a power cut) cannot remove its
+temporary file; the name tells the machine and the process that wrote it, and
+``remove_stale_temporaries`` removes those whose process is gone (a rerun calls it on the
+folders it writes into).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import secrets
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "encode_json",
+    "remove_stale_temporaries",
     "save_json",
     "temporary_name",
     "write_error",
@@ -67,11 +75,66 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+_TEMPORARY = re.compile(r"\.glaclip-([0-9a-f]{4})([0-9a-f]{6})[0-9a-f]{6}\.tmp")
+STALE_SECONDS = 3600  # a temporary file this old is stale whoever wrote it (writes take seconds)
+
+
+def _host_tag() -> str:
+    """4 hex digits of this machine's name: which machine wrote a temporary file."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:4]
+
+
 def temporary_name(path: Path) -> Path:
     """A temporary name beside ``path``: ``.glaclip-<16 hex digits>.tmp``, 26 characters
     whatever the length of ``path``'s name, so that any name the file system accepts can be
-    written."""
-    return path.with_name(f".glaclip-{secrets.token_hex(8)}.tmp")
+    written. The digits are the machine (4, from its name), the process id (6) and 6 random
+    ones."""
+    return path.with_name(
+        f".glaclip-{_host_tag()}{os.getpid() & 0xFFFFFF:06x}{secrets.token_hex(3)}.tmp"
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (unknown on Windows: True)."""
+    if os.name == "nt":  # os.kill would end the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files (``temporary_name``) left in ``folder`` by writes that never
+    finished: those written on this machine by a process that is gone, and any older than
+    ``STALE_SECONDS``. Another live process's files are left alone. Returns how many were
+    removed; a folder that cannot be read removes none."""
+    removed = 0
+    host, now = _host_tag(), time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+        except OSError:
+            continue
+        pid = int(match.group(2), 16)
+        dead = match.group(1) == host and pid != os.getpid() & 0xFFFFFF and not _alive(pid)
+        if old or dead:
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write(

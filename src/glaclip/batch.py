@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from glaclip.atomicio import remove_stale_temporaries
 from glaclip.config import MAX_INDEXED_CLASSES, Settings
 from glaclip.distributed import DistInfo, shard
 from glaclip.imageio import (
@@ -112,7 +113,7 @@ def describe(
     shares = result.pixel_shares()
     labelled = labelled_share(result.labels, len(result.class_names))
     return {
-        "image": str(source),
+        "image": _text(str(source)),
         "image_size": {"height": result.image_size[0], "width": result.image_size[1]},
         "resized_size": {"height": result.resized_size[0], "width": result.resized_size[1]},
         "classes": [
@@ -124,6 +125,12 @@ def describe(
         "models": models,
         "seconds": result.timings,
     }
+
+
+def _text(name: str) -> str:
+    """A file name as JSON text: bytes that were not UTF-8 (decoded by Python as lone
+    surrogates) written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def output_paths(out_dir: Path, stem: str, write_overlay: bool = True) -> list[Path]:
@@ -347,8 +354,9 @@ def segment_files(
     runs over the images, and one over the stages of an image that takes long.
 
     Every output name is recorded in ``out_dir``'s manifest before it is written
-    (``OutputFolder.claim``), so that a later run may replace it. One run per folder is the
-    caller's to ensure (the command line holds ``outputs.output_lock``).
+    (``OutputFolder.claim``), so that a later run may replace it. Temporary files that a killed
+    run left in ``out_dir`` are removed first (``atomicio.remove_stale_temporaries``). One run
+    per folder is the caller's to ensure (the command line holds ``outputs.output_lock``).
 
     Raises:
         ValueError: before any work, a class that can never win (``text.check_vocabulary``),
@@ -361,6 +369,7 @@ def segment_files(
     check_outputs(paths, out_dir, write_overlay, overwrite)
     folder = OutputFolder(out_dir)
     make_folder(out_dir)
+    remove_stale_temporaries(out_dir)  # of an earlier run that was killed while it wrote
     report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
     models = models or segmenter.model_names()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +91,24 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=16.0,
         help="refuse larger uploads (default: 16)",
+    )
+    g.add_argument(
+        "--max-classes",
+        type=int,
+        default=200,
+        help="refuse requests with more class names, synonyms counted (default: 200)",
+    )
+    g.add_argument(
+        "--max-name-length",
+        type=int,
+        default=100,
+        help="refuse class names longer than this many characters (default: 100)",
+    )
+    g.add_argument(
+        "--cache-class-names",
+        action="store_true",
+        help="also keep the class names users type in the text cache on disk (default: only "
+        "the benchmark vocabularies' names are written there)",
     )
 
 
@@ -359,6 +379,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from glaclip.config import settings_from_kwargs
 
     check_server_flags(args.port, args.max_megapixels)
+    _check_demo_limits(args)
     settings = settings_from_args(args)
     settings.setdefault("background_index", UNLABELLED)
     settings_from_kwargs(**settings)  # refused before any model loads
@@ -377,10 +398,26 @@ def _run_demo(args: argparse.Namespace) -> int:
             port=args.port,
             share=args.share,
             max_megapixels=args.max_megapixels,
+            max_classes=args.max_classes,
+            max_name_length=args.max_name_length,
+            cache_class_names=args.cache_class_names,
         )
     except OSError as err:
         return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")
     return 0
+
+
+def _check_demo_limits(args: argparse.Namespace) -> None:
+    """Raise ValueError unless ``--max-classes`` and ``--max-name-length`` are usable."""
+    from glaclip.vocabulary import MAX_NAME_CHARS
+
+    if not 1 <= args.max_classes <= 65535:
+        raise ValueError(f"--max-classes must be from 1 to 65535, got {args.max_classes}")
+    if not 1 <= args.max_name_length <= MAX_NAME_CHARS:
+        raise ValueError(
+            f"--max-name-length must be from 1 to {MAX_NAME_CHARS} characters, got "
+            f"{args.max_name_length}"
+        )
 
 
 def _fail(message: str) -> int:
@@ -400,9 +437,32 @@ def _show_warning(
     print(f"glaclip: warning: {message}", file=file or sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as after Ctrl-C (outputs of the image being written
+    removed, locks released), with status 143."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM stops the command the way Ctrl-C does, for the duration of the block (from
+    the main thread only, where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    with warnings.catch_warnings():
+    """Run the command line; returns the exit status (130 after Ctrl-C, 143 after SIGTERM)."""
+    with warnings.catch_warnings(), _sigterm_as_interrupt():
         warnings.showwarning = _show_warning
         return _main(argv)
 
@@ -430,6 +490,9 @@ def _main(argv: Sequence[str] | None) -> int:
         where = f"{err.filename}: " if err.filename and str(err.filename) not in str(err) else ""
         print(f"glaclip: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("glaclip: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as shells report it
     except KeyboardInterrupt:
         print("glaclip: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it

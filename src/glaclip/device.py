@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,19 +133,34 @@ def strict_fp32(device: torch.device) -> Iterator[None]:
     differently and can flip the method's thresholds. PyTorch offers these switches only as
     process-wide flags (``torch.backends.cuda.matmul.allow_tf32``,
     ``torch.backends.cudnn.allow_tf32``): they are set for the duration of the block and
-    restored exactly afterwards, also on errors. Other threads using CUDA during that time see
-    them too. Off CUDA nothing is touched.
+    restored exactly afterwards, also on errors. Calls that overlap (nested, or from several
+    threads) share one period: the first to enter saves the switches, the last to leave
+    restores them. Other threads using CUDA during that time see them too. Off CUDA nothing is
+    touched.
     """
     if device.type != "cuda":
         yield
         return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    with _TF32["lock"]:
+        if _TF32["users"] == 0:
+            matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+            _TF32["saved"] = (matmul.allow_tf32, cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        _TF32["users"] += 1
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        with _TF32["lock"]:
+            _TF32["users"] -= 1
+            if _TF32["users"] == 0:
+                matmul, cudnn = _TF32["saved"]
+                torch.backends.cuda.matmul.allow_tf32 = matmul
+                torch.backends.cudnn.allow_tf32 = cudnn
+
+
+# the calls inside ``strict_fp32`` now, and the switches they found
+_TF32: dict = {"lock": threading.Lock(), "users": 0, "saved": (True, True)}
 
 
 class StageTimer:

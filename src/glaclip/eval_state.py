@@ -1,14 +1,18 @@
 """Resuming an evaluation: one state file per rank in ``OUT/eval_state/``.
 
-Every finished image appends one JSON line ``{"id", "counts"}`` (its own metric counters,
-``SegMetric.to_tensor``) to ``OUT/eval_state/rank<r>.jsonl``, flushed and fsynced after its
+Every finished image appends one JSON line ``{"id", "counts", "inputs"}`` (its own metric
+counters, ``SegMetric.to_tensor``, and a digest of its image and label files,
+``input_fingerprint``) to ``OUT/eval_state/rank<r>.jsonl``, flushed and fsynced after its
 prediction file is in place. Each state file starts with a header holding a fingerprint of the
 evaluation (dataset, data root, class lines, label conventions, every setting except
 ``window_batch`` and ``block_size``, which only partition the work, and ``allow_slow``; and
 the model identities). A later run with the same fingerprint reads every state file, skips the
-ids listed there and adds their counters: integer sums, so the result is the one a fresh run
-gives. ``--limit`` is not part of the fingerprint (an image's counters do not depend on it, so
-a run over the first N images can be continued by a run over all of them); instead, a run with
+ids listed there whose image and label files are still the ones evaluated, and adds their
+counters: integer sums, so the result is the one a fresh run gives. An image whose image or
+label file changed since (a label map fixed or replaced) is evaluated again, with a warning
+naming it; its new record replaces the old one (the last record of an id counts).
+``--limit`` is not part of the fingerprint (an image's counters do not depend on it, so a run
+over the first N images can be continued by a run over all of them); instead, a run with
 ``--limit N`` writes ``results_limitN.json``/``.md`` and a run over the whole dataset
 ``results.json``/``.md`` (``reports.results_stem``), so that runs over different numbers of
 images never replace each other's results. A torn last line (a crash mid-write) is ignored and
@@ -22,19 +26,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from glaclip.data import Sample
 from glaclip.distributed import DistInfo, all_reduce_sum, barrier
 from glaclip.eval_task import EvalTask, check_output_folder
 from glaclip.imageio import write_error
 from glaclip.metrics import SegMetric
 
 STATE_DIR = "eval_state"
-STATE_VERSION = 2  # 2: the image records hold SegMetric.tensor_length(C) = 4*C + 3 counters
+STATE_VERSION = 3  # 3: the image records hold the digest of their files ("inputs")
+_READ_CHUNK = 1 << 20  # bytes hashed at a time
+_SHOWN = 3  # changed images named in the warning
 # settings that only decide how the work is partitioned (or whether it may run), not what is
 # computed
 _RUNTIME_ONLY = ("window_batch", "block_size", "allow_slow")
@@ -58,15 +66,37 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def input_fingerprint(sample: Sample) -> str:
+    """A digest (BLAKE2b, 24 hex digits) of the bytes of a sample's image and label files:
+    what its recorded counters were computed from."""
+    h = hashlib.blake2b(digest_size=12)
+    for path in (sample.image, sample.label):
+        with open(path, "rb") as f:
+            while chunk := f.read(_READ_CHUNK):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def read_state(state_dir: Path, config: dict[str, Any], counts_len: int) -> dict[str, list[int]]:
-    """Finished images recorded in ``state_dir/rank*.jsonl``: ``{id: counts}``.
+    """Finished images recorded in ``state_dir/rank*.jsonl``: ``{id: counts}``
+    (``read_records`` without the digests)."""
+    return {k: counts for k, (counts, _) in read_records(state_dir, config, counts_len).items()}
+
+
+def read_records(
+    state_dir: Path, config: dict[str, Any], counts_len: int
+) -> dict[str, tuple[list[int], str | None]]:
+    """Finished images recorded in ``state_dir/rank*.jsonl``: ``{id: (counts, digest of
+    its files)}``; an id recorded twice (evaluated again after its files changed): its last
+    record.
 
     A last line without its newline (a write cut short) is ignored.
 
     Raises:
         ValueError: a file records another evaluation (names what differs) or is damaged.
     """
-    done: dict[str, list[int]] = {}
+    done: dict[str, tuple[list[int], str | None]] = {}
     if not state_dir.is_dir():
         return done
     want = fingerprint(config)
@@ -103,7 +133,8 @@ def read_state(state_dir: Path, config: dict[str, Any], counts_len: int) -> dict
                     f"evaluation state {path} line {number} is not an image record of "
                     f"{counts_len} counters: pass --restart to start over"
                 )
-            done.setdefault(str(record["id"]), [int(c) for c in counts])
+            inputs = record.get("inputs")
+            done[str(record["id"])] = ([int(c) for c in counts], inputs)
     return done
 
 
@@ -156,12 +187,24 @@ class StateWriter:
         except OSError as err:
             raise write_error(self.path, err) from None
 
-    def add(self, sample_id: str, metric: SegMetric) -> None:
-        """Record one finished image and its counters."""
-        self._write({"id": sample_id, "counts": metric.to_tensor().tolist()})
+    def add(self, sample_id: str, metric: SegMetric, inputs: str | None = None) -> None:
+        """Record one finished image, its counters and the digest of its files
+        (``input_fingerprint``)."""
+        record = {"id": sample_id, "counts": metric.to_tensor().tolist()}
+        if inputs is not None:
+            record["inputs"] = inputs
+        self._write(record)
 
     def close(self) -> None:
-        self._file.close()
+        """Close the file (a line that could not be flushed is tried once more).
+
+        Raises:
+            WriteError: naming the state file (a full disk).
+        """
+        try:
+            self._file.close()
+        except OSError as err:
+            raise write_error(self.path, err) from None
 
 
 def _check_agreement(done_flags: np.ndarray, dist: DistInfo) -> None:
@@ -190,8 +233,10 @@ def resume(
     """The summed counters of ``task``'s images finished before, and their ids (task order).
 
     With ``restart``, rank 0 first deletes the state files. Every rank reads the state
-    (``read_state``), and all ranks must see the same finished images (``_check_agreement``);
+    (``read_records``), and all ranks must see the same finished images (``_check_agreement``);
     no rank returns before every rank has read the state, so that none appends to it early.
+    An image whose files are no longer those it was evaluated from (``input_fingerprint``)
+    is not finished: it is evaluated again, and a ``RuntimeWarning`` names it.
 
     Raises:
         ValueError: the state of another evaluation (without ``restart``), a damaged state
@@ -202,7 +247,25 @@ def resume(
         for path in state_dir.glob("rank*.jsonl"):
             path.unlink()
     barrier(dist)
-    done = read_state(state_dir, config, SegMetric.tensor_length(num_classes))
+    records = read_records(state_dir, config, SegMetric.tensor_length(num_classes))
+    done, changed = {}, []
+    for sample in task.samples:
+        if sample.id in records:
+            counts, inputs = records[sample.id]
+            if inputs == input_fingerprint(sample):
+                done[sample.id] = counts
+            else:
+                changed.append(sample.id)
+    if changed and dist.is_main:
+        shown = ", ".join(changed[:_SHOWN]) + (
+            f" and {len(changed) - _SHOWN} more" if len(changed) > _SHOWN else ""
+        )
+        warnings.warn(
+            f"{len(changed)} image(s) of {state_dir.parent} changed since they were evaluated "
+            f"(their image or label file differs): {shown}; evaluating them again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     ids = [s.id for s in task.samples]
     _check_agreement(np.array([i in done for i in ids], dtype=bool), dist)
     barrier(dist)  # every rank has read the state before any rank appends to it

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from glaclip.atomicio import remove_stale_temporaries
 from glaclip.config import settings_from_kwargs
 from glaclip.data import Sample, load_label
 from glaclip.distributed import DistInfo, all_reduce_sum, gather_messages, shard
@@ -43,6 +44,7 @@ from glaclip.eval_state import (
     StateWriter,
     check_state,
     fingerprint,
+    input_fingerprint,
     read_state,
     resume,
     state_config,
@@ -180,6 +182,9 @@ def evaluate(
     todo = shard([s for s in task.samples if s.id not in skip], dist)
     check_eval_outputs(out, task, save_predictions, overwrite)
     predictions = OutputFolder(save_predictions, "--save-predictions") if save_predictions else None
+    for folder in (out, save_predictions):  # temporaries of a run killed while it wrote
+        if folder is not None and dist.is_main:
+            remove_stale_temporaries(folder)
 
     writer = StateWriter(out / STATE_DIR, dist.rank, config)
     local, processed = _score_images(
@@ -226,11 +231,12 @@ def _score_images(
     )
     try:
         for sample in bar:
+            inputs = input_fingerprint(sample)  # what the record will vouch for
             pred, metric = evaluate_image(segmenter, sample, task)
             if predictions is not None:
                 predictions.claim([f"{sample.id}.png"])
                 save_label_png(predictions.path / f"{sample.id}.png", pred)
-            writer.add(sample.id, metric)
+            writer.add(sample.id, metric, inputs)
             local.merge(metric)
             processed += 1
             _show_miou(bar, prior, local, task, dist)

@@ -45,6 +45,7 @@ from glaclip.atomicio import (
 )
 from glaclip.constants import CLIP_MEAN, CLIP_STD
 from glaclip.palette import make_palette
+from glaclip.pngcheck import incomplete_png_message, png_rows
 
 __all__ = [
     "CLIP_MEAN",
@@ -60,6 +61,7 @@ __all__ = [
     "encode_rgb",
     "is_image_file",
     "missing_file_reason",
+    "oriented_size",
     "quiet_pillow",
     "protocol_size",
     "read_image",
@@ -164,6 +166,10 @@ def _read_file(path: Path) -> np.ndarray:
     try:
         with quiet_pillow(), Image.open(path) as im:
             im.load()
+            if im.format == "PNG":  # Pillow fills rows missing from a PNG with black
+                rows = png_rows(path)
+                if rows is not None and not rows.complete:
+                    raise ImageReadError(f"{path}: {incomplete_png_message(rows)}")
             return _pil_to_rgb(im, str(path))
     except UnidentifiedImageError as e:
         raise ImageReadError(f"{path}: not an image file (Pillow cannot identify it)") from e
@@ -178,6 +184,20 @@ def _read_file(path: Path) -> np.ndarray:
 
 
 _EXIF_ORIENTATION = 0x0112
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as ``read_image`` returns it: with its EXIF
+    orientation applied (5 to 8 swap the sides), read from the header only."""
+    width, height = im.size
+    try:
+        with quiet_pillow():
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as read_image does
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 _BAND_PIXELS = 1 << 22  # pixels per band when copying a large RGB image out of Pillow
 
 

@@ -98,13 +98,14 @@ class OutputFolder:
         if not new:
             return
         text = "".join(json.dumps(n, ensure_ascii=False) + "\n" for n in new)
+        data = text.encode("utf-8", "backslashreplace")  # a name that is no UTF-8: \udcNN
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 if os.fstat(fd).st_size == 0:
-                    text = _HEADER + "\n" + text
-                os.write(fd, text.encode("utf-8"))
+                    data = (_HEADER + "\n").encode("utf-8") + data
+                os.write(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -32,6 +32,8 @@ class ImageFeatures:
         timings: seconds per stage of the encoding.
         image: ``3 x H x W`` float32, the normalised network input (the resized image), on the
             device: the post-processing's PAMR refines the labels along its edges.
+        weights: the identity of the image towers' weights that made them
+            (``Segmenter.image_fingerprint``); a Segmenter with other weights refuses them.
     """
 
     embeddings: torch.Tensor
@@ -43,11 +45,15 @@ class ImageFeatures:
     settings: Settings
     timings: dict[str, float] = field(default_factory=dict)
     image: torch.Tensor | None = None
+    weights: str | None = None
 
-    def check_compatible(self, settings: Settings, device: torch.device) -> None:
-        """Raise ValueError unless a Segmenter with ``settings`` on ``device`` may ask these
-        features: the same window, method and runtime settings (other post-processing is
-        fine), and the same device."""
+    def check_compatible(
+        self, settings: Settings, device: torch.device, weights: str | None = None
+    ) -> None:
+        """Raise ValueError unless a Segmenter with ``settings`` on ``device`` (and image
+        towers whose identity is ``weights``, where given) may ask these features: the same
+        settings but the post-processing (``Settings.feature_parts``), the same device and
+        the same weights."""
         mine, theirs = self.settings.feature_parts(), settings.feature_parts()
         differ = [
             name
@@ -61,6 +67,13 @@ class ImageFeatures:
                 + ", ".join(differ)
                 + "): encode the image again with this Segmenter (only the post-processing "
                 "settings may differ)"
+            )
+        if weights is not None and self.weights != weights:
+            made = f"weights {self.weights[:12]}" if self.weights else "unknown weights"
+            raise ValueError(
+                f"these image features were computed by image models of other weights ({made}, "
+                f"this Segmenter's are {weights[:12]}): their labels would be wrong; encode "
+                "the image again with this Segmenter"
             )
         if self.embeddings.device != device:
             raise ValueError(

@@ -28,6 +28,7 @@ from glaclip.device import (
     resolve_device,
     strict_fp32,
 )
+from glaclip.identity import weights_fingerprint
 from glaclip.imageio import protocol_size, read_image, resize_image, to_tensor
 from glaclip.postprocess import labels_from_logits
 from glaclip.registry import needs_vfm
@@ -49,7 +50,7 @@ from glaclip.text import (
     parse_classes_arg,
 )
 from glaclip.towers import cast_towers
-from glaclip.windows import Canvas, Window, network_canvas, stitch, window_grid
+from glaclip.windows import Canvas, Window, network_canvas, stitch_upsampled, window_grid
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -118,6 +119,7 @@ class Segmenter:
         )
         self.clip_mean, self.clip_std = mean_t, std_t  # 1 x 3 x 1 x 1, on the device
         self.base = self._make_base()
+        self._identity: dict[bool, str] = {}  # image_fingerprint, shared by with_settings copies
         cache = default_cache_dir() if isinstance(text_cache_dir, _UserCache) else text_cache_dir
         self.text = TextEncoder(self.clip_model, tokenizer, cache_dir=cache)
 
@@ -260,6 +262,19 @@ class Segmenter:
             )
         return self._towers[precision]
 
+    @property
+    def image_fingerprint(self) -> str:
+        """The identity of the weights that make image features: CLIP's image tower, the
+        VFM where the base method uses one, and the images' normalisations
+        (``identity.weights_fingerprint``: a sample of every tensor). Taken once, shared with
+        ``with_settings`` copies; ``ImageFeatures`` carry it, and ``segment`` refuses
+        features of other weights."""
+        uses_vfm = self.base.needs_vfm and self.vfm_tower is not None
+        if uses_vfm not in self._identity:
+            towers = [("clip", self.clip_tower)] + ([("vfm", self.vfm_tower)] if uses_vfm else [])
+            self._identity[uses_vfm] = weights_fingerprint(towers, repr(self.normalisation))
+        return self._identity[uses_vfm]
+
     # ------------------------------------------------------------------------------ pieces
     def query_embeddings(
         self, class_lines: Sequence[str]
@@ -340,6 +355,7 @@ class Segmenter:
         return ImageFeatures(
             embeddings.float(), windows, feats.grid, canvas, size, image_size or size,
             self._settings, timings=dict(timer.seconds), image=image[0],
+            weights=self.image_fingerprint,
         )  # fmt: skip
 
     def _windows(self, height: int, width: int) -> tuple[Canvas, list[Window]]:
@@ -445,7 +461,7 @@ class Segmenter:
         timer = StageTimer(self.device)
         if isinstance(x, ImageFeatures):
             features = x
-            features.check_compatible(self._settings, self.device)
+            features.check_compatible(self._settings, self.device, self.image_fingerprint)
         else:
             features = self.encode_tensor(x, progress=progress, timer=timer)
         with strict_fp32(self.device):
@@ -471,9 +487,8 @@ class Segmenter:
         gh, gw = features.grid
         logits = logits.permute(0, 2, 1).reshape(len(windows), -1, gh, gw)
         first = windows[0]  # every window of an image has the same size
-        size = (first.y2 - first.y1, first.x2 - first.x1)
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return stitch(logits, windows, *features.canvas.size)
+        size = (first.y2 - first.y1, first.x2 - first.x1)  # each upsampled on its own: memory
+        return stitch_upsampled(logits, windows, size, *features.canvas.size)
 
     def labels_from_logits(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from glaclip.atomicio import atomic_write
+from glaclip.text_cache import DEFAULT_MAX_NAMES, BoundedCache, EmbeddingFile
 from glaclip.text_tower import encode_text_truncated, pool_positions, text_truncation_is_exact
 from glaclip.vocabulary import (
     QueryKeys,
@@ -27,6 +28,7 @@ from glaclip.vocabulary import (
     parse_class_lines,
     parse_classes_arg,
     read_class_file,
+    shown,
 )
 
 __all__ = [
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 # What a cache file holds and how it was computed; a change of either starts new files.
-_CACHE_FORMAT = "glaclip-text-v2: mean of L2-normalised prompt embeddings, L2-normalised"
+_CACHE_FORMAT = "glaclip-text-v3: mean of L2-normalised prompt embeddings, L2-normalised"
 # Strings whose tokens identify a tokenizer (case, Unicode cleaning, context truncation).
 _TOKENIZER_PROBES = (
     "a photo of a cat.",
@@ -85,7 +87,7 @@ def prompt_keys(
     for name, count in zip(names, full, strict=True):
         if count:
             warnings.warn(
-                f"the class name {name!r} is longer than the text encoder reads: its prompts "
+                f"the class name {shown(name)} is longer than the text encoder reads: its prompts "
                 f"fill the context of {rows.shape[-1]} tokens ({count} of {len(templates)}), so "
                 "the words at its end are cut off; shorten it",
                 RuntimeWarning,
@@ -162,10 +164,15 @@ class TextEncoder:
     averaged, and L2-normalised again. Where ``text_truncation_is_exact(clip_model)``, prompts
     are grouped by token length and each batch runs only up to its longest prompt's
     end-of-text token (same embeddings, several times faster); other text towers run the whole
-    context. Embeddings are kept per name in memory; with a ``cache_dir`` they are also stored
-    on disk keyed by ``text_fingerprint`` of the model and tokenizer (taken when the disk cache
-    is first needed) and the template texts, so that a later run with the same classes encodes
-    nothing. A cache folder that cannot be written gives one warning and no disk cache.
+    context. Embeddings are kept per name in memory, the ``max_names`` most recently used;
+    with a ``cache_dir`` they are also stored on disk keyed by ``text_fingerprint`` of the
+    model and tokenizer (taken when the disk cache is first needed) and the template texts, so
+    that a later run with the same classes encodes nothing. The disk cache is an append-only
+    file (``text_cache.EmbeddingFile``): a call appends the names it encoded, in one write, and
+    the file keeps at most ``max_names``. ``persist`` chooses the names written there (None:
+    all; the demo writes only the benchmark vocabularies' unless its operator asks). A cache
+    folder that cannot be written gives one warning and no disk cache. One encoder may be
+    called from several threads (a lock serialises the calls).
     """
 
     def __init__(
@@ -177,6 +184,8 @@ class TextEncoder:
         cache_dir: str | os.PathLike | None = None,
         batch_prompts: int = 400,
         truncate: bool = True,
+        max_names: int = DEFAULT_MAX_NAMES,
+        persist: Callable[[str], bool] | None = None,
     ) -> None:
         """
         Args:
@@ -187,6 +196,8 @@ class TextEncoder:
             batch_prompts: prompts per forward pass.
             truncate: use the truncated context where it is exact (False: always the whole
                 context, as ``encode_text`` on the tokenizer's output).
+            max_names: names kept in memory (the most recently used) and in the disk cache.
+            persist: which names the disk cache receives (None: every name).
         """
         self.model = clip_model
         self.tokenizer = tokenizer
@@ -195,18 +206,26 @@ class TextEncoder:
         self.truncate = truncate
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._cache_path: Path | None = None
-        self._memory: dict[str, torch.Tensor] = {}
+        self.max_names = max_names
+        self.persist = persist
+        self._memory = BoundedCache(max_names)
+        self._disk: EmbeddingFile | None = None
         self._disk_loaded = False
         self._disk_failed = False
-        self._keys: dict[str, bytes] = {}
+        self._keys = BoundedCache(max_names)
+        self._lock = threading.RLock()
         self.encoded_count = 0  # names encoded by the network (not from a cache)
 
     def query_keys(self, names: Sequence[str]) -> list[bytes]:
         """What the text tower receives for each name (``prompt_keys``), computed once per
         name: the ``keys`` of ``check_vocabulary``."""
-        missing = [n for n in dict.fromkeys(names) if n not in self._keys]
-        self._keys.update(prompt_keys(self.tokenizer, self.templates, missing))
-        return [self._keys[n] for n in names]
+        with self._lock:
+            found = {n: self._keys.get(n) for n in dict.fromkeys(names)}
+            missing = [n for n, key in found.items() if key is None]
+            new = prompt_keys(self.tokenizer, self.templates, missing)
+            self._keys.update(new)
+            found.update(new)
+            return [found[n] for n in names]
 
     @property
     def cache_path(self) -> Path | None:
@@ -218,28 +237,30 @@ class TextEncoder:
             probe = "\n".join(t("{}") for t in self.templates)
             key = f"{_CACHE_FORMAT}\n{text_fingerprint(self.model, self.tokenizer)}\n{probe}"
             digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-            self._cache_path = self.cache_dir / f"text-{digest}.pt"
+            self._cache_path = self.cache_dir / f"text-{digest}.emb"
         return self._cache_path
 
     def _load_disk(self) -> None:
         self._disk_loaded = True
         path = self.cache_path
+        if path is None:
+            return
+        self._disk = EmbeddingFile(path, self.max_names)
         try:
-            if path is None or not path.is_file():
-                return
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            embeddings = stored.get("embeddings", {})
-        except Exception:  # a damaged or unreadable cache is rebuilt, never fatal
+            embeddings = self._disk.load()
+        except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt, never fatal
             return
         for name, emb in embeddings.items():
-            self._memory.setdefault(name, emb)
+            if name not in self._memory:
+                self._memory.put(name, emb)
 
-    def _save_disk(self) -> None:
-        path = self.cache_path
-        if path is None or self._disk_failed:
+    def _save_disk(self, new: dict[str, torch.Tensor]) -> None:
+        if self._disk is None or self._disk_failed:
             return
+        if self.persist is not None:
+            new = {n: e for n, e in new.items() if self.persist(n)}
         try:
-            atomic_write(path, lambda tmp: torch.save({"embeddings": dict(self._memory)}, tmp))
+            self._disk.append(new)
         except OSError as err:
             self._disk_failed = True
             warnings.warn(
@@ -283,13 +304,17 @@ class TextEncoder:
 
     def encode(self, names: Sequence[str]) -> torch.Tensor:
         """``Q x E`` float32 CPU tensor of L2-normalised embeddings, one row per name."""
-        if not self._disk_loaded:
-            self._load_disk()
-        missing = list(dict.fromkeys(n for n in names if n not in self._memory))
-        if missing:
-            self._memory.update(self._encode(missing))
-            self._save_disk()
-        return torch.stack([self._memory[n] for n in names])
+        with self._lock:
+            if not self._disk_loaded:
+                self._load_disk()
+            found = {n: self._memory.get(n) for n in dict.fromkeys(names)}
+            missing = [n for n, emb in found.items() if emb is None]
+            if missing:
+                new = self._encode(missing)
+                self._memory.update(new)
+                self._save_disk(new)
+                found.update(new)
+            return torch.stack([found[n] for n in names])
 
 
 # ------------------------------------------------------------------------- the cache folder

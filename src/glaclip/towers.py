@@ -10,11 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# one lock per VFM model (weakly held): a call that sets the model's attention mode holds it
+# for the whole forward pass, so that threads sharing the model never see another's mode or
+# restore a value another call set (``VFMKeyTower.attention_mode``)
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    with _LOCKS_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -234,15 +251,21 @@ class VFMKeyTower(nn.Module):
     def attention_mode(self, fused: bool) -> Iterator[None]:
         """timm's attention blocks take ``fused_attn`` (SDPA) or the explicit
         ``softmax(q k^T) v``; for the duration of the block, every block takes ``fused``, and
-        each one's own value is restored afterwards (also on errors)."""
-        saved = [m.fused_attn for m in self._attention_modules]
-        try:
-            for m in self._attention_modules:
-                m.fused_attn = fused
-            yield
-        finally:
-            for m, value in zip(self._attention_modules, saved, strict=True):
-                m.fused_attn = value
+        each one's own value is restored afterwards (also on errors).
+
+        timm reads the mode from the shared modules, so the block holds the model's lock
+        (one per model, whichever towers wrap it): calls from several threads on one model
+        run their forward passes one at a time, each with its own mode, and the model is left
+        as it was."""
+        with _model_lock(self.model):
+            saved = [m.fused_attn for m in self._attention_modules]
+            try:
+                for m in self._attention_modules:
+                    m.fused_attn = fused
+                yield
+            finally:
+                for m, value in zip(self._attention_modules, saved, strict=True):
+                    m.fused_attn = value
 
     def keys(
         self,

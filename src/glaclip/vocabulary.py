@@ -15,13 +15,28 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "QueryKeys",
     "check_vocabulary",
     "expand_queries",
     "parse_class_lines",
     "parse_classes_arg",
     "read_class_file",
+    "shown",
 ]
+
+# The text encoder reads 77 tokens of a prompt (a few hundred characters of words at most): a
+# longer name is refused before any work, instead of being tokenised 80 times and then cut.
+MAX_NAME_CHARS = 1000
+_SHOWN_CHARS = 60  # characters of a name quoted in a message
+
+
+def shown(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """``repr(text)`` for a message, its first ``limit`` characters when it is longer (with its
+    length), so that no message or log line repeats a huge input."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[list[str]]:
@@ -34,7 +49,7 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
             counting from 0), or an entry has an empty query name (``"person; ; man"``).
         TypeError: an entry is not a string.
     """
-    if lines is None or isinstance(lines, (str, bytes)):
+    if lines is None or isinstance(lines, (str, bytes)) or not isinstance(lines, Iterable):
         raise TypeError(
             f"{source} must be a list of class names (synonyms separated by ';'), got "
             f"{type(lines).__name__}: pass e.g. ['sky', 'person; man']"
@@ -48,16 +63,17 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
             )
         if not line.strip():
             raise ValueError(
-                f"{source}, entry {index} (counting from 0) is empty ({line!r}): every class "
-                "needs a name; remove the entry"
+                f"{source}, entry {index} (counting from 0) is empty ({shown(line)}): every "
+                "class needs a name; remove the entry"
             )
         names = [part.strip() for part in line.split(";")]
         if any(not n for n in names):
             raise ValueError(
-                f"{source}, entry {index} ({line.strip()!r}) has an empty synonym: "
+                f"{source}, entry {index} ({shown(line.strip())}) has an empty synonym: "
                 "separate synonyms with '; ' and do not leave one blank"
             )
         for name in names:
+            _check_length(name, f"{source}, entry {index}")
             _check_printable(name, f"{source}, entry {index}")
         classes.append(names)
     if not classes:
@@ -68,16 +84,36 @@ def parse_class_lines(lines: Iterable[str], source: str = "class list") -> list[
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines splits
 
 
-def _check_printable(name: str, where: str) -> None:
-    """ValueError if a query name holds a line break or another control character (a tab is
-    a space to the tokenizer)."""
-    bad = [c for c in name if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")]
-    if bad:
-        what = "a line break" if bad[0] in _LINE_BREAKS else f"the control character {bad[0]!r}"
+def _check_length(name: str, where: str) -> None:
+    """ValueError if a query name is far longer than the text encoder reads."""
+    if len(name) > MAX_NAME_CHARS:
         raise ValueError(
-            f"{where}: the class name {name!r} holds {what}: write each name on one line, "
-            "with spaces between its words"
+            f"{where}: the class name {shown(name)} is far longer than the text encoder "
+            "reads (77 tokens of a prompt, a few hundred characters at most; names of up to "
+            f"{MAX_NAME_CHARS:,} characters are accepted): name the class in a few words"
         )
+
+
+def _check_printable(name: str, where: str) -> None:
+    """ValueError if a query name holds a line break, another control character (a tab is
+    a space to the tokenizer) or a lone surrogate (bytes that were not UTF-8, decoded with
+    ``surrogateescape``, as Python does for command-line arguments and file names)."""
+    bad = [c for c in name if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")]
+    if not bad:
+        return
+    if unicodedata.category(bad[0]) == "Cs":
+        code = ord(bad[0])
+        byte = f" (the byte 0x{code - 0xDC00:02x})" if 0xDC80 <= code <= 0xDCFF else ""
+        raise ValueError(
+            f"{where}: the class name {shown(name)} is not valid text: it holds the lone "
+            f"surrogate {bad[0]!r}{byte}, the mark of bytes that are not UTF-8; give the "
+            "classes as UTF-8 text"
+        )
+    what = "a line break" if bad[0] in _LINE_BREAKS else f"the control character {bad[0]!r}"
+    raise ValueError(
+        f"{where}: the class name {shown(name)} holds {what}: write each name on one line, "
+        "with spaces between its words"
+    )
 
 
 def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
@@ -92,13 +128,13 @@ def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
     lines = [part.strip() for part in text.split(",")]
     if all(not line for line in lines):
         raise ValueError(
-            f"{source} is empty ({text!r}): name at least one class, commas between "
+            f"{source} is empty ({shown(text)}): name at least one class, commas between "
             "classes, e.g. 'sky, tree, person; man'"
         )
     for line in lines:
         if not line:
             raise ValueError(
-                f"{source} {text!r} has an empty class between commas: remove the extra comma"
+                f"{source} {shown(text)} has an empty class between commas: remove the extra comma"
             )
     parse_class_lines(lines, source=source)
     return lines
@@ -148,7 +184,7 @@ def read_class_file(path: str | os.PathLike, blank_lines: bool = True) -> list[s
             )
         if any(not part.strip() for part in line.split(";")):
             raise ValueError(
-                f"{p}, line {number} ({line!r}) has an empty synonym: separate query names "
+                f"{p}, line {number} ({shown(line)}) has an empty synonym: separate query names "
                 "with '; ' and leave none blank"
             )
         lines.append(line)
@@ -212,9 +248,9 @@ def check_vocabulary(
                     )
                 )
                 raise ValueError(
-                    f"{source}: class {j} ({'; '.join(classes[j])!r}) can never win, because "
-                    f"class {i} ({'; '.join(classes[i])!r}) comes first and has all its query "
-                    f"names {note}: remove the duplicate or make the names differ"
+                    f"{source}: class {j} ({shown('; '.join(classes[j]))}) can never win, "
+                    f"because class {i} ({shown('; '.join(classes[i]))}) comes first and has "
+                    f"all its query names {note}: remove the duplicate or make the names differ"
                 )
         for key in wanted:
             holders.setdefault(key, []).append(j)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+
+# bytes of upsampled window maps held at a time while stitching (``stitch_upsampled``)
+UPSAMPLE_BYTES = 16 << 20
 
 
 class Window(NamedTuple):
@@ -109,6 +113,47 @@ def stitch(
         canvas[:, w.y1 : w.y2, w.x1 : w.x2] += logit
         count[:, w.y1 : w.y2, w.x1 : w.x2] += 1
     return canvas / count
+
+
+def stitch_upsampled(
+    window_logits: torch.Tensor,
+    windows: list[Window],
+    size: int | tuple[int, int],
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """``stitch`` of window maps at their token grid, each upsampled to the window on its own.
+
+    The same numbers as ``stitch(F.interpolate(window_logits, size, mode="bilinear",
+    align_corners=False), windows, height, width)`` (the interpolation is per map, the sums
+    run in the same order), without holding every window's upsampled maps at once: beside
+    the ``Q x H x W`` canvas, at most ``UPSAMPLE_BYTES`` of one window's upsampled maps.
+
+    Args:
+        window_logits: ``L x Q x gh x gw`` logits, one map per window and query.
+        windows: the ``L`` windows, in the same order.
+        size: the windows' size in pixels, ``(h, w)`` (every window of an image has the same),
+            or one side for square windows.
+        height, width: the canvas size ``H x W``.
+
+    Returns:
+        ``Q x H x W`` tensor.
+    """
+    if window_logits.shape[0] != len(windows):
+        raise ValueError(f"{window_logits.shape[0]} window maps for {len(windows)} windows")
+    q = window_logits.shape[1]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    canvas = window_logits.new_zeros(q, height, width)
+    count = window_logits.new_zeros(1, height, width)
+    step = max(1, UPSAMPLE_BYTES // (4 * size[0] * size[1]))  # queries upsampled at a time
+    for logit, w in zip(window_logits, windows, strict=True):
+        for q0 in range(0, q, step):
+            maps = logit[None, q0 : q0 + step]
+            up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            canvas[q0 : q0 + step, w.y1 : w.y2, w.x1 : w.x2] += up[0]
+            del up
+        count[:, w.y1 : w.y2, w.x1 : w.x2] += 1
+    return canvas.div_(count)
 
 
 def inner_edges(windows: list[Window], height: int, width: int) -> tuple[list[int], list[int]]:

@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 from glaclip.data.datasets import LAYOUTS, _read_split, _scan_images, load_label, resolve_layout
 from glaclip.data.presets import Preset, preset_classes
+from glaclip.imageio import oriented_size
 from glaclip.metrics import reduce_zero_label
+from glaclip.pngcheck import incomplete_png_message, png_rows
 
 # the official validation images of each layout (SPEC 11)
 OFFICIAL_IMAGES = {
@@ -94,9 +96,12 @@ def _read_pair(image: Path, label: Path) -> tuple[tuple[int, int] | None, np.nda
     """``(image (h, w), label's distinct values, problem)`` of one sample."""
     try:
         with Image.open(image) as img:
-            w, h = img.size
+            w, h = oriented_size(img)  # as eval reads it: EXIF orientation applied
+            rows = png_rows(image) if img.format == "PNG" else None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         return None, None, f"{image}: not a readable image ({err})"
+    if rows is not None and not rows.complete:
+        return (h, w), None, f"{image}: {incomplete_png_message(rows)}"
     try:
         arr = load_label(label)
     except (OSError, ValueError, Image.DecompressionBombError) as err:

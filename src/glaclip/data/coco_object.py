@@ -15,8 +15,10 @@ apart by file name:
   stuff 91..181, 255 unlabelled.
 
 When both exist for one id (the trainIds are written beside the official maps), the trainIds
-map is used. Files named ``*_instanceTrainIds.png`` are outputs, never inputs. Every value that
-is not a thing becomes 0, as in the reference's conversion.
+map is used. Files named ``*_instanceTrainIds.png`` are outputs, never inputs. Every stuff and
+unlabelled value becomes 0, as in the reference's conversion; a value that no COCO-Stuff class
+has (171..254 in a trainIds map; 182..254 and the unused category values in an official map)
+fails that file with its name, as ``glaclip prepare coco-stuff164k`` refuses it.
 """
 
 from __future__ import annotations
@@ -28,16 +30,19 @@ import numpy as np
 
 from glaclip.data.coco_stuff import (
     INSTANCE_SUFFIX,
+    NUM_CLASSES,
     TRAIN_SUFFIX,
     check_root,
     coco_splits,
     raw_maps,
 )
+from glaclip.data.coco_stuff import LUT as STUFF_LUT
 from glaclip.data.convert import (
     ConvertReport,
     Job,
     OnFailure,
     ensure_folder,
+    map_values,
     read_label_map,
     run_jobs,
 )
@@ -51,21 +56,27 @@ _THING_IDS = [
 ]  # fmt: skip
 
 
+TRAIN_IDS_TABLE = "COCO-Stuff's train ids (0..170, 255)"
+RAW_TABLE = "COCO-Stuff's 182 category values (0..181 but the unused ones, 255)"
+
+
 def _lookup_train_ids() -> np.ndarray:
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[:80] = np.arange(1, 81, dtype=np.uint8)
+    lut = np.full(256, -1, dtype=np.int16)  # -1: no COCO-Stuff class has this value
+    lut[:NUM_CLASSES] = 0
+    lut[:80] = np.arange(1, 81)
+    lut[255] = 0
     return lut
 
 
 def _lookup_raw() -> np.ndarray:
-    lut = np.zeros(256, dtype=np.uint8)
+    lut = np.where(STUFF_LUT >= 0, 0, -1).astype(np.int16)  # the values coco-stuff164k takes
     for index, cat_id in enumerate(_THING_IDS):
         lut[cat_id - 1] = index + 1
     return lut
 
 
-LUT_TRAIN_IDS = _lookup_train_ids()  # (256,) uint8: trainId -> COCO-Object label
-LUT_RAW = _lookup_raw()  # (256,) uint8: stuffthingmaps value -> COCO-Object label
+LUT_TRAIN_IDS = _lookup_train_ids()  # (256,) int16: trainId -> COCO-Object label, -1 unknown
+LUT_RAW = _lookup_raw()  # (256,) int16: stuffthingmaps value -> COCO-Object label, -1 unknown
 
 
 def _sources(folder: Path) -> list[tuple[str, Path, np.ndarray]]:
@@ -80,15 +91,20 @@ def _sources(folder: Path) -> list[tuple[str, Path, np.ndarray]]:
     return sorted(out, key=lambda item: item[0])
 
 
-def to_coco_object(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
+def to_coco_object(
+    label: np.ndarray, lut: np.ndarray, table: str = "COCO-Stuff's values"
+) -> np.ndarray:
     """Map an ``H x W`` uint8 COCO-Stuff label map through a lookup table to COCO-Object.
 
     Returns:
         ``H x W`` uint8 array in ``[0, 80]``.
+
+    Raises:
+        ConversionError: a value the table does not know (``table`` names it in the message).
     """
     if label.dtype != np.uint8:
         raise ValueError(f"COCO-Stuff label maps are uint8, got dtype {label.dtype}")
-    return lut[label]
+    return map_values(label, lut, table)
 
 
 def convert_coco_object(
@@ -133,7 +149,9 @@ def convert_coco_object(
             Job(
                 p,
                 out_dir / f"{sid}{OUT_SUFFIX}",
-                lambda p=p, t=t: to_coco_object(read_label_map(p), t),
+                lambda p=p, t=t: to_coco_object(
+                    read_label_map(p), t, TRAIN_IDS_TABLE if t is LUT_TRAIN_IDS else RAW_TABLE
+                ),
             )
             for sid, p, t in found
         ]

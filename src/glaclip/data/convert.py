@@ -24,7 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from glaclip.atomicio import remove_stale_temporaries
 from glaclip.imageio import atomic_write
+from glaclip.pngcheck import incomplete_png_message, png_rows
 
 OnFailure = Callable[[str, str], None]
 PREPARE_INSTALL = 'pip install "glaclip[prepare]"'
@@ -94,7 +96,11 @@ def read_label_map(path: Path) -> np.ndarray:
                 raise ConversionError(
                     f"image mode {img.mode!r}: expected a single-channel 8-bit label map"
                 )
-            return np.array(img, dtype=np.uint8)
+            label = np.array(img, dtype=np.uint8)
+            rows = png_rows(path) if img.format == "PNG" else None
+        if rows is not None and not rows.complete:  # Pillow would have read the rest as 0
+            raise ConversionError(incomplete_png_message(rows))
+        return label
     except ConversionError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as err:
@@ -161,6 +167,7 @@ def write_list(path: Path, lines: Sequence[str]) -> None:
     Raises:
         OutputError: it could not be written.
     """
+    remove_stale_temporaries(path.parent)
     text = "".join(f"{line}\n" for line in lines)
     try:
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -231,6 +238,8 @@ def run_jobs(
         OutputError: an output could not be written (the files finished before are kept).
     """
     report = ConvertReport()
+    for folder in sorted({job.out.parent for job in jobs}):  # left by a run that was killed
+        remove_stale_temporaries(folder)
     todo = _pending(jobs, overwrite, report)
     for source, reason in report.failed:
         if on_failure is not None:

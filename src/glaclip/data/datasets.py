@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from glaclip.imageio import quiet_pillow
 from glaclip.metrics import reduce_zero_label as _reduce_zero_label
+from glaclip.pngcheck import incomplete_png_message, png_rows
 
 
 class Sample(NamedTuple):
@@ -264,6 +265,9 @@ def load_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> np.n
             f"label file {p} cannot be decoded, truncated or corrupt ({err}): replace it with "
             "a complete copy"
         ) from None
+    rows = png_rows(p) if p.suffix.lower() == ".png" else None
+    if rows is not None and not rows.complete:  # Pillow would have read the rest as 0
+        raise ValueError(f"label file {p}: {incomplete_png_message(rows)}")
     if reduce_zero_label:
         label = _reduce_zero_label(label)
     return label

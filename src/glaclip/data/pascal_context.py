@@ -6,10 +6,9 @@ the way mmsegmentation's ``tools/dataset_converters/pascal_context.py`` makes th
 1. The semantic mask of an image is the Detail API's ``getMask(img)``
    (zhanghang1989/detail-api, ``PythonAPI/detail/__init__.py``): a zero ``height x width``
    array, then, for each of the image's annotations in the file's order of
-   ``annos_segmentation`` (an ``id`` given twice keeps its first place and its last value),
-   the pixels of its decoded mask set to its ``category_id``. Later annotations overwrite
-   earlier ones. The masks are COCO run-length encodings, decoded with pycocotools (the
-   Detail API's ``mask`` module is pycocotools' own code).
+   ``annos_segmentation``, the pixels of its decoded mask set to its ``category_id``. Later
+   annotations overwrite earlier ones. The masks are COCO run-length encodings, decoded with
+   pycocotools (the Detail API's ``mask`` module is pycocotools' own code).
 2. mmsegmentation's fixed table of 60 category ids (0 and the 59 classes) sorted ascending;
    each pixel becomes the position of its id in that order (``np.digitize``), 0..59. An id
    outside the table stops mmsegmentation's converter (an assertion); here that image fails
@@ -24,7 +23,10 @@ give these labels pixel for pixel, and mmsegmentation's labels come from the JSO
 ``glaclip prepare pascal-context SOURCE ROOT``: ``SOURCE`` is ``trainval_merged.json``,
 ``ROOT`` the ``VOCdevkit/VOC2010`` folder. Decoding needs pycocotools
 (``pip install "glaclip[prepare]"``). The JSON is read whole into memory, as the Detail API
-reads it.
+reads it, and its structure is checked before any label is written (``read_detail_json``): a
+file where the Detail API would silently drop a mask (two annotations with one ``id``) or one
+label would overwrite another (a ``file_name`` twice, in one phase or in train and val), or a
+field missing or of the wrong kind, is refused naming the entries.
 """
 
 from __future__ import annotations
@@ -123,12 +125,72 @@ def to_context_labels(mask: np.ndarray) -> np.ndarray:
     return LUT[mask].astype(np.uint8)
 
 
+_REDO = "the file is damaged or not the official trainval_merged.json: download it again"
+_ID = (int, str)  # what an id may be (JSON numbers and strings; not lists, objects or bools)
+
+
+def _entries(data: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
+    """``data[key]``: a list of JSON objects."""
+    entries = data[key]
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: {key!r} is a {type(entries).__name__}, not a list; {_REDO}")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"{path}: {key}[{index}] is a {type(entry).__name__}, not an object; {_REDO}"
+            )
+    return entries
+
+
+def _field(entry: dict[str, Any], name: str, kinds: tuple[type, ...], where: str) -> Any:
+    """``entry[name]``, which must be of one of ``kinds`` (a bool is no number)."""
+    if name not in entry:
+        raise ValueError(f"{where} has no {name!r}; {_REDO}")
+    value = entry[name]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        text = json.dumps(value)[:60]
+        want = " or ".join("a number" if k is int else "a text" for k in kinds)
+        raise ValueError(f"{where} has {name} {text}, not {want}; {_REDO}")
+    return value
+
+
+def _check_images(images: list[dict[str, Any]], path: Path) -> None:
+    """Every image has an id, a file name and a size; no id and no label name twice."""
+    ids: dict[Any, int] = {}
+    stems: dict[str, tuple[int, str]] = {}
+    for index, img in enumerate(images):
+        where = f"{path}: images[{index}]"
+        image_id = _field(img, "image_id", _ID, where)
+        name = _field(img, "file_name", (str,), where)
+        for side in ("height", "width"):
+            if _field(img, side, (int,), where) <= 0:
+                raise ValueError(f"{where} has {side} {img[side]}, not a positive size; {_REDO}")
+        if image_id in ids:
+            raise ValueError(
+                f"{where} repeats image_id {image_id!r} of images[{ids[image_id]}]; {_REDO}"
+            )
+        ids[image_id] = index
+        phase = img.get("phase")
+        stem = Path(name).stem
+        if phase in PHASES and stem:
+            if stem in stems:
+                other, other_phase = stems[stem]
+                where_else = "in the same phase" if other_phase == phase else f"in {other_phase}"
+                raise ValueError(
+                    f"{where} ({name!r}, {phase}) has the label name {stem}.png of "
+                    f"images[{other}] {where_else}: one label would overwrite the other; {_REDO}"
+                )
+            stems[stem] = (index, phase)
+
+
 def read_detail_json(path: Path) -> tuple[dict[int, dict], dict[int, list[dict]]]:
     """``({image_id: image}, {image_id: [annotations in the file's order]})``, as indexed by
-    the Detail API.
+    the Detail API, after checking the structure the conversion relies on.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not JSON, or not the Detail format.
+        FileNotFoundError: no such file. ValueError: not JSON, not the Detail format, or a
+            malformed entry (a field missing or of the wrong kind, an image or annotation id
+            twice, one label file name for two images); the message names the entries.
     """
     if not path.is_file():
         raise FileNotFoundError(
@@ -143,10 +205,24 @@ def read_detail_json(path: Path) -> tuple[dict[int, dict], dict[int, list[dict]]
             f"{path} is not a PASCAL in Detail annotation file (no 'images' and "
             "'annos_segmentation'): pass trainval_merged.json"
         )
-    images = {img["image_id"]: img for img in data["images"]}
-    segments = {seg["id"]: seg for seg in data["annos_segmentation"]}
+    image_list = _entries(data, "images", path)
+    _check_images(image_list, path)
+    images = {img["image_id"]: img for img in image_list}
     per_image: dict[int, list[dict]] = {i: [] for i in images}
-    for seg in segments.values():
+    seen: dict[Any, int] = {}
+    for index, seg in enumerate(_entries(data, "annos_segmentation", path)):
+        where = f"{path}: annos_segmentation[{index}]"
+        seg_id = _field(seg, "id", _ID, where)
+        _field(seg, "image_id", _ID, where)
+        _field(seg, "category_id", (int,), where)
+        if "segmentation" not in seg:
+            raise ValueError(f"{where} has no 'segmentation'; {_REDO}")
+        if seg_id in seen:  # the Detail API would keep only the later one's mask
+            raise ValueError(
+                f"{where} repeats the id {seg_id!r} of annos_segmentation[{seen[seg_id]}]: one "
+                f"of the two masks would be dropped; {_REDO}"
+            )
+        seen[seg_id] = index
         per_image.setdefault(seg["image_id"], []).append(seg)
     return images, per_image
 

@@ -6,8 +6,9 @@ registry of base methods when the page is built (``logic.methods``).
 
 from __future__ import annotations
 
+import functools
 import html
-import math
+import logging
 import os
 import signal
 import threading
@@ -17,21 +18,29 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls from the page
 
+import anyio  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from glaclip.demo.logic import (  # noqa: E402
+    DEFAULT_MAX_CLASSES,
     DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_MAX_NAME_LENGTH,
     EXAMPLES,
     EXAMPLES_DIR,
     DemoInputError,
+    DemoRun,
+    DemoServerError,
     FeatureStore,
     available_methods,
+    check_demo_limits,
     default_method,
+    keep_user_names_out,
     preset_choices,
     preset_text,
     run_request,
 )
+from glaclip.demo.turns import RequestCancelled, RequestGate, Stopper  # noqa: E402
 from glaclip.demo.views import (  # noqa: E402
     RequestFolders,
     annotation_view,
@@ -43,7 +52,13 @@ from glaclip.demo.views import (  # noqa: E402
 )
 from glaclip.segmenter import Segmenter  # noqa: E402
 
-__all__ = ["build_app", "serve"]
+__all__ = ["build_app", "launch_options", "serve"]
+
+_log = logging.getLogger(__name__)
+_FAILED = (
+    "Segmenting failed on the server ({kind}); the error is in the server's log. Try again, or "
+    "tell the operator of this demo."
+)
 
 
 def _page_error(message: str) -> gr.Error:
@@ -63,48 +78,86 @@ class _Inputs:
     run: gr.Button
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What one request may ask (``glaclip demo --max-megapixels``, ``--max-classes``,
+    ``--max-name-length``)."""
+
+    pixels: int
+    classes: int
+    name_length: int
+
+
 def _segment_handler(
     segmenter: Segmenter,
     models: dict[str, Any],
-    max_pixels: int,
+    limits: _Limits,
     folders: RequestFolders,
     store: FeatureStore,
-) -> Callable[..., tuple[Any, ...]]:
-    """The page's Segment action: a request (``run_request``) and what the outputs show."""
+    gate: RequestGate,
+) -> Callable[..., Any]:
+    """The page's Segment action: a request (``run_request``) and what the outputs show.
 
-    def segment(
+    The request runs in a worker thread that takes its turn through ``gate`` and keeps it
+    until it ends; when the client cancels it, it is told (``stop``) and ends at its next
+    step. Every failure reaches the page as one sentence (no traceback, no server path)."""
+
+    def work(
+        image: Any, text: Any, method: Any, threshold: Any, progress: Any, stop: threading.Event
+    ) -> tuple[Any, ...]:
+        with gate.turn():
+            Stopper(stop).check()  # cancelled while it waited for its turn
+            image_path, name = upload_path(image)
+            run = run_request(
+                segmenter, models, image_path, text, method, threshold, folders.new(),
+                limits.pixels, name=name, progress=lambda f, message: progress(f, desc=message),
+                store=store, max_classes=limits.classes, max_name_length=limits.name_length,
+                stop=stop,
+            )  # fmt: skip
+        return _show(run)
+
+    async def segment(
         image: Any,
         class_text: str,
         method: str,
         threshold: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for progress
     ) -> tuple[Any, ...]:
-        image_path, name = upload_path(image)
+        stop = threading.Event()
+        job = functools.partial(work, image, class_text, method, threshold, progress, stop)
         try:
-            run = run_request(
-                segmenter, models, image_path, class_text, method, threshold, folders.new(),
-                max_pixels, name=name, progress=lambda f, message: progress(f, desc=message),
-                store=store,
-            )  # fmt: skip
-        except DemoInputError as err:
+            return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+        except (DemoInputError, DemoServerError) as err:
             raise _page_error(str(err)) from None
-        names = [c[0] for c in run.result.class_names]
-        if run.threshold > 0 and not np.isin(run.result.labels, np.arange(len(names))).any():
-            gr.Warning(
-                f"No pixel reached the probability threshold {run.threshold:g}: the whole image "
-                "is unlabelled. Lower the threshold."
-            )
-        value, colours = annotation_view(run.rgb, run.result.labels, names)
-        files = [str(run.files.labels), str(run.files.record), str(run.files.overlay)]
-        return (
-            str(run.files.overlay),
-            gr.AnnotatedImage(value=value, color_map=colours),
-            summary_line(run) + "\n\n" + shares_table(run.result),
-            timings_line(run),
-            files,
-        )
+        except RequestCancelled:
+            raise _page_error("The request was cancelled.") from None
+        except Exception as err:  # noqa: BLE001 - a fault of the server: logged, one sentence
+            _log.exception("a demo request failed")
+            raise _page_error(_FAILED.format(kind=type(err).__name__)) from None
+        except BaseException:  # cancelled: the worker stops at its next step, then frees it
+            stop.set()
+            raise
 
     return segment
+
+
+def _show(run: DemoRun) -> tuple[Any, ...]:
+    """What the outputs show of a finished request."""
+    names = [c[0] for c in run.result.class_names]
+    if run.threshold > 0 and not np.isin(run.result.labels, np.arange(len(names))).any():
+        gr.Warning(
+            f"No pixel reached the probability threshold {run.threshold:g}: the whole image "
+            "is unlabelled. Lower the threshold."
+        )
+    value, colours = annotation_view(run.rgb, run.result.labels, names)
+    files = [str(run.files.labels), str(run.files.record), str(run.files.overlay)]
+    return (
+        str(run.files.overlay),
+        gr.AnnotatedImage(value=value, color_map=colours),
+        summary_line(run) + "\n\n" + shares_table(run.result),
+        timings_line(run),
+        files,
+    )
 
 
 def _heading(segmenter: Segmenter) -> str:
@@ -183,18 +236,22 @@ def build_app(
     models: dict[str, Any],
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     folders: RequestFolders | None = None,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+    gate: RequestGate | None = None,
 ) -> gr.Blocks:
     """The Gradio page over ``segmenter`` (not launched; see ``serve``). The page keeps the
     last image's features (``FeatureStore``): new classes on the same photo reuse them.
+    Requests take turns through ``gate`` (a new one by default), cancelled ones included.
 
     Raises:
-        ValueError: ``max_megapixels`` is not a finite number above 0.
+        ValueError: a limit that is no finite number above 0 (``check_demo_limits``).
     """
-    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
-        raise ValueError(f"max_megapixels must be a finite number above 0, got {max_megapixels}")
+    check_demo_limits(max_megapixels, max_classes, max_name_length)
     folders = folders or RequestFolders()
+    limits = _Limits(int(max_megapixels * 1e6), max_classes, max_name_length)
     segment = _segment_handler(
-        segmenter, models, int(max_megapixels * 1e6), folders, FeatureStore()
+        segmenter, models, limits, folders, FeatureStore(), gate or RequestGate()
     )
     # delete_cache: Gradio's copies of uploads and results live an hour (and not past a restart)
     with gr.Blocks(title="glaclip", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
@@ -219,29 +276,48 @@ def serve(
     port: int = 7860,
     share: bool = False,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+    cache_class_names: bool = False,
 ) -> None:
-    """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link."""
+    """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link.
+    The persistent text cache receives only the benchmark vocabularies' names, unless
+    ``cache_class_names`` (``keep_user_names_out``)."""
+    if not cache_class_names:
+        keep_user_names_out(segmenter)
     folders = RequestFolders()
-    app = build_app(segmenter, models, max_megapixels, folders)
+    app = build_app(segmenter, models, max_megapixels, folders, max_classes, max_name_length)
     previous = None
     if threading.current_thread() is threading.main_thread():  # SIGTERM stops it like Ctrl+C
         previous = signal.signal(signal.SIGTERM, _interrupt)
     app.queue(default_concurrency_limit=1)  # one model: requests run one at a time
     try:
-        app.launch(
-            server_name=host,
-            server_port=port,
-            share=share,
-            show_error=True,
-            ssr_mode=False,
-            allowed_paths=[str(EXAMPLES_DIR), str(folders.root)],
-            max_file_size="100mb",
-            theme=gr.themes.Default(),
-        )  # blocks until interrupted
+        app.launch(**launch_options(host, port, share))  # blocks until interrupted
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         folders.cleanup()
+
+
+def launch_options(host: str, port: int, share: bool) -> dict[str, Any]:
+    """The keywords of ``Blocks.launch`` for the page.
+
+    Only the bundled examples are served from their own folder; a request's files are copied
+    by Gradio into its cache under a name made from their content and reached only through the
+    answer that names them, never by a path of the request folders (``RequestFolders``).
+    ``show_error`` is off: an error the handler did not turn into one sentence shows no
+    message of its own (which could name a server path).
+    """
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": share,
+        "show_error": False,
+        "ssr_mode": False,
+        "allowed_paths": [str(EXAMPLES_DIR)],
+        "max_file_size": "100mb",
+        "theme": gr.themes.Default(),
+    }
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:

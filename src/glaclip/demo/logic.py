@@ -13,6 +13,7 @@ and the final product.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import threading
@@ -29,7 +30,8 @@ from glaclip.bases import method_choices, needs_vfm
 from glaclip.batch import WrittenOutputs, write_outputs
 from glaclip.config import MAX_INDEXED_CLASSES, Settings, check_vocabulary_size, unlabelled_value
 from glaclip.data.presets import PRESETS, preset_classes
-from glaclip.imageio import ImageReadError, quiet_pillow, read_image
+from glaclip.demo.turns import Stopper
+from glaclip.imageio import ImageReadError, WriteError, quiet_pillow, read_image
 from glaclip.results import ImageFeatures, Segmentation
 from glaclip.segmenter import Segmenter
 from glaclip.text import (
@@ -39,6 +41,7 @@ from glaclip.text import (
     parse_class_lines,
     parse_classes_arg,
 )
+from glaclip.vocabulary import MAX_NAME_CHARS, shown
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES: list[tuple[str, str]] = [  # bundled photographs (see examples/LICENSE.md)
@@ -57,12 +60,25 @@ DATASET_NAMES: dict[str, str] = {
     "ade20k": "ADE20K",
 }
 DEFAULT_MAX_MEGAPIXELS = 16.0
+# What one request may ask (``glaclip demo --max-classes``, ``--max-name-length``): every
+# class name (each synonym) is embedded by the text tower the first time, about 0.65 s each
+# on a 2-core CPU, and has its own score map while the request runs; and the text tower
+# reads 77 tokens of a prompt, so a longer name is cut off anyway.
+DEFAULT_MAX_CLASSES = 200  # class names per request, synonyms counted (COCO-Stuff has 171)
+DEFAULT_MAX_NAME_LENGTH = 100  # characters per class name
+MAX_STEM_CHARS = 100  # characters of an upload's name kept in its output file names
+_SHOWN_CHARS = 60  # characters of an upload's name shown in a message
 TEXT_CHUNK = 8  # class names embedded per progress step
 _READ_CHUNK = 1 << 20  # bytes read at a time when hashing an upload
 
 
 class DemoInputError(ValueError):
     """A request the page cannot run (no image, no classes, not an image, too large)."""
+
+
+class DemoServerError(RuntimeError):
+    """A request that failed on the server's side (its files could not be written); the
+    message names no server path and is meant for the page."""
 
 
 # ------------------------------------------------------------------------------ methods
@@ -82,9 +98,9 @@ def method_settings(choice: str) -> dict[str, Any]:
     choices = methods()
     try:
         return dict(choices[choice])
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: not a name at all (a list through the API)
         raise DemoInputError(
-            f"unknown method {choice!r}: choose one of {', '.join(choices)}"
+            f"unknown method {shown(str(choice))}: choose one of {', '.join(choices)}"
         ) from None
 
 
@@ -120,20 +136,107 @@ def preset_text(name: str | None) -> str:
     return ", ".join(preset_classes(name)) if name else ""
 
 
-def parse_page_classes(text: str | None, keys: QueryKeys | None = None) -> list[str]:
+def benchmark_names() -> frozenset[str]:
+    """Every query name of the benchmark vocabularies (the page's menu)."""
+    lines = [line for name in PRESETS for line in preset_classes(name)]
+    return frozenset(expand_queries(parse_class_lines(lines))[0])
+
+
+def keep_user_names_out(segmenter: Segmenter) -> None:
+    """Let the segmenter's persistent text cache receive only the names of the benchmark
+    vocabularies: what users type is embedded in memory (``TextEncoder.max_names``, the most
+    recently used) and never written to the disk. Applies to every ``with_settings`` copy,
+    which share the text encoder."""
+    names = benchmark_names()
+    segmenter.text.persist = names.__contains__
+
+
+def parse_page_classes(
+    text: str | None,
+    keys: QueryKeys | None = None,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+) -> list[str]:
     """The class box's text to class lines, in the syntax of ``glaclip segment --classes``;
-    ``keys`` compares the names as the text encoder sees them (``check_vocabulary``)."""
+    ``keys`` compares the names as the text encoder sees them (``check_vocabulary``).
+
+    Before any name is tokenised: at most ``max_classes`` class names (synonyms counted) of at
+    most ``max_name_length`` characters each (``check_class_limits``).
+
+    Raises:
+        DemoInputError: no text, text that is no string (through the API), too many or too
+            long names, or names ``check_vocabulary`` refuses.
+    """
+    if text is not None and not isinstance(text, str):
+        raise DemoInputError(
+            f"Classes: expected the class names as one text, got a {type(text).__name__}: "
+            "send e.g. 'sky, tree, person; man'."
+        )
     if text is None or not text.strip():
         raise DemoInputError(
             "No classes: type the classes to find, separated by commas, with ';' between "
             "synonyms of one class (e.g. 'sky, tree, person; man'), or pick a vocabulary."
         )
+    check_class_limits(text, max_classes, max_name_length)
     try:
         lines = parse_classes_arg(text, source="the class list")
         check_vocabulary(lines, source="the class list", keys=keys)
     except ValueError as err:
         raise DemoInputError(f"Classes: {err}") from err
     return lines
+
+
+def check_class_limits(text: str, max_classes: int, max_name_length: int) -> None:
+    """Refuse a class text with more than ``max_classes`` names (each synonym counts) or a
+    name of more than ``max_name_length`` characters; the whole text is measured first, so
+    that a huge text is refused without being split.
+
+    Raises:
+        DemoInputError: says which limit, why it is there, and how the operator sets it.
+    """
+    why_count = (
+        "each new name takes the text encoder about 0.65 s (on a 2-core CPU) and every name "
+        "its own score map while the request runs"
+    )
+    why_length = "the text encoder reads only 77 tokens of a prompt, so more is cut off"
+    most = max_classes * (max_name_length + 3)  # every name at the limit, with "; " between
+    if len(text) > most:
+        raise DemoInputError(
+            f"Classes: the class text is {len(text):,} characters long; this demo takes at "
+            f"most {max_classes} class names of up to {max_name_length} characters each "
+            f"({why_count}; {why_length}). Shorten the list, or run glaclip segment."
+        )
+    names = [n.strip() for part in text.split(",") for n in part.split(";")]
+    if len(names) > max_classes:
+        raise DemoInputError(
+            f"Classes: {len(names)} class names (synonyms count: each is embedded); this "
+            f"demo takes at most {max_classes} per request, because {why_count} (set by "
+            "glaclip demo --max-classes N). Remove some, or run glaclip segment."
+        )
+    for name in names:
+        if len(name) > max_name_length:
+            raise DemoInputError(
+                f"Classes: the class name {shown(name)} is {len(name):,} characters long; "
+                f"this demo takes names of up to {max_name_length} characters, because "
+                f"{why_length} (set by glaclip demo --max-name-length N). Name the class in "
+                "a few words."
+            )
+
+
+def check_demo_limits(max_megapixels: float, max_classes: int, max_name_length: int) -> None:
+    """Raise ValueError unless the demo's limits are usable: a finite number of megapixels
+    above 0, 1 to 65,535 classes, 1 to ``MAX_NAME_CHARS`` characters per name."""
+    if not math.isfinite(max_megapixels) or max_megapixels <= 0:
+        raise ValueError(f"max_megapixels must be a finite number above 0, got {max_megapixels}")
+    if not 1 <= max_classes <= 65535:
+        raise ValueError(
+            f"max_classes must be from 1 to 65535 (the default is 200), got {max_classes}"
+        )
+    if not 1 <= max_name_length <= MAX_NAME_CHARS:
+        raise ValueError(
+            f"max_name_length must be from 1 to {MAX_NAME_CHARS} characters (the default is "
+            f"100), got {max_name_length}"
+        )
 
 
 def check_image(path: str | os.PathLike, name: str, max_pixels: int) -> tuple[int, int]:
@@ -155,10 +258,17 @@ def check_image(path: str | os.PathLike, name: str, max_pixels: int) -> tuple[in
     return width, height
 
 
+def shown_name(name: str) -> str:
+    """An upload's name for a message: its first 60 characters when it is longer."""
+    return (
+        name if len(name) <= _SHOWN_CHARS else f"{name[:_SHOWN_CHARS]}... ({len(name)} characters)"
+    )
+
+
 def not_an_image_message(name: str) -> str:
     """The message for an upload that is not a readable image."""
     return (
-        f"{name} is not an image that can be read: upload a photo "
+        f"{shown_name(name)} is not an image that can be read: upload a photo "
         "(JPEG, PNG, WebP, BMP, TIFF or GIF)."
     )
 
@@ -168,15 +278,18 @@ def too_large_message(name: str, size: tuple[int, int] | None, max_pixels: int) 
     None when Pillow refused to open it at all)."""
     what = f"{size[0]} x {size[1]} pixels" if size else "too large to open safely"
     return (
-        f"{name} is {what}; this demo accepts images of up to {max_pixels / 1e6:g} megapixels "
-        "(glaclip demo --max-megapixels N). Downscale it, or segment it with glaclip segment."
+        f"{shown_name(name)} is {what}; this demo accepts images of up to "
+        f"{max_pixels / 1e6:g} megapixels (glaclip demo --max-megapixels N). Downscale it, or "
+        "segment it with glaclip segment."
     )
 
 
 def safe_stem(name: str) -> str:
-    """A file-name stem for the outputs: letters, digits, spaces, ``.``, ``_`` and ``-`` only."""
-    stem = re.sub(r"[^\w .-]+", "_", Path(name).stem).strip(" ._")
-    return stem or "image"
+    """A file-name stem for the outputs: letters, digits, spaces, ``.``, ``_`` and ``-`` only,
+    at most ``MAX_STEM_CHARS`` characters (an upload may be named up to the client's taste)."""
+    stem = re.sub(r"[^\w .-]+", "_", Path(name).stem)[:MAX_STEM_CHARS]
+    stem = stem.encode("utf-8")[: 2 * MAX_STEM_CHARS].decode("utf-8", "ignore")  # name bytes
+    return stem.strip(" ._") or "image"
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -203,7 +316,8 @@ class FeatureStore:
 
     Holds ``nbytes`` of memory (``ImageFeatures.nbytes`` summed): 11.4 MB per method with a
     VFM for a 500 x 375 photo (network input 448 x 336), 4.2 MB without. One store serves one
-    loaded Segmenter (features are not compared across models).
+    loaded Segmenter (features of other weights would be refused by it:
+    ``ImageFeatures.weights``).
     """
 
     def __init__(self) -> None:
@@ -253,7 +367,8 @@ def embed_classes(
 ) -> None:
     """Embed the query names of ``lines`` into the segmenter's text cache, in steps.
 
-    Names already in the cache cost nothing; ``progress(fraction, message)`` reports each step.
+    Names already in the cache cost nothing; ``progress(fraction, message)`` reports each step
+    (and may raise to stop, ``turns.RequestCancelled``).
     """
     names, _ = expand_queries(parse_class_lines(lines, source="class list"))
     unique = list(dict.fromkeys(names))
@@ -310,17 +425,20 @@ def segment_upload(
     lines: Sequence[str],
     store: FeatureStore,
     report: Callable[[float, str], None],
+    stopper: Stopper | None = None,
 ) -> tuple[Segmentation, bool]:
     """Segment ``rgb`` (digest ``image``) into ``lines`` from the features ``store`` keeps of
     it, or from new ones, then kept. Returns ``(result, whether the features were reused)``;
-    the result's timings are those of every stage that ran."""
+    the result's timings are those of every stage that ran. ``stopper`` is checked at every
+    step of the encoding (each window batch and block of the attention)."""
+    check = (stopper or Stopper()).check
     key = feature_key(seg.settings)
     features = store.get(image, key)
     if features is not None:
         report(0.3, "Segmenting from the kept image features: the text and the labels")
         return seg.segment(features, lines), True
     report(0.3, "Segmenting: windows, attention, labels")
-    features = seg.encode_image(rgb)
+    features = seg.encode_image(rgb, progress=lambda _stage, _done, _total: check())
     store.put(image, key, features)
     result = seg.segment(features, lines)
     timings = dict(features.timings)
@@ -341,6 +459,9 @@ def run_request(
     name: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     store: FeatureStore | None = None,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+    stop: threading.Event | None = None,
 ) -> DemoRun:
     """Segment one uploaded image and write its files as ``glaclip segment`` does.
 
@@ -357,11 +478,24 @@ def run_request(
         name: the file's name as uploaded (default: the name of ``image_path``).
         progress: ``progress(fraction, message)`` callback.
         store: the image features kept by earlier requests (the page's); None keeps none.
+        max_classes, max_name_length: larger class lists, longer names are refused before
+            any work (``check_class_limits``).
+        stop: set when the request is cancelled: it stops at its next step
+            (``turns.RequestCancelled``).
 
     Raises:
-        DemoInputError: no image, no classes, not an image, too many pixels, bad settings.
+        DemoInputError: no image, no classes, not an image, too many pixels, too many or too
+            long class names, bad settings.
+        DemoServerError: the files could not be written (the message names no path).
+        RequestCancelled: ``stop`` was set.
     """
-    report = progress or (lambda _fraction, _message: None)
+    stopper = Stopper(stop)
+    tell = progress or (lambda _fraction, _message: None)
+
+    def report(fraction: float, message: str) -> None:
+        stopper.check()
+        tell(fraction, message)
+
     store = store if store is not None else FeatureStore()
     start = time.perf_counter()
     if image_path is None:
@@ -369,7 +503,7 @@ def run_request(
             "No image: upload or drop a photo (or pick an example), then press Segment."
         )
     name = name or Path(image_path).name
-    lines = parse_page_classes(class_text, segmenter.text.query_keys)
+    lines = parse_page_classes(class_text, segmenter.text.query_keys, max_classes, max_name_length)
     seg, threshold = request_segmenter(segmenter, lines, method, threshold)
     report(0.0, "Reading the image")
     rgb = read_upload(image_path, name, max_pixels)
@@ -377,9 +511,17 @@ def run_request(
     before, t0 = seg.text.encoded_count, time.perf_counter()
     embed_classes(seg, lines, report)
     embedded, embed_seconds = seg.text.encoded_count - before, time.perf_counter() - t0
-    result, reused = segment_upload(seg, rgb, image, lines, store, report)
+    result, reused = segment_upload(seg, rgb, image, lines, store, report, stopper)
     report(0.9, "Writing the label PNG, the overlay and the JSON")
-    files = write_outputs(result, rgb, out_dir, safe_stem(name), Path(name), seg.settings, models)
+    try:
+        stem = safe_stem(name)
+        files = write_outputs(result, rgb, out_dir, stem, Path(name), seg.settings, models)
+    except WriteError as err:  # its message names the server's folder: not for the page
+        cause = os.strerror(err.errno) if err.errno else type(err).__name__
+        raise DemoServerError(
+            f"The result files could not be written on the server ({cause}): try again "
+            "later, or tell the operator of this demo."
+        ) from err
     seconds = time.perf_counter() - start
     return DemoRun(
         result, rgb, files, name, method, threshold, seconds, embedded, embed_seconds,

@@ -4,8 +4,10 @@ table, the summary and timing lines, and the folders the downloads are written t
 from __future__ import annotations
 
 import html
+import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glaclip.demo.logic import DemoRun
+from glaclip.demo.logic import DemoInputError, DemoRun
 from glaclip.palette import class_palette
 from glaclip.results import Segmentation
 
@@ -114,25 +116,45 @@ def upload_path(payload: Any) -> tuple[str | None, str | None]:
         return None, None
     if isinstance(payload, str):
         return payload, Path(payload).name
-    path = payload.get("path")
-    return path, payload.get("orig_name") or (Path(path).name if path else None)
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if not isinstance(path, str):  # through the API: a number, a list, a dict without a path
+        raise DemoInputError(
+            "Image: expected an uploaded file, got "
+            + (f"a {type(payload).__name__}" if not isinstance(payload, dict) else "no path")
+            + ": upload a photo (or send one as a file)."
+        )
+    orig = payload.get("orig_name")
+    return path, orig if isinstance(orig, str) and orig else Path(path).name
 
 
 class RequestFolders:
-    """Per-request output folders inside one temporary folder, the oldest deleted."""
+    """Per-request output folders inside one temporary folder, the oldest deleted.
+
+    The root (``tempfile.mkdtemp``) and every folder in it are readable by the server's user
+    alone, and a folder's name is 32 random hex digits (``secrets``): nothing in a request's
+    answer tells another request's folder. The page does not serve these folders: Gradio
+    copies a request's files into its own cache under a name made from their content, and
+    serves them from there to the request that got them.
+    """
 
     def __init__(self, keep: int = KEEP_REQUESTS) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="glaclip-demo-"))
         self.keep = keep
         self.count = 0
+        self._order: list[Path] = []
+        self._lock = threading.Lock()
 
     def new(self) -> Path:
-        """A new empty folder; beyond ``keep`` folders, the oldest are deleted."""
-        self.count += 1
-        folder = self.root / f"{self.count:06d}"
-        folder.mkdir()
-        for old in sorted(self.root.iterdir())[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        """A new empty folder with an unguessable name; beyond ``keep`` folders, the oldest
+        are deleted."""
+        with self._lock:
+            self.count += 1
+            folder = self.root / secrets.token_hex(16)
+            folder.mkdir(mode=0o700)
+            self._order.append(folder)
+            for old in self._order[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            self._order = self._order[-self.keep :]
         return folder
 
     def cleanup(self) -> None:
