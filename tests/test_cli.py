@@ -124,6 +124,8 @@ def test_prob_threshold_leaves_pixels_unlabelled(inputs, tiny_model_args, tmp_pa
     info = json.loads((out / "rgb.json").read_text())
     assert info["unlabelled_share"] == pytest.approx(1.0)
     assert info["settings"]["background_index"] == 255
+    stages = {"vfm", "clip", "attention", "stitch", "text", "labels"}  # every stage, timed
+    assert set(info["seconds"]) == stages and all(s >= 0 for s in info["seconds"].values())
     assert main(args + ["--background-index", "1"]) == 0  # into its own outputs again
     assert set(np.unique(np.asarray(Image.open(out / "rgb.png")))) == {1}
     info = json.loads((out / "rgb.json").read_text())
@@ -281,10 +283,10 @@ def test_out_naming_a_file(tiny_model_args, inputs, tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--stride", "500"], "stride 500 is larger than crop 224"),
+        (["--stride", "500"], "--stride 500 is larger than --crop 224"),
         (["--crop", "100", "--stride", "50"], "multiple of 16 (the CLIP patch) and 8"),
-        (["--crop", "100000"], "larger than max_long_side"),
-        (["--background-index", "7"], "background_index 7 names no class of the 2"),
+        (["--crop", "100000"], "larger than --max-long-side 2048"),
+        (["--background-index", "7"], "--background-index 7 names no class of the 2"),
     ],
 )
 def test_bad_numbers_are_refused_before_any_model_loads(
@@ -303,15 +305,16 @@ def test_bad_numbers_are_refused_before_any_model_loads(
     assert main(args + tiny_model_args + extra) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not out.exists() or not any(out.iterdir())
+    assert "_" not in err.split("glaclip: error: ")[-1].split(":")[0]  # flags, not keywords
+    assert not out.exists()  # nothing written: no folder left behind
 
 
 def test_stride_larger_than_crop_in_the_api(golden_modules) -> None:
     clip, vfm, tok = golden_modules
-    with pytest.raises(ValueError, match="stride 500 is larger than crop 224"):
+    with pytest.raises(ValueError, match="stride=500 is larger than crop=224"):
         Segmenter.from_modules(clip, vfm, tok, stride=500)
     seg = Segmenter.from_modules(clip, vfm, tok, prob_threshold=0.5, background_index=7)
-    with pytest.raises(ValueError, match="background_index 7 names no class"):
+    with pytest.raises(ValueError, match="background_index=7 names no class"):
         seg.segment(_rgb(224, 224, 0), ["a", "b"])
 
 
@@ -377,6 +380,8 @@ def test_help_says_the_defaults(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-progress" in text
     assert "(default: 0," in text and "(default: 255, unlabelled" in text
+    assert "(default: ViT-B-16)" in text and "(default: openai)" in text
+    assert "(default: vit_base_patch8_224.dino;" in text
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import sys
 import warnings
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from glaclip import __version__
 from glaclip.cli_prepare import add_prepare_parser, print_data_check, run_prepare
+from glaclip.cli_terms import Flag, parser_flags, to_flags
+from glaclip.cli_tiny import add_tiny_parser, run_tiny
 from glaclip.data import PRESETS
 from glaclip.options import (
     UNLABELLED,
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_arguments(demo)
 
     add_prepare_parser(sub)
+    add_tiny_parser(sub)
     return parser
 
 
@@ -355,10 +359,40 @@ def check_server_flags(port: int, max_megapixels: float) -> None:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise ValueError unless this process can listen on ``host:port`` now (as Gradio binds:
+    with ``SO_REUSEADDR``), so that a busy port is reported before the models load."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host} is no address of this machine: {err.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"--port {port} is in use on {host} (another server, or a demo already "
+                    "running): choose another --port"
+                ) from None
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+def _announce(local_url: str, share_url: str | None) -> None:
+    """The demo's address, once it listens (instead of Gradio's own lines)."""
+    where = local_url + (f" and {share_url} (public link)" if share_url else "")
+    print(f"glaclip: the demo is at {where}; Ctrl+C stops it", file=sys.stderr)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from glaclip.config import settings_from_kwargs
 
     check_server_flags(args.port, args.max_megapixels)
+    check_port(args.host, args.port)
     settings = settings_from_args(args)
     settings.setdefault("background_index", UNLABELLED)
     settings_from_kwargs(**settings)  # refused before any model loads
@@ -377,15 +411,33 @@ def _run_demo(args: argparse.Namespace) -> int:
             port=args.port,
             share=args.share,
             max_megapixels=args.max_megapixels,
+            announce=_announce,
         )
     except OSError as err:
         return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")
     return 0
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
 def _fail(message: str) -> int:
-    print(f"glaclip: error: {message}", file=sys.stderr)
+    print(f"glaclip: error: {_in_flags(message)}", file=sys.stderr)
     return 2
+
+
+@functools.cache
+def _flags() -> dict[str, Flag]:
+    return parser_flags(build_parser())
+
+
+def _in_flags(message: str) -> str:
+    """A library message (which names Python keywords) in the terms of the command line."""
+    return to_flags(message, _flags())
 
 
 def _show_warning(
@@ -397,7 +449,7 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """A warning as one line, ``glaclip: warning: ...``, without the source line."""
-    print(f"glaclip: warning: {message}", file=file or sys.stderr)
+    print(f"glaclip: warning: {_in_flags(str(message))}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", True) is False and not _is_terminal(sys.stderr):
+        args.no_progress = True  # progress bars only on a terminal, not in logs and pipes
     from glaclip.backbones import ModelLoadError
     from glaclip.imageio import WriteError
 
@@ -421,6 +475,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _run_demo(args)
         if args.command == "prepare":
             return run_prepare(args)
+        if args.command == "tiny-models":
+            return run_tiny(args)
     except WriteError as err:  # before FileNotFoundError: a folder vanished while writing
         print(f"glaclip: error: {err}", file=sys.stderr)
         return 1

@@ -56,13 +56,13 @@ class WindowConfig:
             check_int(name, getattr(self, name), 1)
         if self.stride > self.crop:
             raise ValueError(
-                f"stride {self.stride} is larger than crop {self.crop}: the windows would leave "
+                f"stride={self.stride} is larger than crop={self.crop}: the windows would leave "
                 f"columns and rows that no window covers; pass a stride <= crop (e.g. "
-                f"--stride {max(1, self.crop // 2)}; the paper's is half the crop)"
+                f"stride={max(1, self.crop // 2)}; the paper's is half the crop)"
             )
         if self.crop > self.max_long_side:
             raise ValueError(
-                f"crop {self.crop} is larger than max_long_side {self.max_long_side}: a window "
+                f"crop={self.crop} is larger than max_long_side={self.max_long_side}: a window "
                 "larger than the largest image side is not a window; the paper's crop is 224"
             )
 
@@ -88,7 +88,7 @@ def check_vocabulary_size(num_classes: int, background_index: int) -> None:
     unlabelled = unlabelled_value(num_classes)
     if not (0 <= background_index < num_classes or background_index == unlabelled):
         raise ValueError(
-            f"background_index {background_index} names no class of the {num_classes} given "
+            f"background_index={background_index} names no class of the {num_classes} given "
             f"(0..{num_classes - 1}) and is not {unlabelled}, the value of "
             "unlabelled pixels: pass a class index or leave it unset"
         )
@@ -187,9 +187,7 @@ class Settings:
     def __post_init__(self) -> None:
         reasons = slow_reasons(self)
         if reasons and not self.runtime.allow_slow:
-            raise ValueError(
-                "; ".join(reasons) + ". Pass allow_slow=True (--allow-slow) to run it anyway"
-            )
+            raise ValueError("; ".join(reasons) + ". Pass allow_slow=True to run it anyway")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat ``{name: value}`` of every setting (for result files)."""
@@ -230,7 +228,7 @@ def slow_reasons(settings: Settings) -> list[str]:
         usual = max(1, win.crop // 2)
         base, _, _ = _window_count(win, usual)
         reasons.append(
-            f"stride {win.stride} is below crop / {SLOW_STRIDE_DIVISOR} "
+            f"stride={win.stride} is below crop / {SLOW_STRIDE_DIVISOR} "
             f"({win.crop / SLOW_STRIDE_DIVISOR:g}): a {h} x {w} image would take {n:,} windows "
             f"instead of {base:,} at stride {usual}, at least {n / base:,.0f} times the work "
             "(hours instead of seconds on a CPU); pass a stride of at least "
@@ -238,7 +236,7 @@ def slow_reasons(settings: Settings) -> list[str]:
         )
     if gla.proxy_iters > MAX_PROXY_ITERS:
         reasons.append(
-            f"proxy_iters {gla.proxy_iters} is above {MAX_PROXY_ITERS}: each iteration is one "
+            f"proxy_iters={gla.proxy_iters} is above {MAX_PROXY_ITERS}: each iteration is one "
             "more pass of the global attention over every window (the paper's is 2), so the "
             f"attention would take about {gla.proxy_iters / 2:,.0f} times as long"
         )

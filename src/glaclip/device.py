@@ -28,7 +28,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device {device!r} asked for, but CUDA is not available: use --device cpu"
+            f'device {device!r} asked for, but CUDA is not available: use device="cpu"'
         )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(
@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ValueError(f"device {device!r} asked for, but MPS is not available: use --device cpu")
+        raise ValueError(f'device {device!r} asked for, but MPS is not available: use device="cpu"')
     # meta: PyTorch's shape-only device, on which the tests check where tensors are made
     if dev.type not in ("cpu", "cuda", "mps", "meta"):
         raise ValueError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")

@@ -189,6 +189,8 @@ class Segmenter:
         """
         settings_obj = settings_from_kwargs(**settings)
         dev = resolve_device(device)
+        uses_vfm = needs_vfm(settings_obj.gla.base)  # every model checked before any loads:
+        backbones.check_sources(clip, clip_pretrained, vfm if uses_vfm else None, vfm_checkpoint)
         clip_model, tokenizer, _, _ = backbones.load_clip(clip, clip_pretrained, dev)
         vfm_model = None
         if needs_vfm(settings_obj.gla.base):
