@@ -442,6 +442,34 @@ def test_demo_server_flags_are_checked_before_any_model_loads(
     assert message in err and "Traceback" not in err
 
 
+def test_a_busy_port_is_reported_before_any_model_loads(monkeypatch, capsys) -> None:
+    import glaclip.cli as cli
+
+    monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port} is in use on 127.0.0.1" in err and "choose another --port" in err
+
+
+def test_serve_says_where_in_its_own_words(segmenter, monkeypatch, capfd) -> None:
+    """The address once the page listens, and none of Gradio's lines about ``launch()``."""
+    import gradio as gr
+
+    from glaclip.demo import app as page
+
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: self.close())  # no waiting
+    port = _free_port()
+    said = []
+    page.serve(segmenter, MODELS, port=port, announce=lambda *urls: said.append(urls))
+    assert said == [(f"http://127.0.0.1:{port}/", None)]
+    out = capfd.readouterr()
+    assert "share=True" not in out.out + out.err and "launch()" not in out.out + out.err
+
+
 def test_build_app_refuses_a_size_limit_that_is_no_number(segmenter) -> None:
     with pytest.raises(ValueError, match="max_megapixels must be a finite number above 0"):
         demo.build_app(segmenter, {}, max_megapixels=float("inf"))

@@ -219,8 +219,11 @@ def serve(
     port: int = 7860,
     share: bool = False,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    announce: Callable[[str, str | None], None] | None = None,
 ) -> None:
-    """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link."""
+    """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link.
+    ``announce(local_url, share_url or None)`` is called once the page listens (Gradio's own
+    lines, which speak of ``launch()``, are silenced)."""
     folders = RequestFolders()
     app = build_app(segmenter, models, max_megapixels, folders)
     previous = None
@@ -237,7 +240,12 @@ def serve(
             allowed_paths=[str(EXAMPLES_DIR), str(folders.root)],
             max_file_size="100mb",
             theme=gr.themes.Default(),
-        )  # blocks until interrupted
+            quiet=True,
+            prevent_thread_lock=True,
+        )
+        if announce is not None:
+            announce(app.local_url, app.share_url)
+        app.block_thread()  # until interrupted
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
