@@ -3,11 +3,15 @@ cannot rot between the rare runs on a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
+
+from glaclip.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
@@ -19,20 +23,42 @@ def _module():
     return module
 
 
-def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
+def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every step as the GPU run makes it. To spare four interpreters (each imports torch,
+    open_clip and timm: about 6 s of CPU), the script, its ``python -m glaclip`` commands and
+    the benchmark's parent run in this process, with the same arguments (``glaclip.cli.main``,
+    the benchmark's ``main``); pytest, the benchmark's measuring children and torchrun run as
+    subprocesses, as they do on a GPU."""
+    check = _module()
+    real_run = check.run
+    bench = str(SCRIPT.parent / "bench_segment.py")
+
+    def run(cmd: list[str], log, env=None, timeout: int = 600) -> int:
+        if cmd[1:3] == ["-m", "glaclip"]:
+            entry, argv = main, cmd[3:]
+        elif cmd[1] == bench:
+            entry, argv = runpy.run_path(bench, run_name="bench_segment")["main"], cmd[2:]
+        else:
+            return real_run(cmd, log, env, timeout)
+        log("$ " + " ".join(cmd))
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            code = entry(argv)
+        for line in text.getvalue().splitlines():
+            log("    " + line)
+        return code
+
+    monkeypatch.setattr(check, "run", run)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the benchmark adds its folder
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    code = check.main(["--device", "cpu", "--quick", "--out", str(out)])
+    assert code == 0, capsys.readouterr().out[-4000:]
     record = json.loads((out / "gpu_check.json").read_text())
     assert list(record["steps"]) == ["golden", "segment", "bench", "torchrun"]
     assert all(step["ok"] for step in record["steps"].values()), record
     log = (out / "gpu_check.log").read_text()
-    assert log.count("PASSED tests/test_golden.py::test_golden_case[") == 12  # compact set
+    assert log.count("PASSED tests/test_golden.py::test_golden_case[") == 2  # one per base
+    assert log.count("-m glaclip segment") == 2  # one per base
     assert "gla_default [compact] on cpu: " in log  # the agreement figures, per case
     bench = json.loads((out / "bench.json").read_text())["results"]
     assert {(r["base"], r["size"], r["impl"]) for r in bench} == {

@@ -7,6 +7,7 @@ The feature maps read from the loaded models are ``glaclip.towers`` (``ClipTower
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from glaclip.checkpoints import (
 )
 from glaclip.constants import CLIP_MEAN, CLIP_STD
 from glaclip.sources import (  # noqa: F401  (check_sources: importable from here too)
+    CLIP_CONFIG_FILE,
     check_clip_source,
     check_sources,
     check_vfm_source,
@@ -99,7 +101,7 @@ def load_clip(
             raise _misfit("CLIP", local or name, name, "clip", err, summary) from None
         raise offline_hint("clip", name, pretrained, err) from err
     _check_clip_fits(model, name, pretrained)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _tokenizer(name)
     mean, std = clip_normalisation(model)
     return model.eval(), tokenizer, mean, std
 
@@ -126,9 +128,28 @@ def load_tokenizer(name: str = DEFAULT_CLIP) -> Callable | None:
     if not name.startswith("local-dir:") and name not in open_clip.list_models():
         return None
     try:
-        return open_clip.get_tokenizer(name)
+        return _tokenizer(name)
     except Exception:  # noqa: BLE001 - the loader reports a bad model itself, later
         return None
+
+
+def _tokenizer(name: str) -> Callable:
+    """``open_clip.get_tokenizer(name)``, made once per name (and per version of a local
+    folder's config) in a process: reading its vocabulary takes a tenth of a second, and the
+    command line asks for it twice (the class check, the model)."""
+    stamp: tuple[int, ...] = ()
+    if name.startswith("local-dir:"):
+        config = os.path.join(name.removeprefix("local-dir:"), CLIP_CONFIG_FILE)
+        info = os.stat(config)
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return _cached_tokenizer(name, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(name: str, stamp: tuple[int, ...]) -> Callable:
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
 
 
 def load_vfm(
