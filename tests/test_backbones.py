@@ -105,6 +105,34 @@ def test_offline_every_model_is_reported_at_once(tmp_path, monkeypatch, capsys) 
     assert not (tmp_path / "new").exists()  # the run wrote nothing: no folder is left
 
 
+def test_local_folders_without_their_files(tmp_path, capsys) -> None:
+    """A local-dir: folder without its config says the file is missing (not that the weights
+    belong to another model); both models are reported at once."""
+    from glaclip.cli import main
+
+    empty, missing = tmp_path / "empty", tmp_path / "nowhere"
+    empty.mkdir()
+    with pytest.raises(backbones.ModelLoadError) as info:
+        backbones.load_vfm(f"local-dir:{empty}")
+    assert f'vfm="local-dir:{empty}" has no config.json (the file is missing)' in str(info.value)
+    with pytest.raises(backbones.ModelLoadError) as info:
+        backbones.load_clip(f"local-dir:{empty}")
+    assert "has no open_clip_config.json (the file is missing)" in str(info.value)
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(backbones.ModelLoadError, match="has config.json but no weight file"):
+        backbones.load_vfm(f"local-dir:{empty}")
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30)).save(photo)
+    argv = ["segment", str(photo), "--classes", "a", "--out", str(tmp_path / "o")]
+    argv += ["--clip", f"local-dir:{missing}", "--vfm", f"local-dir:{empty}", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the CLIP folder of --clip local-dir:{missing} does not exist" in err
+    assert f"the VFM folder of --vfm local-dir:{empty} has config.json but no weight" in err
+    assert "another model" not in err and not (tmp_path / "o").exists()
+
+
 def _tiny_clip(patch: int) -> torch.nn.Module:
     return open_clip.model.CLIP(
         embed_dim=32,

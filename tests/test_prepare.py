@@ -230,7 +230,7 @@ def test_pascal_context_without_the_extra(tmp_path: Path, monkeypatch, capsys) -
     (tmp_path / "JPEGImages").mkdir()
     (tmp_path / "t.json").write_text("{}")
     assert main(["prepare", "pascal-context", str(tmp_path / "t.json"), str(tmp_path)]) == 2
-    assert 'pip install "glaclip[prepare]"' in capsys.readouterr().err
+    assert 'pip install "pycocotools>=2.0.6"' in capsys.readouterr().err
 
 
 def test_prepare_help_shows_the_tables_as_published(capsys) -> None:

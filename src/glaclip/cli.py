@@ -76,7 +76,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-DEMO_INSTALL = 'the demo needs Gradio: pip install "glaclip[demo]"'
+DEMO_INSTALL = (
+    'the demo needs Gradio: pip install "gradio>=6.0" (the demo extra of glaclip: '
+    'pip install -e ".[demo]" in its clone)'
+)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(ev)
     add_method_arguments(ev)
 
-    demo = sub.add_parser("demo", help='serve a browser demo (needs: pip install "glaclip[demo]")')
+    demo = sub.add_parser("demo", help="serve a browser demo (needs Gradio: the demo extra)")
     add_demo_arguments(demo)
     add_model_arguments(demo)
     add_method_arguments(demo)
@@ -293,7 +296,10 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
         for bench in plan.benchmarks:
             if bench.status == "failed" and info.is_main:
-                print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
+                print(
+                    f"glaclip: error: {bench.preset.title}: {_in_flags(bench.reason)}",
+                    file=sys.stderr,
+                )
         table, md_path = run_table(
             plan,
             lambda settings: build_segmenter(args, settings),
@@ -327,7 +333,10 @@ def _benchmark_report(out: Path, info: DistInfo) -> Report:
         name = bench.preset.name
         if error is not None:  # every rank has it (the others' messages in OtherRankFailed)
             if info.is_main:
-                print(f"glaclip: error: {bench.preset.title}: {error}", file=sys.stderr)
+                print(
+                    f"glaclip: error: {bench.preset.title}: {_in_flags(str(error))}",
+                    file=sys.stderr,
+                )
         elif info.is_main and results is not None:
             stem = results_stem(results.get("limit"))
             _print_result(name, results, out / name / f"{stem}.json")

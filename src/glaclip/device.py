@@ -52,7 +52,8 @@ def describe_device(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(index)
         return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
     if device.type == "cpu":
-        parts = [cpu_name(), f"{torch.get_num_threads()} threads"]
+        threads = torch.get_num_threads()
+        parts = [cpu_name(), f"{threads} thread" + ("s" if threads != 1 else "")]
         capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
         return f"cpu ({', '.join(p for p in parts + [capability] if p)})"
     return str(device)

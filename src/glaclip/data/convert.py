@@ -27,7 +27,10 @@ from tqdm import tqdm
 from glaclip.imageio import atomic_write
 
 OnFailure = Callable[[str, str], None]
-PREPARE_INSTALL = 'pip install "glaclip[prepare]"'
+PREPARE_INSTALL = (
+    'pip install "pycocotools>=2.0.6" (the prepare extra of glaclip: pip install -e ".[prepare]" '
+    "in its clone)"
+)
 
 
 class ConversionError(ValueError):
