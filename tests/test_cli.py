@@ -696,3 +696,26 @@ def test_the_text_cache_goes_to_the_user_cache_folder(
         f.unlink()
     assert main(base + ["--out", "out2", "--no-text-cache"]) == 0
     assert not list(user_cache.glob("*"))
+
+
+def test_library_messages_in_flags() -> None:
+    """Keywords become the parser's flags; prose, paths and dotted names stay as they are."""
+    from glaclip.cli_terms import parser_flags, to_flags
+
+    flags = parser_flags(build_parser())
+    cases = {
+        "prob_threshold must be at most 1, got 1.5": "--prob-threshold must be at most 1, got 1.5",
+        "crop must be at least 1, got 0": "--crop must be at least 1, got 0",
+        "stride=500 is larger than crop=224; pass a stride <= crop": (
+            "--stride 500 is larger than --crop 224; pass a stride <= crop"
+        ),
+        'pass base="clearclip", which needs no VFM': "pass --base clearclip, which needs no VFM",
+        "point clip_pretrained= at a file": "point --clip-pretrained at a file",
+        "kv_extension=False and allow_slow=True": "--no-kv-extension and --allow-slow",
+        "fused_attention=True; set text_cache_dir": "--fused-attention on; set --text-cache",
+        "differs in: settings.prob_threshold": "differs in: settings.prob_threshold",
+        "cannot read /data/prob_threshold/a.png": "cannot read /data/prob_threshold/a.png",
+        "the crop is 224, stride 112": "the crop is 224, stride 112",
+    }
+    for message, expected in cases.items():
+        assert to_flags(message, flags) == expected
