@@ -7,9 +7,13 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 from glaclip.cli import main
 
@@ -24,11 +28,11 @@ def _module():
 
 
 def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Every step as the GPU run makes it. To spare four interpreters (each imports torch,
-    open_clip and timm: about 6 s of CPU), the script, its ``python -m glaclip`` commands and
-    the benchmark's parent run in this process, with the same arguments (``glaclip.cli.main``,
-    the benchmark's ``main``); pytest, the benchmark's measuring children and torchrun run as
-    subprocesses, as they do on a GPU."""
+    """Every step as the GPU run makes it. To spare five interpreters (each imports torch,
+    open_clip and timm: about 6 s of CPU), the script, its ``python -m glaclip`` commands, the
+    golden cases' pytest (a second session, with the step's environment, output not captured)
+    and the benchmark's parent run in this process with the same arguments; the benchmark's
+    measuring children and torchrun run as subprocesses, as they do on a GPU."""
     check = _module()
     real_run = check.run
     bench = str(SCRIPT.parent / "bench_segment.py")
@@ -38,6 +42,11 @@ def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path, monkeypatch, caps
             entry, argv = main, cmd[3:]
         elif cmd[1] == bench:
             entry, argv = runpy.run_path(bench, run_name="bench_segment")["main"], cmd[2:]
+        elif cmd[1:3] == ["-m", "pytest"]:
+            for key, value in (env or {}).items():
+                if os.environ.get(key) != value:
+                    monkeypatch.setenv(key, value)
+            entry, argv = pytest.main, [*cmd[3:], "-s"]
         else:
             return real_run(cmd, log, env, timeout)
         log("$ " + " ".join(cmd))
@@ -51,7 +60,8 @@ def test_quick_form_runs_every_step_on_the_cpu(tmp_path: Path, monkeypatch, caps
     monkeypatch.setattr(check, "run", run)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the benchmark adds its folder
     out = tmp_path / "out"
-    code = check.main(["--device", "cpu", "--quick", "--out", str(out)])
+    with torch.random.fork_rng(devices=[]):  # the other tests' random state, as it was
+        code = check.main(["--device", "cpu", "--quick", "--out", str(out)])
     assert code == 0, capsys.readouterr().out[-4000:]
     record = json.loads((out / "gpu_check.json").read_text())
     assert list(record["steps"]) == ["golden", "segment", "bench", "torchrun"]

@@ -169,7 +169,9 @@ def test_callers_models_are_left_alone(golden_modules) -> None:
     before = [True if i % 2 else False for i in range(len(attn))]
     for m, value in zip(attn, before, strict=True):
         m.fused_attn = value
-    x = torch.randn(1, 3, 224, 224)
+    # its own seed: an input drawn from the global random state depends on the tests run before
+    # it, and on a rare one half precision flips a threshold of the method (0.18 off, seen once)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     try:
         fp32 = Segmenter.from_modules(clip, vfm, tok)
         ref = fp32.segment_tensor(x, ["a", "b"]).query_logits
