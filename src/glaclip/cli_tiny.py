@@ -10,8 +10,8 @@ from typing import Any
 
 TINY_DESCRIPTION = """\
 Write a tiny CLIP and a tiny VFM with random weights (made from --seed) as the local folders
-DIR/clip and DIR/vfm, about 7 MB in all, and print the flags that select them. They need no
-download and run every stage of glaclip in a fraction of a second per image: to try the
+DIR/clip and DIR/vfm, 8 MB in all, and print the flags that select them. They need no
+download and run every stage of glaclip in a second or two per image on a CPU: to try the
 commands and the demo, or to test code that uses glaclip. Their weights are random, so the
 labels they give mean nothing.
 """

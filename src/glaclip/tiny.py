@@ -3,10 +3,10 @@
 In the spirit of the tiny random checkpoints that model hubs keep for tests: a CLIP (open_clip's
 ``CLIP``: a 3-block, 64-wide ViT/16 image tower and a 2-block, 32-wide text tower with
 open_clip's tokenizer) and a VFM (timm's ``vit_base_patch8_224`` at 64 wide and 2 blocks deep),
-about 7 MB on disk together, made from a seed and written as the ``local-dir:`` folders that
+8 MB on disk together, made from a seed and written as the ``local-dir:`` folders that
 ``--clip`` and ``--vfm`` (``clip=`` and ``vfm=`` of ``Segmenter.from_pretrained``) read.
-They run every code path at the paper's patch sizes in a fraction of a second per image, and
-their labels mean nothing: the weights are random.
+They run every code path at the paper's patch sizes in a second or two per image on a CPU,
+and their labels mean nothing: the weights are random.
 
 ``glaclip tiny-models DIR`` writes them; from Python, ``write_tiny_models(DIR)``.
 """
