@@ -9,9 +9,10 @@ the exit status is 1 if any step failed. With ``--out DIR`` the whole log and a 
 
 1. **golden**: the reference implementation's twelve cases (``tests/test_golden.py``) and
    SCLIP's and NACLIP's (``tests/test_base_golden.py``) run on the device with TF32 off, under
-   the CPU's tolerance rule (``GLACLIP_TEST_DEVICE``);
+   the CPU's tolerance rule (``GLACLIP_TEST_DEVICE``; ``--quick``: one case per base);
 2. **segment**: ``glaclip segment`` on the device for every base method with the tiny models
-   of the tests (written as ``local-dir:`` checkpoints), its label PNG compared with the CPU's;
+   of ``glaclip tiny-models`` (``local-dir:`` checkpoints), its label PNG compared with the
+   CPU's;
 3. **bench**: ``benchmarks/bench_segment.py --device DEVICE`` with the paper's architectures
    (random weights): 336x448, 560x1120, 1024x1024 and 2048x2048, GLA on ProxyCLIP, ClearCLIP,
    SCLIP and NACLIP, fp32/bf16/fp16,
@@ -92,24 +93,29 @@ def run(cmd: list[str], log: Log, env: dict[str, str] | None = None, timeout: in
 # The steps
 
 
+# the quick form's golden cases: one per base (the test suite runs them all on the CPU)
+QUICK_GOLDEN = (
+    "(test_golden_case and compact and (gla_default or clearclip_gla-compact)) or "
+    "(test_base_case and (sclip_voc21 or naclip_whole))"
+)
+
+
 def step_golden(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, str]:
     env = dict(_env(), GLACLIP_TEST_DEVICE=args.device)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"]
-    which = "(test_golden_case and compact)" if args.quick else "test_golden_case"
+    which = QUICK_GOLDEN if args.quick else "test_golden_case or test_base_case"
     cmd += [str(REPO / "tests" / "test_golden.py"), str(REPO / "tests" / "test_base_golden.py")]
-    cmd += ["-k", f"{which} or test_base_case"]
+    cmd += ["-k", which]
     code = run(cmd, log, env)
     return code == 0, f"golden cases on {args.device}: exit {code}"
 
 
 def _tiny_checkpoints(work: Path) -> dict[str, str]:
-    import torch
+    """``glaclip tiny-models``' random models, written once per run."""
+    from glaclip.tiny import write_tiny_models
 
-    from tests.conftest import write_tiny_checkpoints
-    from tests.golden import COMPACT_DIR
-
-    state = torch.load(COMPACT_DIR / "models.pt", weights_only=True)
-    return write_tiny_checkpoints(state, work / "tiny_models")
+    tiny = write_tiny_models(work / "tiny_models", overwrite=True)
+    return {"clip": tiny.clip, "vfm": tiny.vfm}
 
 
 def _photo(path: Path, height: int = 360, width: int = 480) -> Path:

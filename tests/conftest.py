@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,10 +13,16 @@ from tests.golden import COMPACT_DIR, build_golden_modules
 
 def pytest_configure(config) -> None:
     """Segmenters built before any test's own folder is set (module and session fixtures)
-    cache text embeddings in a folder of the run, never in the user's home."""
+    cache text embeddings in a folder of the run, never in the user's home.
+
+    One intra-op thread (unless ``OMP_NUM_THREADS`` says otherwise), here and in the
+    subprocesses the tests start: the tiny models' products are too small to gain from
+    threads, which only add their overhead (measured on 2 cores: a third less CPU time, and
+    less wall time too), and the arithmetic is then the same on every machine."""
     import tempfile
 
     os.environ["GLACLIP_CACHE"] = tempfile.mkdtemp(prefix="glaclip-test-cache-")
+    torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)
@@ -53,41 +58,20 @@ def golden_modules(golden_models_state: dict):
 
 
 def write_tiny_checkpoints(state: dict, root: Path) -> dict[str, str]:
-    """Write the tiny golden models as open_clip and timm ``local-dir:`` checkpoints."""
-    from safetensors.torch import save_file
+    """Write the tiny golden models as open_clip and timm ``local-dir:`` checkpoints, with the
+    writer of ``glaclip tiny-models`` (their architecture is that of ``glaclip.tiny``)."""
+    from glaclip import tiny
 
-    clip_dir, vfm_dir = root / "clip", root / "vfm"
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    vfm_dir.mkdir(parents=True, exist_ok=True)
-    clip_cfg = {
-        "model_cfg": {
-            "embed_dim": state["clip_embed_dim"],
-            "vision_cfg": state["clip_vision_cfg"],
-            "text_cfg": state["clip_text_cfg"],
-            "quick_gelu": state["quick_gelu"],
-        },
-        "preprocess_cfg": {
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-        },
+    arch = {
+        "embed_dim": state["clip_embed_dim"],
+        "vision_cfg": state["clip_vision_cfg"],
+        "text_cfg": state["clip_text_cfg"],
+        "quick_gelu": state["quick_gelu"],
     }
-    (clip_dir / "open_clip_config.json").write_text(json.dumps(clip_cfg))
-    save_file(
-        {k: v.contiguous() for k, v in state["clip_state_dict"].items()},
-        str(clip_dir / "open_clip_model.safetensors"),
-    )
-    vfm_cfg = {
-        "architecture": state["vfm_timm_name"].split(".")[0],
-        "num_classes": 0,
-        "model_args": state["vfm_kwargs"],
-        "pretrained_cfg": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-    }
-    (vfm_dir / "config.json").write_text(json.dumps(vfm_cfg))
-    save_file(
-        {k: v.contiguous() for k, v in state["vfm_state_dict"].items()},
-        str(vfm_dir / "model.safetensors"),
-    )
-    return {"clip": f"local-dir:{clip_dir}", "vfm": f"local-dir:{vfm_dir}"}
+    assert arch == tiny.CLIP_CONFIG and state["vfm_kwargs"] == tiny.VFM_ARGS
+    assert state["vfm_timm_name"].split(".")[0] == tiny.VFM_ARCHITECTURE
+    models = tiny.write_local_dirs(root, state["clip_state_dict"], state["vfm_state_dict"])
+    return {"clip": models.clip, "vfm": models.vfm}
 
 
 @pytest.fixture(scope="session")

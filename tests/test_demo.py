@@ -34,8 +34,8 @@ def _rgb(h: int, w: int, seed: int) -> np.ndarray:
 
 @pytest.fixture
 def segmenter(golden_modules) -> Segmenter:
-    clip, vfm, tok = golden_modules
-    return Segmenter.from_modules(clip, vfm, tok, background_index=255)
+    clip, vfm, tok = golden_modules  # a 224-pixel short side: two windows for these photos
+    return Segmenter.from_modules(clip, vfm, tok, background_index=255, short_side=224)
 
 
 @pytest.fixture
@@ -447,7 +447,7 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
     code = main(["demo", "--clip", "local-dir:/nonexistent", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2
-    assert 'pip install "glaclip[demo]"' in err
+    assert 'the demo needs Gradio: pip install "gradio>=6.0"' in err
 
 
 @pytest.mark.parametrize(
@@ -469,6 +469,34 @@ def test_demo_server_flags_are_checked_before_any_model_loads(
     assert main(["demo", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_busy_port_is_reported_before_any_model_loads(monkeypatch, capsys) -> None:
+    import glaclip.cli as cli
+
+    monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port} is in use on 127.0.0.1" in err and "choose another --port" in err
+
+
+def test_serve_says_where_in_its_own_words(segmenter, monkeypatch, capfd) -> None:
+    """The address once the page listens, and none of Gradio's lines about ``launch()``."""
+    import gradio as gr
+
+    from glaclip.demo import app as page
+
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: self.close())  # no waiting
+    port = _free_port()
+    said = []
+    page.serve(segmenter, MODELS, port=port, announce=lambda *urls: said.append(urls))
+    assert said == [(f"http://127.0.0.1:{port}/", None)]
+    out = capfd.readouterr()
+    assert "share=True" not in out.out + out.err and "launch()" not in out.out + out.err
 
 
 def test_build_app_refuses_a_size_limit_that_is_no_number(segmenter) -> None:

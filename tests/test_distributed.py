@@ -88,6 +88,8 @@ def small_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
 def test_eval_two_processes_equals_one(
     small_voc: tuple[Path, Path, dict], tiny_model_args: list[str], tmp_path: Path
 ) -> None:
+    """Two processes resume a single-process run that stopped after one image (one torchrun
+    for both: each costs three interpreters), with the numbers of a single-process run."""
     root, class_file, made = small_voc
     common = ["eval", "--dataset", "voc21", "--data-root", str(root)]
     common += ["--class-file", str(class_file), "--short-side", "224", "--no-progress"]
@@ -95,29 +97,22 @@ def test_eval_two_processes_equals_one(
     single = json.loads((tmp_path / "one" / "results.json").read_text())
 
     out, pred = tmp_path / "two", tmp_path / "pred"
-    proc = torchrun(common + ["--out", str(out), "--save-predictions", str(pred)] + tiny_model_args)
+    argv = common + ["--out", str(out), "--save-predictions", str(pred)] + tiny_model_args
+    assert one_thread(argv + ["--limit", "1"]) == 0
+    proc = torchrun(argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
     double = json.loads((out / "results.json").read_text())
     for key in METRIC_KEYS:
         assert double[key] == single[key], key
     assert double["world_size"] == 2
-    assert double["processed_per_rank"] == [2, 1]  # every image once, none padded in
+    assert double["resumed_images"] == 1
+    assert double["processed_per_rank"] == [1, 1]  # the two others, once each
     written = sorted(p.name for p in pred.iterdir() if p.name != ".glaclip-outputs")
     assert written == sorted(f"{i}.png" for i in made)
-    assert read_manifest(pred) == set(written)  # both ranks recorded their files
+    assert read_manifest(pred) == set(written)  # every process recorded its files
     state = sorted(p.name for p in (out / "eval_state").iterdir())
-    assert state == ["rank0.jsonl", "rank1.jsonl"]
+    assert "rank1.jsonl" in state and "rank0.jsonl" in state
     assert proc.stderr.count("wrote " + str(out / "results.json")) == 1  # rank 0 alone
-
-    # resume under two processes from a single-process partial run: the same numbers
-    resumed = tmp_path / "resumed"
-    assert one_thread(common + ["--out", str(resumed), "--limit", "1"] + tiny_model_args) == 0
-    proc = torchrun(common + ["--out", str(resumed)] + tiny_model_args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((resumed / "results.json").read_text())
-    assert again["resumed_images"] == 1 and again["processed_per_rank"] == [1, 1]
-    for key in METRIC_KEYS:
-        assert again[key] == single[key], key
 
 
 def test_eval_all_two_processes_equals_one(tiny_model_args: list[str], tmp_path: Path) -> None:

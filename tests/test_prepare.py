@@ -230,7 +230,38 @@ def test_pascal_context_without_the_extra(tmp_path: Path, monkeypatch, capsys) -
     (tmp_path / "JPEGImages").mkdir()
     (tmp_path / "t.json").write_text("{}")
     assert main(["prepare", "pascal-context", str(tmp_path / "t.json"), str(tmp_path)]) == 2
-    assert 'pip install "glaclip[prepare]"' in capsys.readouterr().err
+    assert 'pip install "pycocotools>=2.0.6"' in capsys.readouterr().err
+
+
+def test_prepare_help_shows_the_tables_as_published(capsys) -> None:
+    """The README sends readers to ``glaclip prepare --help`` for the converters' tables."""
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "label tables" in text
+    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+        assert f" {label_id}->{train_id}," in text or f" {label_id}->{train_id};" in text
+    for category, label in CONTEXT_TABLE.items():
+        assert f" {category}->{label}," in text or f" {category}->{label};" in text
+    runs = "0-10->0-10, 12-24->11-23, 26-27->24-25, 30-43->26-39, 45-64->40-59, 66->60, "
+    runs += "69->61, 71-81->62-72, 83-89->73-79, 91-181->80-170; 255 -> 255"
+    assert runs in text  # COCO_STUFF_TABLE above, in runs
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path: Path, monkeypatch) -> None:
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    src, root = tmp_path / "annotations", tmp_path
+    _png(src / "val2017" / "1.png", np.array([[0, 255]]))
+    for stream, bar in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert main(["prepare", "coco-stuff164k", str(src), str(root), "--overwrite"]) == 0
+        assert ("file/s]" in stream.getvalue()) is bar, stream.getvalue()
 
 
 # ------------------------------------------------------ COCO-Object and the shared guarantees
@@ -244,6 +275,7 @@ def test_coco_object_non_image_png_is_one_line_and_the_rest_converts(tmp_path: P
     assert code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    assert "file/s" not in err and "\r" not in err  # no progress bar: stderr is no terminal
     failed = [line for line in err.splitlines() if "failed:" in line]
     assert len(failed) == 1 and str(src / "val2017" / "2.png") in failed[0]
     assert _read(src / "val2017/1_instanceTrainIds.png").tolist() == [[1, 0]]

@@ -38,6 +38,7 @@ def test_path_pil_array_agree_at_original_size(seg: Segmenter, tmp_path) -> None
     assert a.resized_size == (336, 448)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.labels, c.labels)
     assert a.class_names == [["sky"], ["tree"], ["person", "man"]]
+    assert isinstance(a.scores, np.ndarray) and a.scores.dtype == np.float32  # as the labels
     assert a.scores.shape == (3, 300, 400)
     # the labels at the original size from the network-size logits, computed apart: resized
     # with F.interpolate, softmax over the four queries, the maximum over the synonyms
@@ -46,7 +47,7 @@ def test_path_pil_array_agree_at_original_size(seg: Segmenter, tmp_path) -> None
     probs = torch.softmax(40.0 * big[0], dim=0)
     classes_p = torch.stack([probs[0], probs[1], torch.maximum(probs[2], probs[3])])
     assert (classes_p.argmax(0).numpy() == a.labels).mean() > 0.9999  # ties to float32 aside
-    torch.testing.assert_close(a.scores, classes_p, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(a.scores), classes_p, rtol=0, atol=1e-6)
     assert abs(sum(a.pixel_shares()) - 1.0) < 1e-9
 
 
@@ -168,7 +169,9 @@ def test_callers_models_are_left_alone(golden_modules) -> None:
     before = [True if i % 2 else False for i in range(len(attn))]
     for m, value in zip(attn, before, strict=True):
         m.fused_attn = value
-    x = torch.randn(1, 3, 224, 224)
+    # its own seed: an input drawn from the global random state depends on the tests run before
+    # it, and on a rare one half precision flips a threshold of the method (0.18 off, seen once)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     try:
         fp32 = Segmenter.from_modules(clip, vfm, tok)
         ref = fp32.segment_tensor(x, ["a", "b"]).query_logits
@@ -292,7 +295,9 @@ def test_features_answer_new_classes_without_the_backbones(golden_modules, monke
         assert set(kept.timings) == {"text", "stitch", "labels"}
         fresh = seg.segment(rgb, classes, return_scores=True)
         assert np.array_equal(kept.labels, fresh.labels)
-        assert torch.equal(kept.scores, fresh.scores)
+        assert np.array_equal(kept.scores, fresh.scores)
+        # a fresh image: every stage, the encoding's included
+        assert set(fresh.timings) == {"vfm", "clip", "attention", "stitch", "text", "labels"}
     out = seg.segment_tensor(features, ["sky", "road"])
     assert torch.equal(
         out.query_logits, seg.segment_tensor(seg.prepare(rgb)[0], ["sky", "road"]).query_logits

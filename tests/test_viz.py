@@ -5,7 +5,14 @@ import itertools
 import numpy as np
 import pytest
 
-from glaclip.viz import LegendEntry, legend_entries, make_palette, overlay, pixel_shares
+from glaclip.viz import (
+    LegendEntry,
+    legend_entries,
+    legend_line,
+    make_palette,
+    overlay,
+    pixel_shares,
+)
 
 
 def _scene(h: int = 60, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +55,14 @@ def test_legend_lists_only_present_classes() -> None:
     assert entries[0] == LegendEntry(2, "road", 0.5)
     assert entries[-1].label is None
     assert sum(e.share for e in entries) == pytest.approx(1.0)
+
+
+def test_legend_never_reads_zero_percent_for_a_class_present() -> None:
+    labels = np.zeros((100, 100), np.int32)
+    labels[0, :3] = 1  # 3 pixels of 10,000: 0.03 %
+    labels[1, :5] = 2  # 0.05 %, which rounds to 0.1 %
+    lines = [legend_line(e) for e in legend_entries(labels, ["sky", "kite", "bird"])]
+    assert lines == ["sky  99.9%", "bird  0.1%", "kite  <0.1%"]
 
 
 def test_legend_unlabeled_index_is_merged() -> None:

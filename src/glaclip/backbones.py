@@ -7,6 +7,8 @@ The feature maps read from the loaded models are ``glaclip.towers`` (``ClipTower
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +17,21 @@ import torch
 import torch.nn as nn
 
 from glaclip import hub
-from glaclip.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, config_mismatch, weights_in
+from glaclip.checkpoints import (
+    CLIP_PREFERRED,
+    VFM_PREFERRED,
+    config_mismatch,
+    misfit_summary,
+    weights_in,
+)
 from glaclip.constants import CLIP_MEAN, CLIP_STD
+from glaclip.sources import (  # noqa: F401  (check_sources: importable from here too)
+    CLIP_CONFIG_FILE,
+    check_clip_source,
+    check_sources,
+    check_vfm_source,
+    offline_hint,
+)
 from glaclip.towers import (  # noqa: F401  (the towers, importable from here too)
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,10 +42,6 @@ from glaclip.towers import (  # noqa: F401  (the towers, importable from here to
 
 # OpenAI CLIP's normalisation, defined once in constants (read by imageio too)
 OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = CLIP_MEAN, CLIP_STD
-
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
-_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_VFM_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 DEFAULT_CLIP = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -47,28 +58,6 @@ class ModelInfo:
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def _offline_hint(
-    kind: str, name: str, pretrained: str | None, err: Exception | str
-) -> ModelLoadError:
-    what = f"{name}" + (f" ({pretrained})" if pretrained else "")
-    if kind == "clip":
-        how = (
-            "point --clip-pretrained at a local checkpoint file (.pt/.bin/.safetensors), or use "
-            "--clip local-dir:DIR (a folder with open_clip_config.json and "
-            "open_clip_model.safetensors)"
-        )
-    else:
-        how = (
-            "pass --vfm local-dir:DIR (a folder with timm's config.json and model.safetensors) "
-            "or --vfm-checkpoint FILE (a local weight file of that architecture)"
-        )
-    reason = str(err).strip().rstrip(".")
-    return ModelLoadError(
-        f"could not obtain the {kind.upper()} weights {what}: {reason}. The weights download "
-        f"from the internet on first use and are cached (HF_HOME, ~/.cache); offline, {how}"
-    )
 
 
 def load_clip(
@@ -92,7 +81,7 @@ def load_clip(
     is_path_name = name.startswith(("hf-hub:", "local-dir:"))
     if is_path_name:
         pretrained = None
-    _check_clip_source(open_clip, name, pretrained)
+    check_clip_source(name, pretrained)
     quick_gelu = pretrained == "openai" or "quickgelu" in name.lower()
     try:
         model = open_clip.create_model(
@@ -107,44 +96,14 @@ def load_clip(
     except Exception as err:  # download, cache and file errors come in many types
         local = pretrained if pretrained and os.path.exists(pretrained) else None
         if local or name.startswith("local-dir:"):
-            raise _misfit("CLIP", local or name, name, "--clip", err) from None
-        raise _offline_hint("clip", name, pretrained, err) from err
+            weights = local or weights_in(name.removeprefix("local-dir:"), CLIP_PREFERRED)
+            summary = _clip_misfit(open_clip, name, weights, quick_gelu and not is_path_name)
+            raise _misfit("CLIP", local or name, name, "clip", err, summary) from None
+        raise offline_hint("clip", name, pretrained, err) from err
     _check_clip_fits(model, name, pretrained)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _tokenizer(name)
     mean, std = clip_normalisation(model)
     return model.eval(), tokenizer, mean, std
-
-
-def _check_clip_source(open_clip, name: str, pretrained: str | None) -> None:
-    """Raise ``ModelLoadError`` before any download: an unknown model name or tag, a checkpoint
-    path that does not exist, or weights neither cached nor reachable (``hub.check_download``)."""
-    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if name.lower()[:6] in m.lower()][:8]
-        raise ModelLoadError(
-            f"unknown CLIP model {name!r}; open_clip knows e.g. {', '.join(close) or 'ViT-B-16'} "
-            "(open_clip.list_models() lists all), or use hf-hub:ORG/REPO or local-dir:DIR"
-        )
-    if pretrained and not os.path.exists(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags and _looks_like_file(pretrained):
-            raise ModelLoadError(
-                f"CLIP checkpoint file {pretrained} not found: check the path, or pass an "
-                f"open_clip tag such as {', '.join(tags[:3]) or 'openai'}"
-            )
-        if pretrained not in tags:
-            raise ModelLoadError(
-                f"unknown pretrained tag {pretrained!r} for CLIP {name}; known tags: "
-                f"{', '.join(tags) or 'none'}; or pass a local checkpoint file"
-            )
-        cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
-        repo = (cfg.get("hf_hub") or "").strip("/") or None
-        reason = hub.check_download(repo, _CLIP_FILES)
-        if reason:
-            raise _offline_hint("clip", name, pretrained, reason)
-    elif name.startswith("hf-hub:"):
-        reason = hub.check_download(name.removeprefix("hf-hub:"), ("open_clip_config.json",))
-        if reason:
-            raise _offline_hint("clip", name, None, reason)
 
 
 def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -169,9 +128,28 @@ def load_tokenizer(name: str = DEFAULT_CLIP) -> Callable | None:
     if not name.startswith("local-dir:") and name not in open_clip.list_models():
         return None
     try:
-        return open_clip.get_tokenizer(name)
+        return _tokenizer(name)
     except Exception:  # noqa: BLE001 - the loader reports a bad model itself, later
         return None
+
+
+def _tokenizer(name: str) -> Callable:
+    """``open_clip.get_tokenizer(name)``, made once per name (and per version of a local
+    folder's config) in a process: reading its vocabulary takes a tenth of a second, and the
+    command line asks for it twice (the class check, the model)."""
+    stamp: tuple[int, ...] = ()
+    if name.startswith("local-dir:"):
+        config = os.path.join(name.removeprefix("local-dir:"), CLIP_CONFIG_FILE)
+        info = os.stat(config)
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return _cached_tokenizer(name, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(name: str, stamp: tuple[int, ...]) -> Callable:
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
 
 
 def load_vfm(
@@ -188,28 +166,10 @@ def load_vfm(
     """
     import timm
 
-    is_path_name = name.startswith(("hf-hub:", "local-dir:"))
-    if not is_path_name:
-        arch = name.split(".")[0]
-        if not timm.is_model(arch):
-            close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
-            raise ModelLoadError(
-                f"unknown VFM {name!r}; timm knows e.g. {', '.join(close)} "
-                "(timm.list_models() lists all), or use local-dir:DIR"
-            )
+    check_vfm_source(name, checkpoint)
     kwargs: dict = {"num_classes": 0, "dynamic_img_size": True}
     if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise ModelLoadError(f"VFM checkpoint file {checkpoint} does not exist")
         kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(checkpoint)}
-    elif not name.startswith("local-dir:"):
-        if name.startswith("hf-hub:"):
-            repo = name.removeprefix("hf-hub:")
-        else:
-            repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
-        reason = hub.check_download(repo, _VFM_FILES)
-        if reason:
-            raise _offline_hint("vfm", name, None, reason)
     resized: tuple[str, ...] = ()  # resampled on purpose (the 224-pixel window)
     try:
         try:
@@ -220,8 +180,8 @@ def load_vfm(
             resized = ("pos_embed",)
     except Exception as err:  # download, cache and file errors come in many types
         if checkpoint or name.startswith("local-dir:"):
-            raise _misfit("VFM", checkpoint or name, name.split(".")[0], "--vfm", err) from None
-        raise _offline_hint("vfm", name, checkpoint, err) from err
+            raise _misfit("VFM", checkpoint or name, name.split(".")[0], "vfm", err) from None
+        raise offline_hint("vfm", name, checkpoint, err) from err
     if checkpoint is not None:
         _check_fits(model, checkpoint, f"VFM architecture {name.split('.')[0]}", resized)
     elif name.startswith("local-dir:"):
@@ -249,20 +209,36 @@ def _check_fits(
         raise ModelLoadError(problem)
 
 
-def _misfit(kind: str, weights: str, arch: str, flag: str, err: Exception) -> ModelLoadError:
-    """The error for local weights that do not fit the architecture they were loaded into."""
-    reason = hub.summarise_load_error(str(err)) or _first_line(err)
+def _misfit(
+    kind: str, weights: str, arch: str, keyword: str, err: Exception, summary: str | None = None
+) -> ModelLoadError:
+    """The error for local weights that do not fit the architecture they were loaded into:
+    ``summary`` (``checkpoints.misfit_summary``), else PyTorch's own account in short."""
+    reason = summary or hub.summarise_load_error(str(err)) or _first_line(err)
     return ModelLoadError(
         f"the weights {weights} do not fit the {kind} architecture {arch}: {reason}. Is it a "
-        f"checkpoint of another model? Pass the matching {flag}"
+        f"checkpoint of another model? Pass the matching {keyword}="
     )
+
+
+def _clip_misfit(open_clip, name: str, weights: str | None, quick_gelu: bool) -> str | None:
+    """``misfit_summary`` of CLIP weights against the architecture ``name`` (built without
+    weights), or None where that cannot be told."""
+    if weights is None:
+        return None
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns that the model is random: it is meant to
+    try:
+        model = open_clip.create_model(
+            name, pretrained=None, load_weights=False, force_quick_gelu=quick_gelu
+        )
+        return misfit_summary(model, weights)
+    except Exception:  # noqa: BLE001 - the loader's own message is the fallback
+        return None
+    finally:
+        logging.disable(previous)
 
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return (text[0][:300].rstrip(".!") if text else "") or type(err).__name__
-
-
-def _looks_like_file(text: str) -> bool:
-    """A name that is meant as a file path (a folder part or a checkpoint extension)."""
-    return os.sep in text or "/" in text or text.lower().endswith(_CHECKPOINT_SUFFIXES)

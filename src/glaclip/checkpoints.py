@@ -125,3 +125,25 @@ def config_mismatch(
         f"configured model but {list(found)} in the weights{hint}{more}. glaclip does not "
         "resample weights to another shape: make the config match the weights"
     )
+
+
+def misfit_summary(model: nn.Module, weights: str | os.PathLike) -> str | None:
+    """How a weight file fails to fit ``model``'s architecture: the count of its tensors of
+    another shape, of the model's tensors it lacks and of its tensors the model does not
+    have, three names of each; None when the names and shapes all fit, or when the file
+    cannot be read as a state dict (TorchScript archives)."""
+    stored = checkpoint_shapes(weights)
+    if not stored:
+        return None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    groups = (
+        ([k for k in stored if k in own and own[k] != stored[k]], "of another shape"),
+        ([k for k in own if k not in stored], "missing"),
+        ([k for k in stored if k not in own], "unexpected"),
+    )
+    parts = []
+    for names, what in groups:
+        if names:
+            examples = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            parts.append(f"{len(names)} weights {what} (e.g. {examples})")
+    return "; ".join(parts) or None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from glaclip import __version__
 from glaclip.cli_prepare import add_prepare_parser, print_data_check, run_prepare
+from glaclip.cli_terms import Flag, parser_flags, to_flags
+from glaclip.cli_tiny import add_tiny_parser, run_tiny
 from glaclip.data import PRESETS
 from glaclip.options import (
     UNLABELLED,
@@ -75,7 +78,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-DEMO_INSTALL = 'the demo needs Gradio: pip install "glaclip[demo]"'
+DEMO_INSTALL = (
+    'the demo needs Gradio: pip install "gradio>=6.0" (the demo extra of glaclip: '
+    'pip install -e ".[demo]" in its clone)'
+)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,12 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(ev)
     add_method_arguments(ev)
 
-    demo = sub.add_parser("demo", help='serve a browser demo (needs: pip install "glaclip[demo]")')
+    demo = sub.add_parser("demo", help="serve a browser demo (needs Gradio: the demo extra)")
     add_demo_arguments(demo)
     add_model_arguments(demo)
     add_method_arguments(demo)
 
     add_prepare_parser(sub)
+    add_tiny_parser(sub)
     return parser
 
 
@@ -309,7 +316,10 @@ def _run_eval_all(args: argparse.Namespace) -> int:
     with _locks(_eval_folders(args)), process_group(args.device) as (info, args.device):
         for bench in plan.benchmarks:
             if bench.status == "failed" and info.is_main:
-                print(f"glaclip: error: {bench.preset.title}: {bench.reason}", file=sys.stderr)
+                print(
+                    f"glaclip: error: {bench.preset.title}: {_in_flags(bench.reason)}",
+                    file=sys.stderr,
+                )
         table, md_path = run_table(
             plan,
             lambda settings: build_segmenter(args, settings),
@@ -343,7 +353,10 @@ def _benchmark_report(out: Path, info: DistInfo) -> Report:
         name = bench.preset.name
         if error is not None:  # every rank has it (the others' messages in OtherRankFailed)
             if info.is_main:
-                print(f"glaclip: error: {bench.preset.title}: {error}", file=sys.stderr)
+                print(
+                    f"glaclip: error: {bench.preset.title}: {_in_flags(str(error))}",
+                    file=sys.stderr,
+                )
         elif info.is_main and results is not None:
             stem = results_stem(results.get("limit"))
             _print_result(name, results, out / name / f"{stem}.json")
@@ -376,10 +389,12 @@ def check_server_flags(port: int, max_megapixels: float) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from glaclip.cli_server import announce, check_port
     from glaclip.config import settings_from_kwargs
 
     check_server_flags(args.port, args.max_megapixels)
     _check_demo_limits(args)
+    check_port(args.host, args.port)
     settings = settings_from_args(args)
     settings.setdefault("background_index", UNLABELLED)
     settings_from_kwargs(**settings)  # refused before any model loads
@@ -401,6 +416,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             max_classes=args.max_classes,
             max_name_length=args.max_name_length,
             cache_class_names=args.cache_class_names,
+            announce=announce,
         )
     except OSError as err:
         return _fail(f"cannot serve on {args.host}:{args.port}: {err} Choose another --port.")
@@ -420,9 +436,26 @@ def _check_demo_limits(args: argparse.Namespace) -> None:
         )
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
 def _fail(message: str) -> int:
-    print(f"glaclip: error: {message}", file=sys.stderr)
+    print(f"glaclip: error: {_in_flags(message)}", file=sys.stderr)
     return 2
+
+
+@functools.cache
+def _flags() -> dict[str, Flag]:
+    return parser_flags(build_parser())
+
+
+def _in_flags(message: str) -> str:
+    """A library message (which names Python keywords) in the terms of the command line."""
+    return to_flags(message, _flags())
 
 
 def _show_warning(
@@ -434,7 +467,7 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """A warning as one line, ``glaclip: warning: ...``, without the source line."""
-    print(f"glaclip: warning: {message}", file=file or sys.stderr)
+    print(f"glaclip: warning: {_in_flags(str(message))}", file=file or sys.stderr)
 
 
 class Terminated(KeyboardInterrupt):
@@ -469,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", True) is False and not _is_terminal(sys.stderr):
+        args.no_progress = True  # progress bars only on a terminal, not in logs and pipes
     from glaclip.backbones import ModelLoadError
     from glaclip.imageio import WriteError
 
@@ -481,6 +516,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _run_demo(args)
         if args.command == "prepare":
             return run_prepare(args)
+        if args.command == "tiny-models":
+            return run_tiny(args)
     except WriteError as err:  # before FileNotFoundError: a folder vanished while writing
         print(f"glaclip: error: {err}", file=sys.stderr)
         return 1

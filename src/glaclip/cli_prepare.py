@@ -60,11 +60,13 @@ _TARGETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 def add_prepare_parser(sub: Any) -> None:
     """The ``prepare`` subcommand and one sub-subcommand per benchmark that needs it."""
     from glaclip.data.convert import default_workers
+    from glaclip.data.tables import prepare_tables
 
     prep = sub.add_parser(
         "prepare",
         help="make a benchmark's labels from its official downloads",
         description=PREPARE_DESCRIPTION,
+        epilog=prepare_tables(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prep_sub = prep.add_subparsers(dest="what", required=True, metavar="NAME")

@@ -67,13 +67,13 @@ class WindowConfig:
         check_bool("whole_image", self.whole_image)
         if self.stride > self.crop:
             raise ValueError(
-                f"stride {self.stride} is larger than crop {self.crop}: the windows would leave "
+                f"stride={self.stride} is larger than crop={self.crop}: the windows would leave "
                 f"columns and rows that no window covers; pass a stride <= crop (e.g. "
-                f"--stride {max(1, self.crop // 2)}; the paper's is half the crop)"
+                f"stride={max(1, self.crop // 2)}; the paper's is half the crop)"
             )
         if self.crop > self.max_long_side:
             raise ValueError(
-                f"crop {self.crop} is larger than max_long_side {self.max_long_side}: a window "
+                f"crop={self.crop} is larger than max_long_side={self.max_long_side}: a window "
                 "larger than the largest image side is not a window; the paper's crop is 224"
             )
 
@@ -99,7 +99,7 @@ def check_vocabulary_size(num_classes: int, background_index: int) -> None:
     unlabelled = unlabelled_value(num_classes)
     if not (0 <= background_index < num_classes or background_index == unlabelled):
         raise ValueError(
-            f"background_index {background_index} names no class of the {num_classes} given "
+            f"background_index={background_index} names no class of the {num_classes} given "
             f"(0..{num_classes - 1}) and is not {unlabelled}, the value of "
             "unlabelled pixels: pass a class index or leave it unset"
         )
@@ -234,9 +234,7 @@ class Settings:
         cls.check_settings(self)
         reasons = slow_reasons(self)
         if reasons and not self.runtime.allow_slow:
-            raise ValueError(
-                "; ".join(reasons) + ". Pass allow_slow=True (--allow-slow) to run it anyway"
-            )
+            raise ValueError("; ".join(reasons) + ". Pass allow_slow=True to run it anyway")
 
     def parts(self) -> dict[str, Any]:
         """The settings' parts by name (``window``, ``gla``, ``post``, ``runtime``, and
@@ -291,7 +289,7 @@ def slow_reasons(settings: Settings) -> list[str]:
         usual = max(1, win.crop // 2)
         base, _, _ = _window_count(win, usual)
         reasons.append(
-            f"stride {win.stride} is below crop / {SLOW_STRIDE_DIVISOR} "
+            f"stride={win.stride} is below crop / {SLOW_STRIDE_DIVISOR} "
             f"({win.crop / SLOW_STRIDE_DIVISOR:g}): a {h} x {w} image would take {n:,} windows "
             f"instead of {base:,} at stride {usual}, at least {n / base:,.0f} times the work "
             "(hours instead of seconds on a CPU); pass a stride of at least "
@@ -299,7 +297,7 @@ def slow_reasons(settings: Settings) -> list[str]:
         )
     if gla.proxy_iters > MAX_PROXY_ITERS:
         reasons.append(
-            f"proxy_iters {gla.proxy_iters} is above {MAX_PROXY_ITERS}: each iteration is one "
+            f"proxy_iters={gla.proxy_iters} is above {MAX_PROXY_ITERS}: each iteration is one "
             "more pass of the global attention over every window (the paper's is 2), so the "
             f"attention would take about {gla.proxy_iters / 2:,.0f} times as long"
         )
@@ -347,8 +345,8 @@ def settings_from_kwargs(start: Settings | None = None, /, **kwargs: Any) -> Set
             owners = setting_owner(name)
             if owners:
                 raise ValueError(
-                    f"{name} is a setting of the base method {' and '.join(owners)}, not of "
-                    f"{base!r}: choose base={owners[0]!r} or leave {name} unset"
+                    f"{name} is a setting of base={owners[0]!r} only, not of base={base!r}: "
+                    f"choose base={owners[0]!r} or leave {name} unset"
                 )
             raise TypeError(
                 f"unknown setting {name!r}; valid settings: {', '.join(setting_names())}"

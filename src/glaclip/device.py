@@ -29,7 +29,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device {device!r} asked for, but CUDA is not available: use --device cpu"
+            f'device {device!r} asked for, but CUDA is not available: use device="cpu"'
         )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(
@@ -38,7 +38,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ValueError(f"device {device!r} asked for, but MPS is not available: use --device cpu")
+        raise ValueError(f'device {device!r} asked for, but MPS is not available: use device="cpu"')
     # meta: PyTorch's shape-only device, on which the tests check where tensors are made
     if dev.type not in ("cpu", "cuda", "mps", "meta"):
         raise ValueError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
@@ -53,7 +53,8 @@ def describe_device(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(index)
         return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
     if device.type == "cpu":
-        parts = [cpu_name(), f"{torch.get_num_threads()} threads"]
+        threads = torch.get_num_threads()
+        parts = [cpu_name(), f"{threads} thread" + ("s" if threads != 1 else "")]
         capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
         return f"cpu ({', '.join(p for p in parts + [capability] if p)})"
     return str(device)

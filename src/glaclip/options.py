@@ -72,7 +72,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Backbone, device and runtime flags."""
     g = p.add_argument_group("models and device")
     g.add_argument(
-        "--clip", default=DEFAULT_CLIP, help="open_clip model name, hf-hub: or local-dir:"
+        "--clip",
+        default=DEFAULT_CLIP,
+        help=f"open_clip model name, hf-hub:ORG/REPO or local-dir:DIR (default: {DEFAULT_CLIP})",
     )
     g.add_argument(
         "--clip-pretrained",

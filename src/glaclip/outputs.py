@@ -207,13 +207,15 @@ def _acquire(path: Path, flag: str) -> int:
 
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike[str], flag: str = "--out") -> Iterator[Path]:
-    """Hold the lock of ``folder`` (made if missing) for the duration of the block.
+    """Hold the lock of ``folder`` (made if missing) for the duration of the block. A folder
+    it made is removed again when the run leaves it empty (a run that failed before writing).
 
     Raises:
         OutputBusyError: another run holds it (the message names that run's process).
         WriteError: the folder or its lock file cannot be made (a read-only folder).
     """
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     make_folder(folder)
     path = folder / LOCK_NAME
     fd = _acquire(path, flag)
@@ -230,6 +232,9 @@ def output_lock(folder: str | os.PathLike[str], flag: str = "--out") -> Iterator
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
+        for empty in made:  # rmdir removes only an empty folder
+            with contextlib.suppress(OSError):
+                empty.rmdir()
 
 
 @contextlib.contextmanager

@@ -107,7 +107,8 @@ class SegmentationOutput:
             (``return_scores=True``).
         class_names: the ``C`` classes, each as its synonym list.
         query_names: the ``Q`` query names, and ``query_class`` the class of each.
-        timings: seconds per stage (an answer from kept features: only the stages it ran).
+        timings: seconds per stage, as ``Segmentation.timings`` (from a tensor: every stage;
+            an answer from kept features: only the stages it ran).
     """
 
     query_logits: torch.Tensor
@@ -128,16 +129,20 @@ class Segmentation:
             the class list), or ``background_index`` where the winning probability is below
             ``prob_threshold``.
         class_names: the classes, each as its list of query names (synonyms).
-        scores: ``C x H0 x W0`` float32 tensor of class probabilities in [0, 1], or None
+        scores: ``C x H0 x W0`` float32 numpy array of class probabilities in [0, 1], or None
             unless ``segment(..., return_scores=True)`` asked for it (it takes
             ``4 x C x H0 x W0`` bytes: 5 GB for 100 classes on a 12-megapixel photo).
         image_size: ``(H0, W0)``; ``resized_size``: ``(H, W)`` the network saw.
-        timings: seconds per stage.
+        timings: seconds per stage: ``vfm`` (a base with a VFM), ``clip``, ``attention``,
+            ``stitch`` (the projection of every token, and the product with the text),
+            ``text``, ``labels``; an answer from kept features (``segment(features, ...)``)
+            holds only the stages it ran (``text``, ``stitch``, ``labels``), the encoding's are
+            ``features.timings``.
     """
 
     labels: np.ndarray
     class_names: list[list[str]]
-    scores: torch.Tensor | None
+    scores: np.ndarray | None
     image_size: tuple[int, int]
     resized_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
@@ -151,3 +156,13 @@ class Segmentation:
 def to_numpy_labels(labels: torch.Tensor) -> np.ndarray:
     """Labels as an ``H x W`` int32 numpy array."""
     return labels.to("cpu", torch.int32).numpy()
+
+
+def add_timings(*parts: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage of several steps of one run, added up stage by stage (the encoding's
+    ``stitch``, the projection, and the answer's, the final product, make one ``stitch``)."""
+    total: dict[str, float] = {}
+    for part in parts:
+        for stage, seconds in part.items():
+            total[stage] = total.get(stage, 0.0) + seconds
+    return total

@@ -36,6 +36,7 @@ from glaclip.results import (
     ImageFeatures,
     Segmentation,
     SegmentationOutput,
+    add_timings,
     to_numpy_labels,
 )
 from glaclip.text import (
@@ -191,6 +192,8 @@ class Segmenter:
         """
         settings_obj = settings_from_kwargs(**settings)
         dev = resolve_device(device)
+        uses_vfm = needs_vfm(settings_obj.gla.base)  # every model checked before any loads:
+        backbones.check_sources(clip, clip_pretrained, vfm if uses_vfm else None, vfm_checkpoint)
         clip_model, tokenizer, _, _ = backbones.load_clip(clip, clip_pretrained, dev)
         vfm_model = None
         if needs_vfm(settings_obj.gla.base):
@@ -420,15 +423,16 @@ class Segmenter:
         lines = parse_classes_arg(classes, "classes") if isinstance(classes, str) else classes
         check_vocabulary(lines, "classes", keys=self.text.query_keys)
         lines = list(lines)
-        features = image if isinstance(image, ImageFeatures) else self.encode_image(image, progress)
+        kept = isinstance(image, ImageFeatures)
+        features = image if kept else self.encode_image(image, progress)
         out = self.segment_tensor(features, lines, features.image_size, return_scores)
         return Segmentation(
             labels=to_numpy_labels(out.labels),
             class_names=out.class_names,
-            scores=None if out.scores is None else out.scores.cpu(),
+            scores=None if out.scores is None else out.scores.cpu().numpy(),
             image_size=features.image_size,
             resized_size=features.input_size,
-            timings=out.timings,
+            timings=out.timings if kept else add_timings(features.timings, out.timings),
         )
 
     @torch.inference_mode()

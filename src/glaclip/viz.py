@@ -20,6 +20,7 @@ __all__ = [
     "class_palette",
     "label_png_palette",
     "legend_entries",
+    "legend_line",
     "make_palette",
     "overlay",
     "pixel_shares",
@@ -93,6 +94,14 @@ def legend_entries(
     if n_unlabelled:
         entries.append(LegendEntry(None, UNLABELLED_NAME, n_unlabelled / labels.size))
     return entries
+
+
+def legend_line(entry: LegendEntry) -> str:
+    """The legend's text for one entry: its name (40 characters at most) and its share, to a
+    tenth of a percent; a class present on fewer pixels reads ``<0.1%``, never ``0.0%``."""
+    percent = 100.0 * entry.share
+    share = "<0.1%" if 0 < percent < 0.05 else f"{percent:.1f}%"
+    return f"{entry.name[:40]}  {share}"
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -228,7 +237,7 @@ def _legend_panel(entries: list[LegendEntry], pal: np.ndarray, h: int, w: int) -
     font = _font(size)
     pad, gap = max(4, size // 2), max(3, size // 3)
     row = size + gap
-    texts = [f"{e.name[:40]}  {100.0 * e.share:.1f}%" for e in entries]
+    texts = [legend_line(e) for e in entries]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((int(math.ceil(probe.textlength(t, font=font))) for t in texts), default=0)
     per_column = max(1, len(entries))

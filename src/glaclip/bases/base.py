@@ -180,14 +180,14 @@ class BaseMethod:
         """Raise ValueError for settings this base cannot run (called by ``Settings``)."""
         if settings.gla.kv_extension and cls.attention_spaces == 0:
             raise ValueError(
-                f"base {cls.name!r} ({cls.title}) has no attention for GLA to extend across "
-                "windows: run it per window with kv_extension=False (--no-kv-extension)"
+                f"base={cls.name!r} ({cls.title}) has no attention for GLA to extend across "
+                "windows: run it per window with kv_extension=False"
             )
         if settings.window.whole_image and not cls.native_windows:
             native = [n for n, c in REGISTRY.items() if c.native_windows]
             raise ValueError(
-                f"whole_image (--whole-image) is for the base methods that run the image as "
-                f"their authors' code does ({', '.join(native)}), not {cls.name!r}"
+                "whole_image=True is for the base methods that run the image as their authors' "
+                f"code does ({' or '.join(f'base={n!r}' for n in native)}), not base={cls.name!r}"
             )
 
     @classmethod

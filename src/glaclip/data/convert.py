@@ -29,7 +29,10 @@ from glaclip.imageio import atomic_write
 from glaclip.pngcheck import incomplete_png_message, png_rows
 
 OnFailure = Callable[[str, str], None]
-PREPARE_INSTALL = 'pip install "glaclip[prepare]"'
+PREPARE_INSTALL = (
+    'pip install "pycocotools>=2.0.6" (the prepare extra of glaclip: pip install -e ".[prepare]" '
+    "in its clone)"
+)
 
 
 class ConversionError(ValueError):

@@ -279,10 +279,13 @@ def serve(
     max_classes: int = DEFAULT_MAX_CLASSES,
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
     cache_class_names: bool = False,
+    announce: Callable[[str, str | None], None] | None = None,
 ) -> None:
     """Serve the page until interrupted. Binds ``host`` only; ``share`` opens a public link.
     The persistent text cache receives only the benchmark vocabularies' names, unless
-    ``cache_class_names`` (``keep_user_names_out``)."""
+    ``cache_class_names`` (``keep_user_names_out``). ``announce(local_url, share_url or
+    None)`` is called once the page listens (Gradio's own lines, which speak of ``launch()``,
+    are silenced)."""
     if not cache_class_names:
         keep_user_names_out(segmenter)
     folders = RequestFolders()
@@ -292,7 +295,10 @@ def serve(
         previous = signal.signal(signal.SIGTERM, _interrupt)
     app.queue(default_concurrency_limit=1)  # one model: requests run one at a time
     try:
-        app.launch(**launch_options(host, port, share))  # blocks until interrupted
+        app.launch(**launch_options(host, port, share), quiet=True, prevent_thread_lock=True)
+        if announce is not None:
+            announce(app.local_url, app.share_url)
+        app.block_thread()  # until interrupted
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
