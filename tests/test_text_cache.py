@@ -132,8 +132,9 @@ def test_the_demo_writes_users_names_only_when_its_operator_asks(
 
     seen = {}
 
-    def fake_launch(self, **kwargs):
+    def fake_launch(self, **kwargs):  # records, then stands for a page that listens
         seen["persist"] = seen["segmenter"].text.persist
+        self.local_url, self.share_url = "http://127.0.0.1:7860/", None
 
     real_build = app.build_app
 
@@ -143,6 +144,7 @@ def test_the_demo_writes_users_names_only_when_its_operator_asks(
 
     monkeypatch.setattr(app, "build_app", build)
     monkeypatch.setattr(app.gr.Blocks, "launch", fake_launch)
+    monkeypatch.setattr(app.gr.Blocks, "block_thread", lambda self: None)  # no waiting
     assert main(["demo", *flag, *tiny_model_args]) == 0
     persist = seen["persist"]
     assert (persist is None) == persisted
