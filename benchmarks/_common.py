@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from glaclip.backbones import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
+from glaclip.constants import CLIP_MEAN, CLIP_STD
 
 
 def build_models(seed: int = 0, with_vfm: bool = True):
@@ -68,14 +68,14 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
         img = np.where(inside[..., None], colour * stripes[..., None], img)
     img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
     x = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
 
 def class_lines(name: str) -> list[str]:
     """The lines of a packaged class file (``cityscapes``, ``voc21``, ``coco_stuff164k``...)."""
-    from glaclip.text import read_class_file
+    from glaclip.text.vocabulary import read_class_file
 
     here = os.path.dirname(os.path.abspath(__file__))
     return read_class_file(

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from glaclip.attention import global_attention_dense
-    from glaclip.blocked import auto_block_size, global_attention_blocked
     from glaclip.config import GLAConfig
+    from glaclip.model.attention import global_attention_dense
+    from glaclip.model.blocked import auto_block_size, global_attention_blocked
 
     k = synthetic_keys(args.n, 768, args.clusters)
     v = torch.randn(12, args.n, 64, generator=torch.Generator().manual_seed(1))

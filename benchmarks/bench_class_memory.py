@@ -36,7 +36,7 @@ def run_child(count: int, embedded: bool, models: str) -> None:
     import numpy as np
     import torch
 
-    from glaclip.segmenter import Segmenter
+    from glaclip.model.segmenter import Segmenter
 
     torch.set_num_threads(1)
     build = _common.build_tiny_models if models == "tiny" else _common.build_models

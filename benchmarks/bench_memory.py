@@ -57,7 +57,7 @@ def _photo(height: int, width: int, path: str) -> None:
     from PIL import Image
 
     small = _common.synthetic_image(height // 8, width // 8, seed=0)[0]
-    from glaclip.imageio import CLIP_MEAN, CLIP_STD
+    from glaclip.constants import CLIP_MEAN, CLIP_STD
 
     mean = np.array(CLIP_MEAN)[:, None, None]
     std = np.array(CLIP_STD)[:, None, None]
@@ -74,9 +74,9 @@ def _vocabulary(count: int) -> list[str]:
 def run_child(args: argparse.Namespace) -> dict:
     import torch
 
-    from glaclip.batch import segment_files
+    from glaclip.io.batch import segment_files
+    from glaclip.model.segmenter import Segmenter
     from glaclip.registry import base_class
-    from glaclip.segmenter import Segmenter
 
     height, width, count = CASES[args.case]
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -121,7 +121,7 @@ def check_identity(seg, photo: str, classes: list[str], group: int = 10) -> dict
     """
     import torch.nn.functional as F
 
-    from glaclip.postprocess import resize_rows
+    from glaclip.model.postprocess import resize_rows
 
     x, size = seg.prepare(photo)
     logits = seg.segment_tensor(x, classes).query_logits

@@ -45,7 +45,7 @@ def dense_with_similarity_dtype(k, v, n_windows: int, cfg, kind: str):
     import torch
     import torch.nn.functional as F
 
-    from glaclip.attention import dynamic_beta
+    from glaclip.model.attention import dynamic_beta
 
     def sim(a, b):
         if kind == "float64":
@@ -86,8 +86,8 @@ def backbone_precision_labels(precisions: list[str], text_cache: str) -> None:
 
     import numpy as np
 
-    from glaclip.demo import EXAMPLES, EXAMPLES_DIR  # needs the demo extra (Gradio)
-    from glaclip.segmenter import Segmenter
+    from glaclip.demo.logic import EXAMPLES, EXAMPLES_DIR
+    from glaclip.model.segmenter import Segmenter
 
     clip, vfm, tok = _common.build_models()
     fp32 = Segmenter(clip, vfm, tok, text_cache_dir=text_cache)
@@ -165,9 +165,9 @@ def fast_mode_moves(precision: str, text_cache: str) -> None:
     changed, tokens whose kept entries at the cut changed, and labels changed."""
     import numpy as np
 
-    from glaclip import blocked
-    from glaclip.demo import EXAMPLES, EXAMPLES_DIR  # needs the demo extra (Gradio)
-    from glaclip.segmenter import Segmenter
+    from glaclip.demo.logic import EXAMPLES, EXAMPLES_DIR
+    from glaclip.model import blocked
+    from glaclip.model.segmenter import Segmenter
 
     clip, vfm, tok = _common.build_models()
     fp32 = Segmenter(clip, vfm, tok, text_cache_dir=text_cache)
@@ -210,8 +210,8 @@ def fast_mode_golden(precision: str) -> None:
     """The fast mode against float32 on the golden inputs (the tests' tiny models): tokens
     whose last mask or cut moved, labels changed, logits within 1e-2."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from glaclip import blocked
-    from glaclip.segmenter import Segmenter
+    from glaclip.model import blocked
+    from glaclip.model.segmenter import Segmenter
     from tests.golden import COMPACT_DIR, GOLDEN_CASES, is_clearclip, load_case, settings_of
 
     clip, vfm, tok = _common.build_tiny_models()
@@ -264,16 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from glaclip.blocked import global_attention_blocked
     from glaclip.config import GLAConfig, Settings
-    from glaclip.device import StageTimer
-    from glaclip.segmenter import Segmenter
-    from glaclip.windows import window_grid
+    from glaclip.model.blocked import global_attention_blocked
+    from glaclip.model.device import StageTimer
+    from glaclip.model.segmenter import Segmenter
+    from glaclip.model.windows import window_grid
 
     height, width = (int(x) for x in args.size.split("x"))
     clip, vfm, tok = _common.build_models()
     seg = Segmenter(clip, vfm, tok, Settings(), text_cache_dir=args.text_cache)
-    text = seg.query_embeddings(_common.class_lines(args.classes))[0]
+    text = seg.query_embeddings(_common.class_lines(args.classes))
     x = _common.synthetic_image(height, width)
     windows = window_grid(height, width)
     with torch.inference_mode():
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GLAConfig()
 
         def labels(out):
-            emb = F.normalize(seg.clip_tower.project(out), dim=-1)
+            emb = F.normalize(seg.clip_tower.head(seg.clip_tower.out_proj(out)), dim=-1)
             return (emb @ text.T).argmax(dim=1)
 
         ref, ref_masks, ref_neg = dense_with_similarity_dtype(k, v, n_win, cfg, "float32")

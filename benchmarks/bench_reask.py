@@ -50,7 +50,8 @@ def run_base(base: str, size: tuple[int, int], names: list[str], repeat: int) ->
     from PIL import Image
 
     from glaclip import Segmenter
-    from glaclip.demo import FeatureStore, run_request
+    from glaclip.demo.logic import run_request
+    from glaclip.demo.store import FeatureStore
 
     clip, vfm, tok = _common.build_models(with_vfm=base == "proxyclip")
     seg = Segmenter.from_modules(
@@ -63,8 +64,8 @@ def run_base(base: str, size: tuple[int, int], names: list[str], repeat: int) ->
     encode = time.perf_counter() - t0
     ask = _seconds(lambda: seg.segment_tensor(features, names), repeat)
 
-    mean = torch.tensor(seg.normalisation[0]).view(3, 1, 1)
-    std = torch.tensor(seg.normalisation[1]).view(3, 1, 1)
+    mean = torch.tensor(seg.normalisation.mean).view(3, 1, 1)
+    std = torch.tensor(seg.normalisation.std).view(3, 1, 1)
     rgb = ((x[0] * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "photo.png"
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     names = [line.split(";")[0].strip() for line in _common.class_lines("coco_stuff164k")]
     names = names[: args.classes]
-    from glaclip.device import describe_device
+    from glaclip.model.device import describe_device
 
     print(describe_device(torch.device("cpu")))
     for base in args.bases.split(","):

@@ -44,7 +44,7 @@ sys.path.insert(0, HERE)
 
 import _common  # noqa: E402
 
-STAGES = ("vfm", "clip", "attention", "stitch", "labels", "text")
+STAGES = ("vfm", "clip", "attention", "project", "stitch", "labels", "text")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +95,14 @@ def tower_flops(seg, crop) -> tuple[float, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from glaclip.device import StageTimer
+    from glaclip.model.device import StageTimer
 
     timer = StageTimer(crop.device)
     with torch.enable_grad():
         vfm = 0
         if seg.base.needs_vfm:
             with FlopCounterMode(display=False) as fc:
-                seg.vfm_tower.keys(crop, seg.clip_mean, seg.clip_std)
+                seg.vfm_tower.keys(crop, *seg.normalisation.tensors(crop.device))
             vfm = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             seg.base.features(crop, seg.settings, timer)
@@ -119,8 +119,7 @@ def matmul_rate(device, precision: str, size: int = 2048, inner: int = 768) -> f
     and the towers' products. Measured once per process."""
     import torch
 
-    from glaclip.blocked import half_mm
-    from glaclip.device import precision_dtype
+    from glaclip.model.device import half_mm, precision_dtype
 
     key = (str(device), precision)
     if key not in _RATES:
@@ -147,7 +146,7 @@ def floors(flops: dict, precision: str, rates: dict[str, float]) -> dict[str, fl
     """Seconds each stage would take at the measured matrix-product rate of the precision its
     products run in: the towers in ``precision``, the attention's products by
     ``blocked.HALF_PRODUCTS`` (the others, and the stitching, in float32)."""
-    from glaclip.blocked import HALF_PRODUCTS
+    from glaclip.model.blocked import HALF_PRODUCTS
 
     half = rates[precision] * 1e9  # FLOP/s
     fp32 = rates["fp32"] * 1e9
@@ -161,13 +160,19 @@ def floors(flops: dict, precision: str, rates: dict[str, float]) -> dict[str, fl
         "vfm": flops["vfm"] / half,
         "clip": flops["clip"] / half,
         "attention": attention,
+        "project": flops["project"] / fp32,
         "stitch": flops["stitch"] / fp32,
     }
 
 
-def stitch_flops(n: int, d: int, e: int, q: int) -> float:
-    """out_proj, image projection and the cosine logits (interpolation not counted)."""
-    return 2.0 * n * (d * d + d * e + e * q)
+def project_flops(n: int, d: int, e: int) -> float:
+    """out_proj and the image projection of every token (a base's MLP not counted)."""
+    return 2.0 * n * (d * d + d * e)
+
+
+def stitch_flops(n: int, e: int, q: int) -> float:
+    """The cosine logits (interpolation not counted)."""
+    return 2.0 * n * e * q
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +190,7 @@ def attention_statistics(
     import torch
     import torch.nn.functional as F
 
-    from glaclip.attention import dynamic_beta
+    from glaclip.model.attention import dynamic_beta
 
     k = F.normalize(keys.reshape(-1, keys.shape[-1]).float(), dim=-1)
     n = k.shape[0]
@@ -260,8 +265,8 @@ def build_segmenter(args: argparse.Namespace):
     import torch
 
     from glaclip.config import settings_from_kwargs
+    from glaclip.model.segmenter import Segmenter
     from glaclip.registry import base_class
-    from glaclip.segmenter import Segmenter
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     build = _common.build_tiny_models if args.models == "tiny" else _common.build_models
@@ -279,7 +284,7 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
     sampled statistics of the method."""
     import torch
 
-    from glaclip.blocked import auto_block_size
+    from glaclip.model.blocked import auto_block_size
 
     seg = seg.with_settings(attention_impl=impl, precision=precision)
     settings = seg.settings
@@ -374,7 +379,8 @@ def measure(seg, args: argparse.Namespace, size: str, precision: str, impl: str)
             "clip": clip_f * n_windows,
             "attention": sum(att.values()),
             "attention_parts": att,
-            "stitch": stitch_flops(n, d, embed, queries),
+            "project": project_flops(n, d, embed),
+            "stitch": stitch_flops(n, embed, queries),
         },
         "stats": stats,
         "threads": torch.get_num_threads(),
@@ -429,7 +435,7 @@ def dense_fits(n: int, device: str = "cpu") -> tuple[bool, str]:
 def tokens_for(size: str, base: str) -> tuple[int, int]:
     """Windows and tokens: DINO ViT-B/8 has 28x28 tokens per window, CLIP ViT-B/16 14x14 (the
     bases without a VFM attend on CLIP's grid)."""
-    from glaclip.windows import window_grid
+    from glaclip.model.windows import window_grid
 
     height, width = (int(v) for v in size.split("x"))
     from glaclip.registry import needs_vfm
@@ -442,7 +448,7 @@ def tokens_for(size: str, base: str) -> tuple[int, int]:
 def machine_line(device: str = "cpu") -> str:
     import torch
 
-    from glaclip.device import describe_device, resolve_device
+    from glaclip.model.device import describe_device, resolve_device
 
     cpu = platform.processor() or "?"
     try:

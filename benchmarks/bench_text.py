@@ -33,15 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from glaclip.text import (
-        TextEncoder,
-        expand_queries,
-        openai_templates,
-        parse_class_lines,
-        text_fingerprint,
-        text_tensors,
-        text_truncation_is_exact,
-    )
+    from glaclip.text.encoder import TextEncoder, openai_templates, text_fingerprint, text_tensors
+    from glaclip.text.tower import text_truncation_is_exact
+    from glaclip.text.vocabulary import expand_queries, parse_class_lines
 
     clip, _, tok = _common.build_models()
     templates = openai_templates()[: args.templates]

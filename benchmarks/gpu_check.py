@@ -112,7 +112,7 @@ def step_golden(args: argparse.Namespace, log: Log, work: Path) -> tuple[bool, s
 
 def _tiny_checkpoints(work: Path) -> dict[str, str]:
     """``glaclip tiny-models``' random models, written once per run."""
-    from glaclip.tiny import write_tiny_models
+    from glaclip.model.tiny import write_tiny_models
 
     tiny = write_tiny_models(work / "tiny_models", overwrite=True)
     return {"clip": tiny.clip, "vfm": tiny.vfm}
@@ -250,7 +250,7 @@ STEPS = {
 def describe(device: str) -> str:
     import torch
 
-    from glaclip.device import describe_device, resolve_device
+    from glaclip.model.device import describe_device, resolve_device
 
     parts = [f"torch {torch.__version__}", describe_device(resolve_device(device))]
     if device.startswith("cuda"):

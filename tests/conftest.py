@@ -59,8 +59,8 @@ def golden_modules(golden_models_state: dict):
 
 def write_tiny_checkpoints(state: dict, root: Path) -> dict[str, str]:
     """Write the tiny golden models as open_clip and timm ``local-dir:`` checkpoints, with the
-    writer of ``glaclip tiny-models`` (their architecture is that of ``glaclip.tiny``)."""
-    from glaclip import tiny
+    writer of ``glaclip tiny-models`` (their architecture is that of ``glaclip.model.tiny``)."""
+    from glaclip.model import tiny
 
     arch = {
         "embed_dim": state["clip_embed_dim"],

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glaclip import attention as att
-from glaclip import blocked as blk
-from glaclip.bases.proxyclip import window_attention
 from glaclip.config import GLAConfig
+from glaclip.model import attention as att
+from glaclip.model import blocked as blk
+from glaclip.model.bases.proxyclip import window_attention
 
 N_WIN, N_TOK, DIM, HEADS, HEAD_DIM = 3, 40, 16, 2, 4
 
@@ -254,7 +254,7 @@ def test_auto_block_size_on_a_gpu():
 
 
 def test_global_attention_routes_to_the_oracle_and_validates():
-    from glaclip.bases import SimilaritySpace
+    from glaclip.model.bases.ops import SimilaritySpace
 
     k, v = clustered_keys(2, torch.float32), random_values(2, dtype=torch.float32)
     space = [SimilaritySpace(k.reshape(N_WIN, N_TOK, DIM) * 3.0)]  # the keys are normalised
@@ -366,8 +366,8 @@ def _literal_initial_proxies(q, positions):
 
 @pytest.mark.parametrize(("height", "width"), [(224, 336), (336, 500), (224, 224)])
 def test_initial_proxies_equal_the_literal_mask_mean(height, width):
-    from glaclip.bases import token_groups, token_positions
-    from glaclip.windows import window_grid
+    from glaclip.model.bases.ops import token_groups, token_positions
+    from glaclip.model.windows import window_grid
 
     windows = window_grid(height, width, 224, 112)
     g = torch.Generator().manual_seed(height + width)
@@ -380,8 +380,8 @@ def test_initial_proxies_equal_the_literal_mask_mean(height, width):
 
 
 def test_token_positions_by_hand():
-    from glaclip.bases import token_positions
-    from glaclip.windows import Window
+    from glaclip.model.bases.ops import token_positions
+    from glaclip.model.windows import Window
 
     wins = [Window(0, 32, 0, 32), Window(0, 32, 20, 52)]  # second window 20 px to the right
     ys, xs = token_positions(wins, (2, 2), (16, 16))
@@ -450,7 +450,7 @@ def test_empty_masks_give_zero_rows(on_host):
 
 
 def test_query_attention_equals_scaled_dot_product_attention():
-    from glaclip.bases.base import softmax_attention
+    from glaclip.model.bases.ops import softmax_attention
 
     g = torch.Generator().manual_seed(8)
     q = torch.randn(5, 17, 12, generator=g)

@@ -11,17 +11,20 @@ import timm
 import torch
 from PIL import Image
 
-from glaclip import Segmenter, backbones
+from glaclip import Segmenter
+from glaclip.constants import CLIP_MEAN, CLIP_STD
+from glaclip.model.loading import clip_normalisation, load_clip, load_vfm
+from glaclip.model.towers import ClipTower, ModelLoadError, VFMKeyTower
 from tests.golden import assert_matches_golden, load_case
 
 
 def test_local_dir_checkpoints_load_the_same_weights(tiny_checkpoints, golden_models_state) -> None:
-    clip, tok, mean, std = backbones.load_clip(tiny_checkpoints["clip"])
+    clip, tok = load_clip(tiny_checkpoints["clip"])
     for k, v in golden_models_state["clip_state_dict"].items():
         assert torch.equal(clip.state_dict()[k], v), k
-    assert mean == backbones.OPENAI_CLIP_MEAN and std == backbones.OPENAI_CLIP_STD
+    assert clip_normalisation(clip) == (CLIP_MEAN, CLIP_STD)  # its config's, OpenAI's values
     assert tok(["a photo"]).shape[-1] == 77
-    vfm = backbones.load_vfm(tiny_checkpoints["vfm"])
+    vfm = load_vfm(tiny_checkpoints["vfm"])
     for k, v in golden_models_state["vfm_state_dict"].items():
         assert torch.equal(vfm.state_dict()[k], v), k
 
@@ -47,20 +50,20 @@ def test_vfm_checkpoint_file(tmp_path) -> None:
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
     path = tmp_path / "vit_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
-    model = backbones.load_vfm("vit_tiny_patch16_224", checkpoint=str(path))
+    model = load_vfm("vit_tiny_patch16_224", checkpoint=str(path))
     assert torch.equal(model.state_dict()["pos_embed"], ref.state_dict()["pos_embed"])
-    with pytest.raises(backbones.ModelLoadError, match="does not exist"):
-        backbones.load_vfm("vit_tiny_patch16_224", checkpoint=str(tmp_path / "missing.pth"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_vfm("vit_tiny_patch16_224", checkpoint=str(tmp_path / "missing.pth"))
 
 
 @pytest.fixture(scope="module")
 def named_architectures(tmp_path_factory) -> Iterator[tuple[str, str]]:
     """Two small CLIP architectures registered in open_clip by name, as its own ViT-B-16 is:
-    the tiny models' (``glaclip.tiny.CLIP_CONFIG``) and one of other widths and depths (a
+    the tiny models' (``glaclip.model.tiny.CLIP_CONFIG``) and one of other widths and depths (a
     checkpoint of one does not fit the other). Small: open_clip's smallest ViT weighs 250 MB."""
     import json
 
-    from glaclip.tiny import CLIP_CONFIG
+    from glaclip.model.tiny import CLIP_CONFIG
 
     other = json.loads(json.dumps(CLIP_CONFIG))
     other["vision_cfg"].update(width=48, layers=2)
@@ -80,41 +83,41 @@ def test_clip_checkpoint_file(tmp_path, named_architectures) -> None:
     ref = open_clip.create_model(name)
     path = tmp_path / "tiny_clip.pt"
     torch.save(ref.state_dict(), path)
-    model, _, _, _ = backbones.load_clip(name, str(path))
+    model, _ = load_clip(name, str(path))
     assert torch.equal(model.visual.proj, ref.visual.proj)
 
 
 def test_unknown_names_are_clear() -> None:
-    with pytest.raises(backbones.ModelLoadError, match="unknown CLIP model 'ViT-Q-99'"):
-        backbones.load_clip("ViT-Q-99", "openai")
-    with pytest.raises(backbones.ModelLoadError, match="unknown pretrained tag 'nope'"):
-        backbones.load_clip("ViT-B-16", "nope")
-    with pytest.raises(backbones.ModelLoadError, match="unknown VFM 'vit_nonsense_patch8'"):
-        backbones.load_vfm("vit_nonsense_patch8")
+    with pytest.raises(ModelLoadError, match="unknown CLIP model 'ViT-Q-99'"):
+        load_clip("ViT-Q-99", "openai")
+    with pytest.raises(ModelLoadError, match="unknown pretrained tag 'nope'"):
+        load_clip("ViT-B-16", "nope")
+    with pytest.raises(ModelLoadError, match="unknown VFM 'vit_nonsense_patch8'"):
+        load_vfm("vit_nonsense_patch8")
 
 
 def test_offline_every_model_is_reported_at_once(tmp_path, monkeypatch, capsys) -> None:
     """Offline, with neither model cached: from Python, each model's error names the keywords
     that point at local copies; the Segmenter and the command line report both models in one
     error (the command line in flags, with --base clearclip), and leave no empty --out."""
-    from glaclip import hub
-    from glaclip.cli import main
+    from glaclip.cli.main import main
+    from glaclip.model import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "in_cache", lambda *args: False)
-    with pytest.raises(backbones.ModelLoadError) as clip_error:
-        backbones.load_clip("ViT-B-16", "openai")
+    with pytest.raises(ModelLoadError) as clip_error:
+        load_clip("ViT-B-16", "openai")
     message = str(clip_error.value)
     assert "ViT-B-16 (openai): HF_HUB_OFFLINE is set" in message
     assert "clip_pretrained= at a local checkpoint file" in message
     assert 'clip="local-dir:DIR"' in message and " --" not in message
-    with pytest.raises(backbones.ModelLoadError) as vfm_error:
-        backbones.load_vfm("vit_base_patch8_224.dino")
+    with pytest.raises(ModelLoadError) as vfm_error:
+        load_vfm("vit_base_patch8_224.dino")
     message = str(vfm_error.value)
     assert "vit_base_patch8_224.dino: HF_HUB_OFFLINE is set" in message
     assert 'vfm="local-dir:DIR"' in message and 'base="clearclip"' in message
 
-    with pytest.raises(backbones.ModelLoadError) as both:
+    with pytest.raises(ModelLoadError) as both:
         Segmenter.from_pretrained(device="cpu")
     assert str(clip_error.value) in str(both.value) and str(vfm_error.value) in str(both.value)
 
@@ -132,19 +135,19 @@ def test_offline_every_model_is_reported_at_once(tmp_path, monkeypatch, capsys) 
 def test_local_folders_without_their_files(tmp_path, capsys) -> None:
     """A local-dir: folder without its config says the file is missing (not that the weights
     belong to another model); both models are reported at once."""
-    from glaclip.cli import main
+    from glaclip.cli.main import main
 
     empty, missing = tmp_path / "empty", tmp_path / "nowhere"
     empty.mkdir()
-    with pytest.raises(backbones.ModelLoadError) as info:
-        backbones.load_vfm(f"local-dir:{empty}")
+    with pytest.raises(ModelLoadError) as info:
+        load_vfm(f"local-dir:{empty}")
     assert f'vfm="local-dir:{empty}" has no config.json (the file is missing)' in str(info.value)
-    with pytest.raises(backbones.ModelLoadError) as info:
-        backbones.load_clip(f"local-dir:{empty}")
+    with pytest.raises(ModelLoadError) as info:
+        load_clip(f"local-dir:{empty}")
     assert "has no open_clip_config.json (the file is missing)" in str(info.value)
     (empty / "config.json").write_text("{}")
-    with pytest.raises(backbones.ModelLoadError, match="has config.json but no weight file"):
-        backbones.load_vfm(f"local-dir:{empty}")
+    with pytest.raises(ModelLoadError, match="has config.json but no weight file"):
+        load_vfm(f"local-dir:{empty}")
 
     photo = tmp_path / "p.png"
     Image.new("RGB", (40, 30)).save(photo)
@@ -191,7 +194,7 @@ def test_vfm_variants(vfm_name: str, grid: int, prefix: int) -> None:
         num_heads=2,
         dynamic_img_size=True,
     ).eval()
-    tower = backbones.VFMKeyTower(vfm)
+    tower = VFMKeyTower(vfm)
     assert tower.num_prefix == prefix
     keys = tower.keys(
         torch.zeros(2, 3, 224, 224),
@@ -209,7 +212,7 @@ def test_clip_patch14_values_resized_to_vfm_grid(golden_modules) -> None:
     """A /14 CLIP (ViT-L-14 structure) gives 16x16 values, resized to the 28x28 keys."""
     _, vfm, tok = golden_modules
     clip = _tiny_clip(14)
-    tower = backbones.ClipTower(clip.visual)
+    tower = ClipTower(clip.visual)
     assert tower.values(torch.zeros(1, 3, 224, 224)).shape == (1, 64, 16, 16)
     seg = Segmenter.from_modules(clip, vfm, tok)
     out = seg.segment_tensor(torch.randn(1, 3, 224, 224), ["a", "b"])
@@ -217,13 +220,13 @@ def test_clip_patch14_values_resized_to_vfm_grid(golden_modules) -> None:
 
 
 def test_clip_tower_rejects_non_vit() -> None:
-    with pytest.raises(backbones.ModelLoadError, match="not an open_clip ViT"):
-        backbones.ClipTower(torch.nn.Linear(2, 2))
+    with pytest.raises(ModelLoadError, match="not an open_clip ViT"):
+        ClipTower(torch.nn.Linear(2, 2))
 
 
 def test_checkpoint_path_typo_says_file_not_found(tmp_path) -> None:
-    with pytest.raises(backbones.ModelLoadError, match=r"file .*typo.pt \(clip_pretrained=\) does"):
-        backbones.load_clip("ViT-B-16", str(tmp_path / "typo.pt"))
+    with pytest.raises(ModelLoadError, match=r"file .*typo.pt \(clip_pretrained=\) does"):
+        load_clip("ViT-B-16", str(tmp_path / "typo.pt"))
 
 
 def test_checkpoint_of_another_architecture_is_summarised(
@@ -234,8 +237,8 @@ def test_checkpoint_of_another_architecture_is_summarised(
 
     path = tmp_path / "tiny_vfm.safetensors"
     save_file({k: v.contiguous() for k, v in golden_models_state["vfm_state_dict"].items()}, path)
-    with pytest.raises(backbones.ModelLoadError) as info:
-        backbones.load_vfm("vit_small_patch16_224", str(path))
+    with pytest.raises(ModelLoadError) as info:
+        load_vfm("vit_small_patch16_224", str(path))
     message = str(info.value)
     assert "do not fit the VFM architecture vit_small_patch16_224" in message
     assert "of another shape (e.g." in message and "Pass the matching vfm=" in message
@@ -244,8 +247,8 @@ def test_checkpoint_of_another_architecture_is_summarised(
     clip_path = tmp_path / "tiny_clip.pt"
     torch.save(golden_models_state["clip_state_dict"], clip_path)
     _, other = named_architectures
-    with pytest.raises(backbones.ModelLoadError) as info:
-        backbones.load_clip(other, str(clip_path))
+    with pytest.raises(ModelLoadError) as info:
+        load_clip(other, str(clip_path))
     message = str(info.value)
     assert f"do not fit the CLIP architecture {other}" in message
     assert message.count("resblocks.") <= 9  # three examples of each kind of misfit, no more
@@ -276,13 +279,13 @@ def test_no_network_fails_at_once(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.setattr(open_clip, "create_model", no_download)
     monkeypatch.setattr(timm, "create_model", no_download)
-    with pytest.raises(backbones.ModelLoadError, match="cannot be reached .*local-dir:DIR"):
-        backbones.load_clip("ViT-B-16", "openai")
-    with pytest.raises(backbones.ModelLoadError, match="cannot be reached .*vfm_checkpoint="):
-        backbones.load_vfm("vit_base_patch8_224.dino")
+    with pytest.raises(ModelLoadError, match="cannot be reached .*local-dir:DIR"):
+        load_clip("ViT-B-16", "openai")
+    with pytest.raises(ModelLoadError, match="cannot be reached .*vfm_checkpoint="):
+        load_vfm("vit_base_patch8_224.dino")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(backbones.ModelLoadError, match="HF_HUB_OFFLINE is set"):
-        backbones.load_vfm("vit_base_patch8_224.dino")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set"):
+        load_vfm("vit_base_patch8_224.dino")
 
 
 # ------------------------------------------------------------------ configs against weights
@@ -309,8 +312,8 @@ def test_vfm_config_with_another_patch_size_than_its_weights(
     """timm would resample the patch-8 embedding to the configured patch without a word."""
     dirs = _tiny_dirs(golden_models_state, tmp_path)
     _edit_config(dirs["vfm"], "config.json", lambda c: c["model_args"].update(patch_size=patch))
-    with pytest.raises(backbones.ModelLoadError) as info:
-        backbones.load_vfm(dirs["vfm"])
+    with pytest.raises(ModelLoadError) as info:
+        load_vfm(dirs["vfm"])
     message = str(info.value)
     assert (
         f"patch_embed.proj.weight is [64, 3, {patch}, {patch}] in the configured model" in message
@@ -329,8 +332,8 @@ def test_clip_config_with_another_image_size_than_its_weights(
         "open_clip_config.json",
         lambda c: c["model_cfg"]["vision_cfg"].update(image_size=448),
     )
-    with pytest.raises(backbones.ModelLoadError) as info:
-        backbones.load_clip(dirs["clip"])
+    with pytest.raises(ModelLoadError) as info:
+        load_clip(dirs["clip"])
     message = str(info.value)
     assert "open_clip_config.json) does not fit its weights" in message
     assert "visual.positional_embedding is [785, 64] in the configured model" in message
@@ -345,13 +348,13 @@ def test_vfm_checkpoint_of_another_patch_size(tmp_path) -> None:
     )
     path = tmp_path / "patch8.safetensors"
     save_file({k: v.contiguous() for k, v in patch8.state_dict().items()}, str(path))
-    with pytest.raises(backbones.ModelLoadError, match="patch size 16 in the config, 8 in the"):
-        backbones.load_vfm("vit_tiny_patch16_224", checkpoint=str(path))
+    with pytest.raises(ModelLoadError, match="patch size 16 in the config, 8 in the"):
+        load_vfm("vit_tiny_patch16_224", checkpoint=str(path))
 
 
 def test_checkpoint_shapes_of_a_wrapped_state_dict(tmp_path) -> None:
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {"module.a.weight": torch.zeros(2, 3)}, "epoch": 4}, path)
-    from glaclip.checkpoints import checkpoint_shapes
+    from glaclip.model.checkpoints import checkpoint_shapes
 
     assert checkpoint_shapes(path) == {"a.weight": (2, 3)}

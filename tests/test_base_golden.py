@@ -172,9 +172,9 @@ def test_base_case_tells_a_wrong_setting(case: str, change: dict, tiny) -> None:
 
 @pytest.mark.parametrize("case", PAMR_CASES)
 def test_pamr_matches_the_authors(case: str) -> None:
-    """``glaclip.pamr.pamr(image, logits, steps, dilations)`` against the authors' ``PAMR``,
+    """``glaclip.model.pamr.pamr(image, logits, steps, dilations)`` against the authors' ``PAMR``,
     every value; one step fewer is far off (the fixture can tell)."""
-    from glaclip.pamr import pamr
+    from glaclip.model.pamr import pamr
 
     g = torch.load(BASES_DIR / f"{case}.pt", weights_only=True)
     p = g["params"]

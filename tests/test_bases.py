@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from glaclip import Segmenter, backbones
-from glaclip.bases import ClearCLIPBase, ProxyCLIPBase, needs_vfm
-from glaclip.cli import main
+from glaclip import Segmenter
+from glaclip.cli.main import main
+from glaclip.model.bases.clearclip import ClearCLIPBase
+from glaclip.model.bases.proxyclip import ProxyCLIPBase
+from glaclip.registry import needs_vfm
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def no_vfm_allowed(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a VFM was constructed")
 
-    monkeypatch.setattr(backbones, "load_vfm", refuse)
+    monkeypatch.setattr("glaclip.model.segmenter.load_vfm", refuse)
     monkeypatch.setattr(timm, "create_model", refuse)
 
 
@@ -179,7 +181,7 @@ def test_gla_on_a_base_is_the_stated_construction(base, impl, golden_modules) ->
     map with the neighbourhood Gaussian at image positions): the blocked kernel (in blocks of 50
     rows) and the dense oracle give the literal formulas' embeddings; without the Gaussian the
     literal NACLIP is far from them (the bias matters)."""
-    from glaclip.windows import window_grid
+    from glaclip.model.windows import window_grid
 
     clip, _, tok = golden_modules
     seg = Segmenter.from_modules(clip, None, tok, base=base, text_cache_dir=None, **impl)
@@ -200,8 +202,8 @@ def test_gla_on_a_base_is_the_stated_construction(base, impl, golden_modules) ->
 def test_neighbourhood_bias_crosses_window_borders() -> None:
     """Tokens are neighbours by their position in the image: the same pixel seen from two
     windows has bias 1, and tokens one patch apart across the seam exp(-1 / (2 std^2))."""
-    from glaclip.bases.base import gaussian_bias
-    from glaclip.windows import Window
+    from glaclip.model.bases.ops import gaussian_bias
+    from glaclip.model.windows import Window
 
     windows = [Window(0, 32, 0, 32), Window(0, 32, 16, 48)]  # 2 x 2 tokens each, 16 px apart
     bias = gaussian_bias(windows, (2, 2), (16, 16), std=2.0, device=torch.device("cpu"))

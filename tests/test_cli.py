@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from glaclip import Segmenter
-from glaclip.cli import build_parser, main
-from glaclip.imageio import to_tensor
+from glaclip.cli.main import main
+from glaclip.cli.parser import build_parser
+from glaclip.images.prepare import to_tensor
 
 
 def _rgb(h: int, w: int, seed: int) -> np.ndarray:
@@ -132,7 +133,15 @@ def test_prob_threshold_leaves_pixels_unlabelled(inputs, tiny_model_args, tmp_pa
     info = json.loads((out / "rgb.json").read_text())
     assert info["unlabelled_share"] == pytest.approx(1.0)
     assert info["settings"]["background_index"] == 255
-    stages = {"vfm", "clip", "attention", "stitch", "text", "labels"}  # every stage, timed
+    stages = {
+        "vfm",
+        "clip",
+        "attention",
+        "project",
+        "stitch",
+        "text",
+        "labels",
+    }  # every stage, timed
     assert set(info["seconds"]) == stages and all(s >= 0 for s in info["seconds"].values())
     assert main(args + ["--background-index", "1"]) == 0  # into its own outputs again
     assert set(np.unique(np.asarray(Image.open(out / "rgb.png")))) == {1}
@@ -311,7 +320,7 @@ def test_out_naming_a_file(tiny_model_args, inputs, tmp_path, capsys) -> None:
 def test_bad_numbers_are_refused_before_any_model_loads(
     extra, message, inputs, tiny_model_args, tmp_path, capsys, monkeypatch
 ) -> None:
-    from glaclip import segmenter as segmenter_module
+    from glaclip.model import segmenter as segmenter_module
 
     if "--crop" not in extra or "100000" in extra:  # these need no model to be refused
         monkeypatch.setattr(
@@ -378,7 +387,7 @@ def test_more_than_255_classes_write_16_bit_labels(
 ) -> None:
     """300 classes: a 16-bit label PNG, unlabelled pixels 65535 (255 is a class here). Two
     prompt templates instead of 80: the text's work is not what this test is about."""
-    from glaclip import text
+    from glaclip.text import encoder as text
 
     few = text.openai_templates()[:2]
     monkeypatch.setattr(text, "openai_templates", lambda: list(few))
@@ -426,12 +435,12 @@ def test_first_class_has_a_visible_colour(tiny_model_args, inputs, tmp_path) -> 
 
 
 def test_ctrl_c_exits_130(monkeypatch, capsys) -> None:
-    import glaclip.cli as cli
+    import glaclip.cli.segment as command
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_segment", interrupted)
+    monkeypatch.setattr(command, "run_segment", interrupted)
     assert main(["segment", "x.png", "--classes", "a", "--out", "o"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -453,8 +462,8 @@ def test_help_says_the_defaults(capsys) -> None:
 )  # fmt: skip
 def test_fused_attention_flag(flags, expected) -> None:
     """Unset, the fused kernel follows --precision (on in the fast mode); on/off insist."""
+    from glaclip.cli.options import settings_from_args
     from glaclip.config import settings_from_kwargs
-    from glaclip.options import settings_from_args
 
     args = build_parser().parse_args(
         ["segment", "a.png", "--classes", "x", "--out", "o", "--precision", "bf16"] + flags
@@ -545,7 +554,7 @@ def test_a_name_as_long_as_the_file_system_allows(tiny_model_args, tmp_path, cap
 def test_a_class_name_with_a_line_break_is_refused_before_any_work(
     inputs, tiny_model_args, tmp_path, capsys, monkeypatch
 ) -> None:
-    from glaclip import segmenter as segmenter_module
+    from glaclip.model import segmenter as segmenter_module
 
     monkeypatch.setattr(
         segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
@@ -560,7 +569,7 @@ def test_a_class_name_with_a_line_break_is_refused_before_any_work(
 
 # ------------------------------------------------------------------ output ownership and lock
 def _no_model(monkeypatch) -> None:
-    from glaclip import segmenter as segmenter_module
+    from glaclip.model import segmenter as segmenter_module
 
     monkeypatch.setattr(
         segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")
@@ -629,7 +638,7 @@ def test_a_second_run_into_the_same_folder_is_refused(
 ) -> None:
     import os
 
-    from glaclip.outputs import output_lock
+    from glaclip.io.outputs import output_lock
 
     out = tmp_path / "o"
     args = ["segment", str(inputs["rgb"]), "--classes", "x", "--out", str(out)] + tiny_model_args
@@ -744,7 +753,7 @@ def test_the_text_cache_goes_to_the_user_cache_folder(
 
 def test_library_messages_in_flags() -> None:
     """Keywords become the parser's flags; prose, paths and dotted names stay as they are."""
-    from glaclip.cli_terms import parser_flags, to_flags
+    from glaclip.cli.terms import parser_flags, to_flags
 
     flags = parser_flags(build_parser())
     cases = {

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from glaclip.cli import main
+from glaclip.cli.main import main
 from glaclip.config import Settings, settings_from_kwargs
 
 NAN, INF = float("nan"), float("inf")
@@ -103,7 +103,7 @@ def test_the_paper_settings_are_not_slow() -> None:
 def test_cli_refuses_bad_numbers_before_any_model_loads(
     flags: list[str], message: str, command: str, tmp_path, monkeypatch, capsys
 ) -> None:
-    from glaclip import segmenter as segmenter_module
+    from glaclip.model import segmenter as segmenter_module
 
     monkeypatch.setattr(
         segmenter_module.Segmenter,

@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glaclip.data import (
+from glaclip.data.coco_object import convert_coco_object
+from glaclip.data.datasets import list_samples, load_label
+from glaclip.data.presets import (
     PRESETS,
     class_file_path,
-    convert_coco_object,
     get_preset,
-    list_samples,
-    load_label,
     preset_classes,
     preset_display_names,
-    read_class_file,
 )
+from glaclip.text.vocabulary import read_class_file
 from tests.golden import REFERENCE_CLASSES_DIR
 
 REFERENCE_CLASSES = Path(os.environ.get("GLACLIP_REFERENCE_CLASSES", REFERENCE_CLASSES_DIR))
@@ -295,7 +294,7 @@ def test_convert_coco_object_in_place(tmp_path: Path) -> None:
 
 
 def test_display_names_are_the_datasets_own() -> None:
-    from glaclip.data import preset_classes, preset_display_names
+    from glaclip.data.presets import preset_classes, preset_display_names
 
     voc = preset_display_names("voc21")
     assert voc[0] == "background" and voc[4] == "boat" and voc[11] == "diningtable"
@@ -364,7 +363,7 @@ def test_a_duplicate_id_in_a_split_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_blank_line_in_an_eval_class_file(tmp_path: Path) -> None:
-    from glaclip.evaluate import make_task
+    from glaclip.evaluation.tasks import make_task
     from tests.test_evaluate import make_dataset
 
     make_dataset(tmp_path, "voc", [0, 1], count=1)

@@ -15,15 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from glaclip import Segmenter, batch, demo
-from glaclip.batch import segment_files, write_outputs
-from glaclip.cli import build_parser, main
+from glaclip import Segmenter
+from glaclip.cli.main import main
+from glaclip.cli.parser import build_parser
 from glaclip.data.presets import PRESETS, preset_classes
-from glaclip.text import parse_classes_arg
+from glaclip.demo import app, inputs, logic, views
+from glaclip.demo import store as kept_features
+from glaclip.io import batch
+from glaclip.io.batch import segment_files, write_outputs
+from glaclip.text.vocabulary import parse_classes_arg
 
-CHELSEA = demo.EXAMPLES_DIR / "chelsea.jpg"
+CHELSEA = logic.EXAMPLES_DIR / "chelsea.jpg"
 
 
 def _rgb(h: int, w: int, seed: int) -> np.ndarray:
@@ -51,26 +56,26 @@ MODELS = {"clip": "tiny-clip", "vfm": "tiny-vfm"}
 
 # ------------------------------------------------------------------------------ request logic
 def test_method_settings() -> None:
-    assert demo.method_settings("GLA-CLIP") == {"base": "proxyclip", "kv_extension": True}
-    assert demo.method_settings("ProxyCLIP per window") == {
+    assert logic.method_settings("GLA-CLIP") == {"base": "proxyclip", "kv_extension": True}
+    assert logic.method_settings("ProxyCLIP per window") == {
         "base": "proxyclip",
         "kv_extension": False,
     }
-    assert demo.method_settings("GLA-CLIP on ClearCLIP (no VFM)") == {
+    assert logic.method_settings("GLA-CLIP on ClearCLIP (no VFM)") == {
         "base": "clearclip",
         "kv_extension": True,
     }
-    with pytest.raises(demo.DemoInputError, match="GLA-CLIP, ProxyCLIP per window"):
-        demo.method_settings("SAM")
+    with pytest.raises(inputs.DemoInputError, match="GLA-CLIP, ProxyCLIP per window"):
+        logic.method_settings("SAM")
 
 
 def test_default_method_follows_the_flags(golden_modules) -> None:
     clip, vfm, tok = golden_modules
-    assert demo.default_method(Segmenter.from_modules(clip, vfm, tok)) == "GLA-CLIP"
+    assert logic.default_method(Segmenter.from_modules(clip, vfm, tok)) == "GLA-CLIP"
     baseline = Segmenter.from_modules(clip, vfm, tok, kv_extension=False)
-    assert demo.default_method(baseline) == "ProxyCLIP per window"
+    assert logic.default_method(baseline) == "ProxyCLIP per window"
     clip_only = Segmenter.from_modules(clip, None, tok, base="clearclip", kv_extension=False)
-    assert demo.available_methods(clip_only) == [
+    assert logic.available_methods(clip_only) == [
         "GLA-CLIP on ClearCLIP (no VFM)",
         "ClearCLIP per window (no VFM)",
         "GLA-CLIP on SCLIP (no VFM)",
@@ -79,15 +84,15 @@ def test_default_method_follows_the_flags(golden_modules) -> None:
         "NACLIP per window (no VFM)",
         "MaskCLIP per window (no VFM)",  # no attention to extend: per window only
     ]
-    assert demo.default_method(clip_only) == "ClearCLIP per window (no VFM)"
-    assert len(demo.available_methods(baseline)) == 9
+    assert logic.default_method(clip_only) == "ClearCLIP per window (no VFM)"
+    assert len(logic.available_methods(baseline)) == 9
 
 
 def test_request_writes_what_segment_files_writes(segmenter, photo, tmp_path) -> None:
     lines = ["sky", "tree; bush", "person"]
     out_demo, out_cli = tmp_path / "demo", tmp_path / "cli"
     out_demo.mkdir()
-    run = demo.run_request(
+    run = logic.run_request(
         segmenter, MODELS, photo, "sky, tree; bush, person", "ProxyCLIP per window", 0.4, out_demo
     )
     baseline = segmenter.with_settings(kv_extension=False, prob_threshold=0.4)
@@ -116,19 +121,19 @@ def test_a_request_on_a_new_base_writes_what_segment_files_writes(
     with their settings: the same label PNG, the base in the record."""
     out_demo, out_cli = tmp_path / "demo", tmp_path / "cli"
     out_demo.mkdir()
-    run = demo.run_request(segmenter, MODELS, photo, "sky, tree; bush", method, 0.0, out_demo)
-    chosen = segmenter.with_settings(**demo.method_settings(method))
+    run = logic.run_request(segmenter, MODELS, photo, "sky, tree; bush", method, 0.0, out_demo)
+    chosen = segmenter.with_settings(**logic.method_settings(method))
     segment_files(chosen, [photo], ["sky", "tree; bush"], out_cli, models=MODELS, progress=False)
     assert run.files.labels.read_bytes() == (out_cli / "my photo.png").read_bytes()
     record = json.loads(run.files.record.read_text())
-    assert record["settings"]["base"] == demo.method_settings(method)["base"]
+    assert record["settings"]["base"] == logic.method_settings(method)["base"]
 
 
 def test_second_request_embeds_no_class_again(segmenter, photo, tmp_path) -> None:
-    def request(text: str, method: str, k: int) -> demo.DemoRun:
+    def request(text: str, method: str, k: int) -> logic.DemoRun:
         out = tmp_path / str(k)
         out.mkdir()
-        return demo.run_request(segmenter, MODELS, photo, text, method, 0.0, out)
+        return logic.run_request(segmenter, MODELS, photo, text, method, 0.0, out)
 
     assert segmenter.text.encoded_count == 0
     first = request("sky, tree; bush", "GLA-CLIP", 1)
@@ -141,7 +146,7 @@ def test_second_request_embeds_no_class_again(segmenter, photo, tmp_path) -> Non
 
 def test_progress_is_reported(segmenter, photo, tmp_path) -> None:
     seen: list[tuple[float, str]] = []
-    demo.run_request(
+    logic.run_request(
         segmenter,
         MODELS,
         photo,
@@ -185,15 +190,17 @@ def test_bad_requests_are_refused_with_a_message(
     limit = 50_000 if "megapixels" in message or "accepts" in message else 10**8
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(demo.DemoInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        demo.run_request(segmenter, MODELS, path, classes, "GLA-CLIP", threshold, out, limit)
+    with pytest.raises(
+        inputs.DemoInputError, match=message.replace("[", r"\[").replace("]", r"\]")
+    ):
+        logic.run_request(segmenter, MODELS, path, classes, "GLA-CLIP", threshold, out, limit)
     assert list(out.iterdir()) == []
 
 
 def test_decompression_bomb_is_refused(segmenter, photo, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 200 x 260 is over twice that
-    with pytest.raises(demo.DemoInputError, match="too large to open safely"):
-        demo.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path)
+    with pytest.raises(inputs.DemoInputError, match="too large to open safely"):
+        logic.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path)
 
 
 def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkeypatch) -> None:
@@ -221,106 +228,96 @@ def test_write_outputs_writes_the_record_last(segmenter, photo, tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------ kept features
-def _count_calls(monkeypatch, owner: type, name: str, calls: dict[str, int]) -> None:
-    real = getattr(owner, name)
-
-    def counted(*args, **kwargs):
-        calls[f"{owner.__name__}.{name}"] = calls.get(f"{owner.__name__}.{name}", 0) + 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counted)
-
-
 @pytest.fixture
-def stage_calls(monkeypatch) -> dict[str, int]:
-    """Calls of the backbones (``features``: CLIP's and the VFM's towers run only there) and of
-    the attention (``attend``) of every registered base, counted."""
-    from glaclip.bases import REGISTRY
+def own_segmenter(golden_modules) -> Segmenter:
+    """A segmenter over copies of the tiny models, whose image towers a test may break."""
+    import copy
 
-    calls: dict[str, int] = {}
-    for cls in REGISTRY.values():
-        for name in ("features", "window_attention", "similarity_spaces"):
-            _count_calls(monkeypatch, cls, name, calls)
-    return calls
+    clip, vfm = (copy.deepcopy(m) for m in golden_modules[:2])
+    return Segmenter.from_modules(clip, vfm, golden_modules[2], background_index=255)
 
 
-def test_new_classes_on_the_same_image_reuse_its_features(
-    segmenter, photo, tmp_path, stage_calls
-) -> None:
-    """The second request on the same photo runs neither the backbones nor the attention, and
-    gives the labels and the label PNG of a request that computes everything afresh."""
-    store = demo.FeatureStore()
+def _break_image_towers(segmenter: Segmenter) -> None:
+    """NaN weights in CLIP's image tower and the VFM: a pass through them would show."""
+    with torch.no_grad():
+        for p in [*segmenter.clip_model.visual.parameters(), *segmenter.vfm_tower.parameters()]:
+            p.fill_(float("nan"))
 
-    def request(text: str, threshold: float, k: int, kept: demo.FeatureStore | None):
+
+def test_new_classes_on_the_same_image_reuse_its_features(own_segmenter, photo, tmp_path) -> None:
+    """The second request on the same photo runs neither the backbones nor the attention (the
+    towers are broken by then), and gives the labels and the label PNG of a request that
+    computed everything afresh."""
+    store = kept_features.FeatureStore()
+
+    def request(text: str, threshold: float, k: int, kept: kept_features.FeatureStore | None):
         out = tmp_path / str(k)
         out.mkdir()
-        return demo.run_request(
-            segmenter, MODELS, photo, text, "GLA-CLIP", threshold, out, store=kept
+        return logic.run_request(
+            own_segmenter, MODELS, photo, text, "GLA-CLIP", threshold, out, store=kept
         )
 
+    fresh = request("road, person; man, sky", 0.3, 3, None)
     first = request("sky, tree; bush", 0.0, 1, store)
-    computed = dict(stage_calls)  # a batch of windows per features call, one attention
-    assert computed["ProxyCLIPBase.features"] > 0
-    assert computed["ProxyCLIPBase.similarity_spaces"] == 1
     assert not first.features_reused and first.features_kept == store.nbytes > 0
-    assert {"vfm", "clip", "attention", "text", "stitch", "labels"} <= set(first.result.timings)
+    every = {"vfm", "clip", "attention", "project", "text", "stitch", "labels"}
+    assert every <= set(first.result.timings) and every <= set(fresh.result.timings)
+    _break_image_towers(own_segmenter)
     copy = tmp_path / "same photo, other name.png"
     copy.write_bytes(photo.read_bytes())
-    stage_calls.clear()
-    second = demo.run_request(
-        segmenter, MODELS, copy, "road, person; man, sky", "GLA-CLIP", 0.3, tmp_path / "1",
+    second = logic.run_request(
+        own_segmenter, MODELS, copy, "road, person; man, sky", "GLA-CLIP", 0.3, tmp_path / "1",
         store=store,
     )  # fmt: skip
-    assert stage_calls == {} and second.features_reused
+    assert second.features_reused
     assert set(second.result.timings) == {"text", "stitch", "labels"}
     assert "Image features reused: the backbones and the attention did not run" in (
-        demo.timings_line(second)
+        views.timings_line(second)
     )
-    assert f"{store.nbytes / 1e6:.1f} MB kept in memory" in demo.timings_line(second)
-
-    fresh = request("road, person; man, sky", 0.3, 3, None)
-    assert stage_calls == computed
+    assert f"{store.nbytes / 1e6:.1f} MB kept in memory" in views.timings_line(second)
     np.testing.assert_array_equal(second.result.labels, fresh.result.labels)
     assert second.files.labels.read_bytes() == fresh.files.labels.read_bytes()
     assert (second.result.labels == 255).any() and (second.result.labels < 4).any()
 
 
 def test_the_store_keeps_one_image_per_method_and_drops_it_for_another(
-    segmenter, photo, tmp_path, stage_calls
+    own_segmenter, photo, tmp_path
 ) -> None:
-    store = demo.FeatureStore()
+    store = kept_features.FeatureStore()
     other = tmp_path / "other.png"
     Image.fromarray(_rgb(120, 90, 7)).save(other)
 
-    def request(image: Path, method: str, k: int) -> demo.DemoRun:
+    def request(image: Path, method: str, k: int) -> logic.DemoRun:
         out = tmp_path / f"r{k}"
         out.mkdir()
-        return demo.run_request(segmenter, MODELS, image, "a, b", method, 0.0, out, store=store)
+        return logic.run_request(
+            own_segmenter, MODELS, image, "a, b", method, 0.0, out, store=store
+        )
 
     gla = request(photo, "GLA-CLIP", 1)
     per_window = request(photo, "ProxyCLIP per window", 2)  # other settings: computed, kept
     assert not per_window.features_reused
     assert store.nbytes == per_window.features_kept == 2 * gla.features_kept
-    assert request(photo, "ProxyCLIP per window", 3).features_reused
-    assert request(photo, "GLA-CLIP", 4).features_reused
-    assert stage_calls["ProxyCLIPBase.similarity_spaces"] == 1
-    assert stage_calls["ProxyCLIPBase.window_attention"] == 1
+    _break_image_towers(own_segmenter)  # from here, only kept features give finite labels
+    again = [request(photo, "ProxyCLIP per window", 3), request(photo, "GLA-CLIP", 4)]
+    assert all(r.features_reused for r in again)
+    np.testing.assert_array_equal(again[0].result.labels, per_window.result.labels)
+    np.testing.assert_array_equal(again[1].result.labels, gla.result.labels)
     changed = request(other, "GLA-CLIP", 5)  # another image: the photo's features are dropped
     assert not changed.features_reused and store.nbytes == changed.features_kept
-    assert not request(photo, "GLA-CLIP", 6).features_reused
-    assert "Image features computed and kept" in demo.timings_line(changed)
+    assert "Image features computed and kept" in views.timings_line(changed)
 
 
 def test_the_request_logic_imports_without_gradio() -> None:
-    """``glaclip.demo`` and its request logic and views import with Gradio unimportable; only
-    the page (``build_app``, ``serve``) needs it."""
+    """``glaclip.demo`` and its request logic, views and turns import with Gradio unimportable;
+    only the page (``glaclip.demo.app``: ``build_app``, ``serve``) needs it."""
     code = (
         "import sys\n"
         "sys.modules['gradio'] = None  # makes `import gradio` fail\n"
-        "import glaclip.demo, glaclip.demo.logic, glaclip.demo.views\n"
-        "assert 'GLA-CLIP' in glaclip.demo.methods()\n"
+        "import glaclip.demo.logic, glaclip.demo.turns, glaclip.demo.views\n"
+        "assert 'GLA-CLIP' in glaclip.demo.logic.methods()\n"
         "try:\n"
-        "    glaclip.demo.build_app\n"
+        "    import glaclip.demo.app\n"
         "except ImportError:\n"
         "    print('page needs gradio')\n"
     )
@@ -332,11 +329,11 @@ def test_the_request_logic_imports_without_gradio() -> None:
 # ------------------------------------------------------------------------------ page pieces
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_text_parses_back_to_the_preset(name) -> None:
-    assert parse_classes_arg(demo.preset_text(name)) == preset_classes(name)
+    assert parse_classes_arg(inputs.preset_text(name)) == preset_classes(name)
 
 
 def test_preset_menu_names_every_benchmark() -> None:
-    labels = dict((value, label) for label, value in demo.preset_choices())
+    labels = dict((value, label) for label, value in inputs.preset_choices())
     assert set(labels) == set(PRESETS)
     assert labels["cityscapes"] == "Cityscapes (19)"
     assert labels["ade20k"] == "ADE20K (150)"
@@ -346,7 +343,7 @@ def test_preset_menu_names_every_benchmark() -> None:
 def test_annotation_view_masks_and_colours() -> None:
     labels = np.array([[0, 0, 2, 255], [2, 2, 2, 255]], dtype=np.int32)
     rgb = np.zeros((2, 4, 3), np.uint8)
-    (base, masks), colours = demo.annotation_view(rgb, labels, ["sky", "tree", "road"])
+    (base, masks), colours = views.annotation_view(rgb, labels, ["sky", "tree", "road"])
     assert base.shape == (2, 4, 3)
     assert [name for _, name in masks] == ["road", "sky"]  # present only, largest first
     assert np.array_equal(masks[0][0], (labels == 2).astype(np.float32))
@@ -358,7 +355,7 @@ def test_annotation_view_masks_and_colours() -> None:
 def test_annotation_view_is_reduced_for_display() -> None:
     labels = np.zeros((300, 4000), np.int32)
     labels[:, 1000:] = 1
-    (base, masks), _ = demo.annotation_view(np.zeros((300, 4000, 3), np.uint8), labels, ["a", "b"])
+    (base, masks), _ = views.annotation_view(np.zeros((300, 4000, 3), np.uint8), labels, ["a", "b"])
     assert base.shape == (77, 1024, 3)
     (mask_b, name_b), (mask_a, name_a) = masks
     assert (name_b, name_a) == ("b", "a") and mask_b.shape == (77, 1024)
@@ -368,25 +365,25 @@ def test_annotation_view_is_reduced_for_display() -> None:
 
 def test_shares_table_escapes_and_sorts(segmenter, photo) -> None:
     result = segmenter.with_settings(prob_threshold=0.99).segment(photo, ["a|b", "<b>c</b>"])
-    table = demo.shares_table(result)
+    table = views.shares_table(result)
     assert "a\\|b" in table and "&lt;b&gt;c&lt;/b&gt;" in table and "<b>" not in table
     assert "*unlabelled*" in table
 
 
 def test_safe_stem() -> None:
-    assert demo.safe_stem("my photo.jpg") == "my photo"
-    assert demo.safe_stem("../../etc/passwd") == "passwd"
-    assert demo.safe_stem("a<b>:c?.png") == "a_b_c"
-    assert demo.safe_stem("....png") == "image"
+    assert inputs.safe_stem("my photo.jpg") == "my photo"
+    assert inputs.safe_stem("../../etc/passwd") == "passwd"
+    assert inputs.safe_stem("a<b>:c?.png") == "a_b_c"
+    assert inputs.safe_stem("....png") == "image"
 
 
 def test_upload_path_reads_gradio_file_data() -> None:
-    assert demo.upload_path(None) == (None, None)
-    assert demo.upload_path({"path": "/tmp/x/abc.jpg", "orig_name": "cat.jpg"}) == (
+    assert views.upload_path(None) == (None, None)
+    assert views.upload_path({"path": "/tmp/x/abc.jpg", "orig_name": "cat.jpg"}) == (
         "/tmp/x/abc.jpg",
         "cat.jpg",
     )
-    assert demo.upload_path({"path": "/tmp/x/abc.jpg"}) == ("/tmp/x/abc.jpg", "abc.jpg")
+    assert views.upload_path({"path": "/tmp/x/abc.jpg"}) == ("/tmp/x/abc.jpg", "abc.jpg")
 
 
 # ------------------------------------------------------------------------------ command line
@@ -421,9 +418,9 @@ def test_demo_command_builds_the_page_for_every_base(base, tiny_model_args, monk
     built = {}
 
     def build_instead_of_serving(segmenter, models, **kwargs):
-        built["page"] = _page(demo.build_app(segmenter, models, kwargs["max_megapixels"]))
+        built["page"] = _page(app.build_app(segmenter, models, kwargs["max_megapixels"]))
 
-    monkeypatch.setattr(demo, "serve", build_instead_of_serving)
+    monkeypatch.setattr(app, "serve", build_instead_of_serving)
     args = list(tiny_model_args)
     if base == "clearclip":  # the CLIP-only demo: no VFM named at all
         index = args.index("--vfm")
@@ -463,7 +460,7 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys) -> None:
 def test_demo_server_flags_are_checked_before_any_model_loads(
     flags: list[str], message: str, monkeypatch, capsys
 ) -> None:
-    import glaclip.cli as cli
+    import glaclip.cli.options as cli
 
     monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
     assert main(["demo", *flags]) == 2
@@ -472,7 +469,7 @@ def test_demo_server_flags_are_checked_before_any_model_loads(
 
 
 def test_a_busy_port_is_reported_before_any_model_loads(monkeypatch, capsys) -> None:
-    import glaclip.cli as cli
+    import glaclip.cli.options as cli
 
     monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
     with socket.socket() as busy:
@@ -501,7 +498,7 @@ def test_serve_says_where_in_its_own_words(segmenter, monkeypatch, capfd) -> Non
 
 def test_build_app_refuses_a_size_limit_that_is_no_number(segmenter) -> None:
     with pytest.raises(ValueError, match="max_megapixels must be a finite number above 0"):
-        demo.build_app(segmenter, {}, max_megapixels=float("inf"))
+        app.build_app(segmenter, {}, max_megapixels=float("inf"))
 
 
 # ------------------------------------------------------------------------------ the browser

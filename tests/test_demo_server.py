@@ -13,13 +13,14 @@ import urllib.request
 
 import pytest
 
-from glaclip import Segmenter, demo
+from glaclip import Segmenter
+from glaclip.demo import logic, views
 from glaclip.demo.turns import RequestGate
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-CHELSEA = demo.EXAMPLES_DIR / "chelsea.jpg"
+CHELSEA = logic.EXAMPLES_DIR / "chelsea.jpg"
 
 
 def _free_port() -> int:
@@ -43,7 +44,7 @@ class _Server:
     def __init__(self, segmenter: Segmenter) -> None:
         from glaclip.demo.app import build_app, launch_options
 
-        self.folders = demo.RequestFolders()
+        self.folders = views.RequestFolders()
         self.gate = RequestGate()
         self.app = build_app(segmenter, {"clip": "tiny"}, folders=self.folders, gate=self.gate)
         self.app.queue(default_concurrency_limit=1)
@@ -119,7 +120,7 @@ def test_a_cancelled_request_keeps_its_turn_and_stops(server, monkeypatch) -> No
 
     monkeypatch.setattr(Segmenter, "encode_image", encode_image)
     client = server.client()
-    photo = gradio_client.handle_file(str(demo.EXAMPLES_DIR / "coffee.jpg"))  # not yet kept
+    photo = gradio_client.handle_file(str(logic.EXAMPLES_DIR / "coffee.jpg"))  # not yet kept
     first = _submit(client, "a dog, a sofa", photo)
     _wait(lambda: entered, "the first request to start")
     first.cancel()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glaclip.device import resolve_device
+from glaclip.model.device import resolve_device
 
 
 def test_cpu_and_default(monkeypatch) -> None:
@@ -33,7 +33,7 @@ def test_cuda_missing_is_clear() -> None:
 
 
 def test_strict_fp32_is_scoped() -> None:
-    from glaclip.device import strict_fp32
+    from glaclip.model.device import strict_fp32
 
     before = torch.backends.cudnn.allow_tf32
     with strict_fp32(torch.device("cpu")):

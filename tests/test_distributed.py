@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from glaclip.cli import main
-from glaclip.distributed import DistInfo, all_reduce_sum, dist_info_from_env, shard
-from glaclip.outputs import read_manifest
+from glaclip.cli.main import main
+from glaclip.io.outputs import read_manifest
+from glaclip.model.distributed import DistInfo, all_reduce_sum, dist_info_from_env, shard
 
 from .test_evaluate import make_dataset
 

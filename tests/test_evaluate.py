@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 import glaclip
-from glaclip.cli import main
-from glaclip.evaluate import STATE_DIR, StateWriter, read_state
-from glaclip.metrics import SegMetric
+from glaclip.cli.main import main
+from glaclip.evaluation.metrics import SegMetric
+from glaclip.evaluation.state import STATE_DIR, StateWriter, read_state
 
 CLASS_DIR = Path(glaclip.__file__).resolve().parent / "data" / "classes"
 
@@ -198,7 +198,9 @@ def fast_text() -> Iterator[None]:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("glaclip.text.openai_templates", lambda: list(OPENAI_IMAGENET_TEMPLATES[:1]))
+        mp.setattr(
+            "glaclip.text.encoder.openai_templates", lambda: list(OPENAI_IMAGENET_TEMPLATES[:1])
+        )
         yield
 
 
@@ -475,7 +477,7 @@ def test_missing_data_root_and_label(
 
 # ------------------------------------------------------------------------ pieces
 def test_network_canvas() -> None:
-    from glaclip.windows import network_canvas
+    from glaclip.model.windows import network_canvas
 
     assert network_canvas(336, 448, 224) == ((336, 448), (336, 448))
     assert network_canvas(224, 300, 224) == ((224, 300), (224, 300))
@@ -523,8 +525,8 @@ def test_evaluation_library_does_not_import_the_cli() -> None:
     import sys
 
     code = (
-        "import sys, glaclip.evaluate as e; "
-        "print(sorted(m for m in sys.modules if m in ('glaclip.cli', 'glaclip.options')))"
+        "import sys, glaclip.evaluation.run as e; "
+        "print(sorted(m for m in sys.modules if m in ('glaclip.cli.main', 'glaclip.cli.options')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -588,7 +590,7 @@ def test_a_full_disk_during_eval_is_one_line(
 # ------------------------------------------------------------------------ output ownership
 @pytest.fixture()
 def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    from glaclip import segmenter as segmenter_module
+    from glaclip.model import segmenter as segmenter_module
 
     monkeypatch.setattr(
         segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from glaclip import Segmenter, identity
-from glaclip.identity import weights_fingerprint
+from glaclip import Segmenter
+from glaclip.model import identity
+from glaclip.model.identity import weights_fingerprint
 
 RGB = np.random.default_rng(3).integers(0, 256, (120, 150, 3), dtype=np.uint8)
 CLASSES = ["sky", "tree", "person; man"]
@@ -66,7 +67,7 @@ def test_the_fingerprint_is_taken_once_and_shared(golden_modules, monkeypatch) -
     calls = []
     real = weights_fingerprint
     monkeypatch.setattr(
-        "glaclip.segmenter.weights_fingerprint", lambda *a: calls.append(1) or real(*a)
+        "glaclip.model.segmenter.weights_fingerprint", lambda *a: calls.append(1) or real(*a)
     )
     seg = Segmenter.from_modules(*golden_modules, text_cache_dir=None)
     features = seg.encode_image(RGB)

@@ -67,7 +67,7 @@ def test_golden_case(case: str, which: str, golden_modules, test_device) -> None
 def test_golden_case_without_readback(case: str, golden_modules, monkeypatch) -> None:
     """The attention as it runs on GPUs (no value read back to the host: dense products, the
     shifted softmax; ``blocked.host_decisions``), here on the CPU, meets the same rule."""
-    from glaclip import blocked
+    from glaclip.model import blocked
 
     monkeypatch.setattr(blocked, "host_decisions", lambda device: False)
     g = load_case(COMPACT_DIR, case)

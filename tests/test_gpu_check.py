@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glaclip.cli import main
+from glaclip.cli.main import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 

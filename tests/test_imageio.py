@@ -10,21 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from glaclip.imageio import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGE_EXTENSIONS,
-    ImageReadError,
-    atomic_write,
-    is_image_file,
-    protocol_size,
-    read_image,
-    resize_image,
-    save_json,
-    save_label_png,
-    save_rgb,
-    to_tensor,
-)
+from glaclip.atomic import atomic_write, atomic_write_bytes, save_json
+from glaclip.constants import CLIP_MEAN, CLIP_STD
+from glaclip.images.prepare import protocol_size, resize_image, to_tensor
+from glaclip.images.read import ImageReadError, image_extensions, is_image_file, read_image
+from glaclip.io.encode import encode_rgb, save_label_png
 
 
 def _rng_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -145,7 +135,7 @@ def test_read_text_file_named_jpg(tmp_path: Path) -> None:
 def test_read_large_rgb_in_bands_equals_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from glaclip import imageio
+    from glaclip.images import read as imageio
 
     p = tmp_path / "photo.png"
     rgb = _rng_rgb(101, 37, seed=4)
@@ -173,7 +163,7 @@ def test_read_too_many_pixels_says_what_to_do(
 LOSSY_FORMATS = {"JPEG", "WEBP", "AVIF"}
 
 
-@pytest.mark.parametrize("ext", IMAGE_EXTENSIONS)
+@pytest.mark.parametrize("ext", image_extensions())
 def test_every_listed_extension_is_an_image_read_image_reads(tmp_path: Path, ext: str) -> None:
     """The list promises what ``read_image`` does: a picture of 16 x 16 blocks of six pure
     colours written in the extension's format (by Pillow, where it writes it) reads back to its
@@ -339,17 +329,17 @@ def test_save_label_png_rejects_out_of_range(tmp_path: Path) -> None:
     assert not (tmp_path / "x.png").exists()
 
 
-def test_save_rgb_png_and_jpeg(tmp_path: Path) -> None:
+def test_encode_rgb_png_and_jpeg(tmp_path: Path) -> None:
     rgb = _rng_rgb(8, 8)
-    save_rgb(tmp_path / "a.png", rgb)
+    atomic_write_bytes(tmp_path / "a.png", encode_rgb(rgb, ".png"))
     np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
     flat = np.full((8, 8, 3), 120, np.uint8)
-    save_rgb(tmp_path / "b.JPG", flat)
+    atomic_write_bytes(tmp_path / "b.JPG", encode_rgb(flat, ".JPG"))
     with Image.open(tmp_path / "b.JPG") as im:
         assert im.format == "JPEG"
     assert np.abs(read_image(tmp_path / "b.JPG").astype(int) - 120).max() <= 2
     with pytest.raises(ValueError, match="extension"):
-        save_rgb(tmp_path / "c.unknownext", rgb)
+        encode_rgb(rgb, ".unknownext")
 
 
 def test_save_json_format(tmp_path: Path) -> None:
@@ -434,12 +424,14 @@ def _modules_after_import(module: str) -> set[str]:
 
 def test_loading_a_model_does_not_import_the_image_readers() -> None:
     """``backbones`` reads CLIP's normalisation from ``constants``, not from ``imageio``."""
-    loaded = _modules_after_import("glaclip.backbones")
+    loaded = _modules_after_import("glaclip.model.loading")
     assert "glaclip.constants" in loaded  # the probe sees the imports it is meant to see
-    assert loaded.isdisjoint({"cv2", "PIL", "glaclip.imageio", "glaclip.viz"})
+    assert loaded.isdisjoint({"cv2", "PIL", "glaclip.images.read", "glaclip.io.viz"})
 
 
-def test_image_io_does_not_import_the_drawing_or_the_models() -> None:
-    loaded = _modules_after_import("glaclip.imageio")
-    assert {"cv2", "PIL", "glaclip.palette", "glaclip.atomicio"} <= loaded
-    assert loaded.isdisjoint({"glaclip.viz", "glaclip.backbones", "glaclip.text"})
+def test_image_reading_imports_no_drawing_no_models_and_no_image_library_yet() -> None:
+    """Pillow is imported when the first image is read, OpenCV when the first is resized."""
+    loaded = _modules_after_import("glaclip.images.read")
+    assert "glaclip.images.pngcheck" in loaded  # the probe sees the imports it is meant to see
+    unwanted = {"cv2", "PIL", "torch", "glaclip.io.viz", "glaclip.io.palette"}
+    assert loaded.isdisjoint(unwanted | {"glaclip.model.loading", "glaclip.text.encoder"})

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from glaclip.atomicio import remove_stale_temporaries, temporary_name
-from glaclip.cli import main
-from glaclip.evaluate import STATE_DIR
+from glaclip.atomic import remove_stale_temporaries, temporary_name
+from glaclip.cli.main import main
+from glaclip.evaluation.state import STATE_DIR
 from tests.test_evaluate import _small_voc, fast_text
 
 __all__ = ["fast_text"]  # the module-wide fixture: one prompt template
@@ -33,7 +33,7 @@ def _killed_while_writing(path: Path) -> Path:
     returns the temporary file it left."""
     script = (
         "import sys, time\n"
-        "from glaclip.atomicio import atomic_write\n"
+        "from glaclip.atomic import atomic_write\n"
         "def write(tmp):\n"
         "    tmp.write_bytes(b'half a file')\n"
         "    print(tmp, flush=True)\n"
@@ -99,7 +99,7 @@ def _run_stopped(args: list[str], stage: str) -> subprocess.CompletedProcess:
         "    time.sleep(30)\n"
         "    raise AssertionError('SIGTERM did not stop the run')\n"
         f"target.{name} = stopped\n"
-        "from glaclip.cli import main\n"
+        "from glaclip.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return subprocess.run(
@@ -115,7 +115,7 @@ def test_sigterm_stops_segment_like_ctrl_c(tiny_model_args, tmp_path) -> None:
     photo = _photo(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     args = ["segment", str(photo), "--classes", "sky", "--out", str(out), *tiny_model_args]
-    done = _run_stopped(args, "glaclip.batch.segment_files")
+    done = _run_stopped(args, "glaclip.io.batch.segment_files")
     assert done.returncode == 143, done.stderr
     assert "glaclip: terminated" in done.stderr and "Traceback" not in done.stderr
     assert not (out / ".glaclip-lock").exists()
@@ -126,7 +126,7 @@ def test_sigterm_stops_eval_like_ctrl_c(tiny_model_args, tmp_path) -> None:
     _small_voc(root)
     out = tmp_path / "o"
     args = ["eval", "--dataset", "voc21", "--data-root", str(root), "--out", str(out)]
-    done = _run_stopped([*args, *tiny_model_args], "glaclip.evaluate.evaluate_image")
+    done = _run_stopped([*args, *tiny_model_args], "glaclip.evaluation.run.evaluate_image")
     assert done.returncode == 143, done.stderr
     assert not (out / ".glaclip-lock").exists()
     assert main([*args, "--no-progress", *tiny_model_args]) == 0  # nothing left in the way

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glaclip import Segmenter, demo
-from glaclip.cli import main
-from glaclip.imageio import WriteError
-from glaclip.text import TextEncoder, parse_class_lines, prompt_keys
-from glaclip.vocabulary import MAX_NAME_CHARS
+from glaclip import Segmenter
+from glaclip.atomic import WriteError
+from glaclip.cli.main import main
+from glaclip.data.presets import PRESETS
+from glaclip.demo import inputs, logic, turns, views
+from glaclip.text.encoder import TextEncoder, prompt_keys
+from glaclip.text.vocabulary import MAX_NAME_CHARS, parse_class_lines
 
 MODELS = {"clip": "tiny-clip", "vfm": "tiny-vfm"}
 MEGABYTE_NAME = "word " * 200_000  # a megabyte of words in one class name
@@ -61,8 +63,8 @@ def no_text_work(monkeypatch) -> None:
 def test_the_demo_refuses_what_it_cannot_serve_before_any_work(
     segmenter, photo, tmp_path, text, limits, message, no_text_work
 ) -> None:
-    with pytest.raises(demo.DemoInputError, match=message) as info:
-        demo.run_request(
+    with pytest.raises(inputs.DemoInputError, match=message) as info:
+        logic.run_request(
             segmenter, MODELS, photo, text, "GLA-CLIP", 0.0, tmp_path, **limits
         )  # fmt: skip
     assert len(str(info.value)) < 600  # the reason, not the input
@@ -71,15 +73,15 @@ def test_the_demo_refuses_what_it_cannot_serve_before_any_work(
 
 def test_the_demo_takes_what_is_within_its_limits(segmenter, photo, tmp_path) -> None:
     text = ", ".join(f"thing {i}" for i in range(12))
-    run = demo.run_request(
+    run = logic.run_request(
         segmenter, MODELS, photo, text, "GLA-CLIP", 0.0, tmp_path, max_classes=12
     )
     assert len(run.result.class_names) == 12
 
 
 def test_every_benchmark_vocabulary_fits_the_default_limits() -> None:
-    for name in demo.logic.PRESETS:
-        demo.check_class_limits(demo.preset_text(name), 200, 100)
+    for name in PRESETS:
+        inputs.check_class_limits(inputs.preset_text(name), 200, 100)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +92,7 @@ def test_every_benchmark_vocabulary_fits_the_default_limits() -> None:
     ],
 )
 def test_the_demo_limits_are_checked_before_any_model_loads(flags, message, monkeypatch, capsys):
-    import glaclip.cli as cli
+    import glaclip.cli.options as cli
 
     monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
     assert main(["demo", *flags]) == 2
@@ -109,19 +111,19 @@ def test_the_demo_flags_reach_the_page(tiny_model_args, monkeypatch) -> None:
 
 def test_an_over_long_upload_name_gets_short_output_names(segmenter, photo, tmp_path) -> None:
     name = "holiday " * 40 + ".png"  # 325 bytes: more than a file name may hold
-    run = demo.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path, name=name)
+    run = logic.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path, name=name)
     for path in (run.files.labels, run.files.record, run.files.overlay):
         assert path.is_file() and len(os.fsencode(path.name)) < 255
-    assert len(demo.safe_stem("東京" * 200 + ".jpg").encode()) <= 2 * demo.logic.MAX_STEM_CHARS
+    assert len(inputs.safe_stem("東京" * 200 + ".jpg").encode()) <= 2 * inputs.MAX_STEM_CHARS
 
 
 def test_a_failed_write_names_no_server_path(segmenter, photo, tmp_path, monkeypatch) -> None:
     def full(*_args, **_kwargs):
         raise WriteError(errno.ENOSPC, f"cannot write {tmp_path}/photo.png: No space left")
 
-    monkeypatch.setattr(demo.logic, "write_outputs", full)
-    with pytest.raises(demo.DemoServerError) as info:
-        demo.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path)
+    monkeypatch.setattr(logic, "write_outputs", full)
+    with pytest.raises(logic.DemoServerError) as info:
+        logic.run_request(segmenter, MODELS, photo, "sky", "GLA-CLIP", 0.0, tmp_path)
     assert str(tmp_path) not in str(info.value) and "No space left on device" in str(info.value)
 
 
@@ -136,13 +138,13 @@ def test_a_failed_write_names_no_server_path(segmenter, photo, tmp_path, monkeyp
 def test_malformed_api_values_are_refused_with_a_sentence(
     segmenter, photo, tmp_path, payload, method, message
 ) -> None:
-    with pytest.raises(demo.DemoInputError, match=message):
-        path, name = demo.upload_path(str(photo) if payload == "photo" else payload)
-        demo.run_request(segmenter, MODELS, path, "sky", method, 0.0, tmp_path, name=name)
+    with pytest.raises(inputs.DemoInputError, match=message):
+        path, name = views.upload_path(str(photo) if payload == "photo" else payload)
+        logic.run_request(segmenter, MODELS, path, "sky", method, 0.0, tmp_path, name=name)
 
 
 def test_request_folders_are_unguessable_and_private() -> None:
-    folders = demo.RequestFolders(keep=2)
+    folders = views.RequestFolders(keep=2)
     try:
         made = [folders.new() for _ in range(4)]
         names = [f.name for f in made]
@@ -164,8 +166,8 @@ def test_a_cancelled_request_stops_at_its_next_step(segmenter, photo, tmp_path) 
         if len(steps) == 2:
             stop.set()  # the client cancels while the request runs
 
-    with pytest.raises(demo.RequestCancelled):
-        demo.run_request(
+    with pytest.raises(turns.RequestCancelled):
+        logic.run_request(
             segmenter, MODELS, photo, "sky, tree", "GLA-CLIP", 0.0, tmp_path,
             progress=progress, stop=stop,
         )  # fmt: skip
@@ -205,7 +207,7 @@ def test_segment_refuses_classes_that_are_no_list(segmenter) -> None:
 def test_undecodable_classes_are_refused_before_any_model_loads(
     photo, tmp_path, tiny_model_args, monkeypatch, capsys
 ) -> None:
-    import glaclip.cli as cli
+    import glaclip.cli.options as cli
 
     monkeypatch.setattr(cli, "build_segmenter", lambda *a: pytest.fail("a model was loaded"))
     classes = os.fsdecode(b"cat, caf\xe9")  # as Python decodes a Latin-1 argument

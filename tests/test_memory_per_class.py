@@ -7,25 +7,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glaclip import windows
-from glaclip.segmenter import Segmenter
-from glaclip.windows import stitch, stitch_upsampled, window_grid
+from glaclip.model import windows
+from glaclip.model.segmenter import Segmenter
+from glaclip.model.windows import stitch, window_grid
 
 
-def test_stitch_upsampled_is_stitch_of_the_upsampled_maps_bit_for_bit() -> None:
+def test_stitch_is_the_average_of_every_window_upsampled_at_once_bit_for_bit() -> None:
     wins = window_grid(224, 400, crop=112, stride=56)
     low = torch.randn(len(wins), 7, 14, 14, generator=torch.Generator().manual_seed(0))
     up = F.interpolate(low, size=(112, 112), mode="bilinear", align_corners=False)
-    want = stitch(up, wins, 224, 400)
-    assert torch.equal(stitch_upsampled(low, wins, 112, 224, 400), want)
+    canvas, count = torch.zeros(7, 224, 400), torch.zeros(1, 224, 400)
+    for maps, w in zip(up, wins, strict=True):  # every window at once, in the same order
+        canvas[:, w.y1 : w.y2, w.x1 : w.x2] += maps
+        count[:, w.y1 : w.y2, w.x1 : w.x2] += 1
+    assert torch.equal(stitch(low, wins, 112, 224, 400), canvas / count)
 
 
-def test_stitch_upsampled_splits_the_queries_where_one_window_is_large(monkeypatch) -> None:
+def test_stitch_splits_the_queries_where_one_window_is_large(monkeypatch) -> None:
     wins = window_grid(224, 336, crop=112, stride=112)
     low = torch.randn(len(wins), 9, 7, 7, generator=torch.Generator().manual_seed(1))
-    want = stitch_upsampled(low, wins, 112, 224, 336)
+    want = stitch(low, wins, 112, 224, 336)
     monkeypatch.setattr(windows, "UPSAMPLE_BYTES", 4 * 112 * 112 * 2)  # two maps at a time
-    assert torch.equal(stitch_upsampled(low, wins, 112, 224, 336), want)
+    assert torch.equal(stitch(low, wins, 112, 224, 336), want)
 
 
 def test_segment_never_upsamples_every_window_of_every_class_at_once(

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from glaclip.metrics import SegMetric, boundary_counts, reduce_zero_label
+from glaclip.data.datasets import reduce_zero_label
+from glaclip.evaluation.metrics import SegMetric, boundary_counts
 
 
 def test_hand_computed_confusion() -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from glaclip import Segmenter
 from glaclip.config import PostConfig
-from glaclip.postprocess import band_rows, labels_from_logits, resize_rows
+from glaclip.model.postprocess import band_rows, labels_from_logits, resize_rows
 
 
 def _bilinear_numpy(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -108,7 +108,7 @@ def test_final_resize_against_an_independent_computation(golden_modules) -> None
 def test_pamr_in_bands_equals_pamr_on_the_whole_image(output, monkeypatch) -> None:
     """PAMR at the output size, band by band with its margin, a few classes and rows at a time,
     gives what ``pamr.pamr`` gives on the whole resized image and logits."""
-    from glaclip import pamr, postprocess
+    from glaclip.model import pamr, postprocess
 
     g = torch.Generator().manual_seed(0)
     image = torch.randn(3, 90, 70, generator=g)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from glaclip.cli import main
+from glaclip.cli.main import main
 from glaclip.config import Settings, settings_from_kwargs
 from glaclip.data.check import check_preset, scan_dataset
 from glaclip.data.presets import PRESETS
-from glaclip.estimate import DeviceSpeed, estimate_seconds, image_flops, measure_speed
+from glaclip.evaluation.estimate import DeviceSpeed, estimate_seconds, image_flops, measure_speed
 
 
 def _image(path: Path, h: int, w: int) -> None:
@@ -64,8 +64,8 @@ def test_scan_and_preset_checks(root: Path) -> None:
 def test_eval_check_prints_the_summary_and_loads_no_model(
     root: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import glaclip.cli as cli
-    import glaclip.estimate as estimate
+    import glaclip.cli.options as cli
+    import glaclip.evaluation.estimate as estimate
 
     speed = DeviceSpeed(torch.device("cpu"), "Test CPU (2 threads)", 1e11)
     monkeypatch.setattr(estimate, "measure_speed", lambda device: speed)

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glaclip.cli import main
-from glaclip.data import convert_cityscapes, convert_coco_stuff, list_samples
+from glaclip.cli.main import main
+from glaclip.data.cityscapes import convert_cityscapes
+from glaclip.data.coco_stuff import convert_coco_stuff
+from glaclip.data.datasets import list_samples
 
 # mmsegmentation's coco_stuff164k.py clsID_to_trID, written out as runs of its entries
 COCO_STUFF_TABLE = {

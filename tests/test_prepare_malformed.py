@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glaclip.cli import main
+from glaclip.cli.main import main
 from tests.test_prepare import _detail_json, _img, _png
 
 pytest.importorskip("pycocotools", reason='needs the extra: pip install "glaclip[prepare]"')

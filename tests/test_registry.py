@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from glaclip import Segmenter, registry
-from glaclip.bases import BaseMethod, WindowFeatures
-from glaclip.bases.base import clip_parts, with_class_token
-from glaclip.cli import main
+from glaclip.cli.main import main
+from glaclip.model.bases.base import BaseMethod
+from glaclip.model.bases.ops import WindowFeatures, clip_parts, with_class_token
 
 
 class VanillaAttentionBase(BaseMethod):
@@ -104,13 +104,13 @@ def test_the_readme_lists_every_registered_base() -> None:
 
 
 def test_the_toy_base_in_the_demo_page(toy_base, golden_modules) -> None:
-    from glaclip import demo
+    from glaclip.demo import app
 
     clip, _, tok = golden_modules
     seg = Segmenter.from_modules(
         clip, None, tok, base="toy_vanilla", kv_extension=False, text_cache_dir=None
     )
-    app = demo.build_app(seg, {"clip": "tiny", "vfm": None})
+    app = app.build_app(seg, {"clip": "tiny", "vfm": None})
     components = app.get_config_file()["components"]
     radio = next(c for c in components if c["props"].get("elem_id") == "glaclip-method")
     labels = [label for label, _ in radio["props"]["choices"]]

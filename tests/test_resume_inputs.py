@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from glaclip.evaluate import STATE_DIR
+from glaclip.evaluation.state import STATE_DIR
 from tests.test_evaluate import PATHS, fast_text, label_map, make_dataset, run
 
 __all__ = ["fast_text"]  # the module-wide fixture: one prompt template

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from glaclip import Segmenter
-from glaclip.imageio import to_tensor
+from glaclip.images.prepare import to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_callers_models_are_left_alone(golden_modules) -> None:
 
 
 def test_low_precision_without_native_support_warns(golden_modules, monkeypatch) -> None:
-    import glaclip.device as device_module
+    import glaclip.model.device as device_module
 
     clip, vfm, tok = golden_modules
     monkeypatch.setattr(device_module, "native_precision", lambda device, precision: False)
@@ -229,7 +229,7 @@ def test_fast_mode_parts(settings, fused, half_products, golden_modules, monkeyp
     """``precision`` bf16/fp16 is the fast mode: the VFM's fused attention (unless
     ``fused_attention=False``) and the attention's half-precision products; fp32 uses neither
     (unless ``fused_attention=True``)."""
-    from glaclip import blocked
+    from glaclip.model import blocked
 
     clip, vfm, tok = golden_modules
     with warnings.catch_warnings():
@@ -263,45 +263,36 @@ def test_fast_mode_parts(settings, fused, half_products, golden_modules, monkeyp
 # Encode once, ask many times
 
 
-def test_features_answer_new_classes_without_the_backbones(golden_modules, monkeypatch) -> None:
+def test_features_answer_new_classes_without_the_backbones(golden_modules) -> None:
     """``encode_image`` runs the backbones and the attention once; asking its features for
-    other classes runs neither again, and equals a fresh call bit for bit."""
-    from glaclip import bases
+    other classes runs neither again (the image towers' weights are NaN by then: a pass
+    through them would show), and equals a fresh call bit for bit."""
+    import copy
 
-    clip, vfm, tok = golden_modules
+    clip, vfm = (copy.deepcopy(m) for m in golden_modules[:2])
+    tok = golden_modules[2]
     seg = Segmenter.from_modules(clip, vfm, tok, text_cache_dir=None)
     rgb = _image(300, 420, seed=4)
-    calls = {"features": 0, "attend": 0}
-    real_features = bases.ProxyCLIPBase.features
-    real_attend = bases.ProxyCLIPBase.similarity_spaces
-
-    def counted(name, real):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return real(*args, **kwargs)
-
-        return wrapper
-
-    monkeypatch.setattr(bases.ProxyCLIPBase, "features", counted("features", real_features))
-    monkeypatch.setattr(bases.ProxyCLIPBase, "similarity_spaces", counted("attend", real_attend))
+    vocabularies = (["sky", "tree; bush"], ["road", "car", "person; man", "dog"])
+    fresh = [seg.segment(rgb, classes, return_scores=True) for classes in vocabularies]
     features = seg.encode_image(rgb)
-    assert calls == {"features": 2, "attend": 1}  # 2 x 4 windows in batches of 4, one attention
     assert features.input_size == (336, 470) and features.image_size == (300, 420)
     assert features.nbytes == 8 * 784 * 32 * 4 + 3 * 336 * 470 * 4  # L x S x E, the input
-    for classes in (["sky", "tree; bush"], ["road", "car", "person; man", "dog"]):
-        before = dict(calls)
+    with torch.no_grad():
+        for p in [*clip.visual.parameters(), *vfm.parameters()]:
+            p.fill_(float("nan"))
+    for classes, want in zip(vocabularies, fresh, strict=True):
         kept = seg.segment(features, classes, return_scores=True)
-        assert calls == before  # neither the backbones nor the attention ran again
-        assert set(kept.timings) == {"text", "stitch", "labels"}
-        fresh = seg.segment(rgb, classes, return_scores=True)
-        assert np.array_equal(kept.labels, fresh.labels)
-        assert np.array_equal(kept.scores, fresh.scores)
+        assert set(kept.timings) == {"text", "stitch", "labels"}  # the stages that ran
+        assert np.array_equal(kept.labels, want.labels)
+        assert np.array_equal(kept.scores, want.scores)
         # a fresh image: every stage, the encoding's included
-        assert set(fresh.timings) == {"vfm", "clip", "attention", "stitch", "text", "labels"}
+        every = {"vfm", "clip", "attention", "project", "stitch", "text", "labels"}
+        assert set(want.timings) == every
     out = seg.segment_tensor(features, ["sky", "road"])
-    assert torch.equal(
-        out.query_logits, seg.segment_tensor(seg.prepare(rgb)[0], ["sky", "road"]).query_logits
-    )
+    assert not torch.isnan(out.query_logits).any()
+    ran = seg.segment_tensor(seg.prepare(rgb)[0], ["sky", "road"]).query_logits
+    assert torch.isnan(ran).all()  # the towers' NaN weights do show where they run
 
 
 def test_features_of_other_settings_are_refused(golden_modules) -> None:
@@ -327,24 +318,34 @@ def test_settings_are_read_only(seg: Segmenter) -> None:
     assert other.settings.gla.kv_extension is False and seg.settings.gla.kv_extension is True
 
 
-def test_both_builders_take_the_same_keywords() -> None:
-    import inspect
+def test_from_pretrained_passes_every_keyword_of_from_modules(tiny_checkpoints, tmp_path) -> None:
+    """``from_pretrained`` loads the models and goes through ``from_modules``: its device, text
+    cache, normalisation and settings keywords all arrive, and the names are recorded."""
+    from glaclip.images.prepare import Normalisation
 
-    def keywords(fn) -> set[str]:
-        return {
-            n
-            for n, p in inspect.signature(fn).parameters.items()
-            if p.kind == p.KEYWORD_ONLY or p.default is not p.empty
-        }
-
-    shared = {"device", "text_cache_dir", "clip_mean", "clip_std"}
-    assert shared <= keywords(Segmenter.from_modules) and shared <= keywords(
-        Segmenter.from_pretrained
+    seg = Segmenter.from_pretrained(
+        clip=tiny_checkpoints["clip"],
+        vfm=tiny_checkpoints["vfm"],
+        device="cpu",
+        text_cache_dir=tmp_path,
+        clip_mean=(0.0, 0.0, 0.0),
+        clip_std=(1.0, 1.0, 1.0),
+        kv_extension=False,
+        prob_threshold=0.3,
     )
-    for name in shared:
-        a = inspect.signature(Segmenter.from_modules).parameters[name].default
-        b = inspect.signature(Segmenter.from_pretrained).parameters[name].default
-        assert a is b, name
+    assert seg.device.type == "cpu" and seg.vfm_tower is not None
+    assert seg.normalisation == Normalisation((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert seg.settings.gla.kv_extension is False and seg.settings.post.prob_threshold == 0.3
+    seg.text.encode(["cat"])
+    assert list(tmp_path.glob("text-*.emb"))
+    assert seg.model_names() == {
+        "clip": tiny_checkpoints["clip"],
+        "clip_pretrained": None,  # a local-dir: name names its weights
+        "vfm": tiny_checkpoints["vfm"],
+        "vfm_checkpoint": None,
+    }
+    with pytest.raises(TypeError, match="unknown setting 'kv_extenssion'"):
+        Segmenter.from_pretrained(clip=tiny_checkpoints["clip"], kv_extenssion=False)
 
 
 def test_normalisation_comes_from_the_model_or_the_caller(golden_modules, tmp_path) -> None:
@@ -355,11 +356,11 @@ def test_normalisation_comes_from_the_model_or_the_caller(golden_modules, tmp_pa
     try:
         clip.visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
         seg = Segmenter.from_modules(clip, vfm, tok, text_cache_dir=tmp_path)
-        assert seg.normalisation == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        assert (seg.normalisation.mean, seg.normalisation.std) == ((0.5,) * 3, (0.25,) * 3)
         x, _ = seg.prepare(np.full((224, 224, 3), 255, np.uint8))
         assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25
         own = Segmenter.from_modules(clip, vfm, tok, clip_mean=(0, 0, 0), clip_std=(1, 1, 1))
-        assert own.normalisation == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        assert (own.normalisation.mean, own.normalisation.std) == ((0.0,) * 3, (1.0,) * 3)
         seg.text.encode(["cat"])
         assert list(tmp_path.glob("text-*.emb"))
     finally:

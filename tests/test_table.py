@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glaclip import cli
-from glaclip.cli import main
+from glaclip.cli import options as cli
+from glaclip.cli.main import main
 
 from .test_evaluate import PATHS, check_run, fast_text, make_dataset  # noqa: F401
 
@@ -220,7 +220,8 @@ def test_all_ablation_shows_no_paper_column_and_limit_keeps_both(
 
 def test_benchmark_settings_and_paper_differences() -> None:
     from glaclip.config import Settings
-    from glaclip.table import benchmark_settings, paper_differences
+    from glaclip.evaluation.table import benchmark_settings
+    from glaclip.evaluation.table_report import paper_differences
 
     assert benchmark_settings("cityscapes", {})["short_side"] == 560
     assert benchmark_settings("voc21", {}) == {
@@ -293,7 +294,7 @@ SCLIP_PAPER = {  # the SCLIP paper, Table 1 (ViT-B/16)
 def _results(name: str, **flat) -> dict:
     """A benchmark's results.json as ``eval`` writes it for these flat settings."""
     from glaclip.config import settings_from_kwargs
-    from glaclip.eval_task import preset_settings
+    from glaclip.evaluation.tasks import preset_settings
 
     given = {**preset_settings(name, flat.get("base")), **flat}
     settings = settings_from_kwargs(**given).to_dict()
@@ -304,8 +305,8 @@ def test_the_paper_column_is_the_published_numbers_of_the_method_run() -> None:
     """SCLIP per window under its protocol: SCLIP's own numbers and average; GLA on SCLIP: the
     published average only; another logit scale on VOC21: not SCLIP's protocol; NACLIP with
     GLA: nothing published, said in a note."""
-    from glaclip.data import PRESETS
-    from glaclip.table_report import build_table, table_row
+    from glaclip.data.presets import PRESETS
+    from glaclip.evaluation.table_report import build_table, table_row
 
     models = {"clip": "ViT-B-16", "clip_pretrained": "openai", "vfm": None, "vfm_checkpoint": None}
 

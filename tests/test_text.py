@@ -10,20 +10,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import glaclip.text as text_module
+import glaclip.text.encoder as text_module
 from glaclip import Segmenter
-from glaclip.cli import main
-from glaclip.text import (
-    TextEncoder,
+from glaclip.cli.main import main
+from glaclip.text.encoder import TextEncoder, default_cache_dir, openai_templates, text_fingerprint
+from glaclip.text.tower import text_truncation_is_exact
+from glaclip.text.vocabulary import (
     check_vocabulary,
-    default_cache_dir,
     expand_queries,
-    openai_templates,
     parse_class_lines,
     parse_classes_arg,
     read_class_file,
-    text_fingerprint,
-    text_truncation_is_exact,
 )
 
 # ---------------------------------------------------------------------------- tiny text towers
@@ -429,7 +426,7 @@ LONG = " ".join(f"word{i}" for i in range(90))  # far more than 77 tokens
 def test_classes_the_encoder_cannot_tell_apart_can_never_win(
     lines: list[str], loser: int, winner: int
 ) -> None:
-    from glaclip.text import EncoderView
+    from glaclip.text.encoder import EncoderView
 
     keys = EncoderView(open_clip.get_tokenizer("ViT-B-16"))
     with warnings.catch_warnings():
@@ -442,7 +439,7 @@ def test_classes_the_encoder_cannot_tell_apart_can_never_win(
 
 
 def test_names_the_encoder_tells_apart_pass_and_a_long_name_is_reported() -> None:
-    from glaclip.text import EncoderView
+    from glaclip.text.encoder import EncoderView
 
     keys = EncoderView(open_clip.get_tokenizer("ViT-B-16"))
     with warnings.catch_warnings():
@@ -469,7 +466,7 @@ def test_segment_without_classes_says_what_to_pass(seg: Segmenter) -> None:
 def test_cli_compares_the_names_the_encoder_receives_before_any_model_loads(
     tiny_model_args, tmp_path, capsys, monkeypatch
 ) -> None:
-    from glaclip import segmenter as segmenter_module
+    from glaclip.model import segmenter as segmenter_module
 
     monkeypatch.setattr(
         segmenter_module.Segmenter, "from_pretrained", lambda *a, **k: pytest.fail("loaded")

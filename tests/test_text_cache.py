@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from glaclip import Segmenter, demo
-from glaclip.cli import main
-from glaclip.text import TextEncoder
-from glaclip.text_cache import MAGIC, BoundedCache, EmbeddingFile, encode_record
+from glaclip import Segmenter
+from glaclip.cli.main import main
+from glaclip.demo import logic
+from glaclip.text.cache import MAGIC, BoundedCache, EmbeddingFile, encode_record
+from glaclip.text.encoder import TextEncoder
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_records_round_trip_any_name() -> None:
     names = ["cat", "東京 tower", "a; b", "x" * 1000]
     data = b"".join(encode_record(n, emb * i) for i, n in enumerate(names))
     path_data = MAGIC + b"junk" + data
-    from glaclip.text_cache import decode_records
+    from glaclip.text.cache import decode_records
 
     got = list(decode_records(path_data))
     assert [n for n, _ in got] == names
@@ -111,14 +112,14 @@ def test_one_encoder_from_several_threads(encoder_parts, tmp_path) -> None:
 # ------------------------------------------------------------------------------ the demo
 def test_the_demo_keeps_users_names_out_of_the_disk_cache(golden_modules, tmp_path) -> None:
     seg = Segmenter.from_modules(*golden_modules, text_cache_dir=tmp_path / "cache")
-    demo.keep_user_names_out(seg)
+    logic.keep_user_names_out(seg)
     photo = tmp_path / "p.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(photo)
     out = tmp_path / "out"
     out.mkdir()
-    demo.run_request(seg, {}, photo, "my secret project, cat", "GLA-CLIP", 0.0, out)
+    logic.run_request(seg, {}, photo, "my secret project, cat", "GLA-CLIP", 0.0, out)
     stored = EmbeddingFile(seg.text.cache_path).load()
     assert "cat" in stored and "my secret project" not in stored
     assert "my secret project" in seg.text._memory  # still served from memory

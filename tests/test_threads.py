@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from glaclip import Segmenter
-from glaclip.device import strict_fp32
-from glaclip.towers import VFMKeyTower
+from glaclip.model.device import strict_fp32
+from glaclip.model.towers import VFMKeyTower
 
 RGB = np.random.default_rng(5).integers(0, 256, (100, 180, 3), dtype=np.uint8)
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from glaclip.cli import main
-from glaclip.tiny import build_tiny_models, write_tiny_models
+from glaclip.cli.main import main
+from glaclip.model.tiny import build_tiny_models, write_tiny_models
 
 
 def test_tiny_models_command_writes_what_segment_runs_with(tmp_path: Path, capsys) -> None:
@@ -38,7 +38,15 @@ def test_tiny_models_command_writes_what_segment_runs_with(tmp_path: Path, capsy
     assert main(argv + flags + ["--device", "cpu", "--no-text-cache"]) == 0
     record = json.loads((out / "photo.json").read_text())
     assert record["models"]["clip"] == f"local-dir:{clip}"
-    assert set(record["seconds"]) == {"vfm", "clip", "attention", "stitch", "text", "labels"}
+    assert set(record["seconds"]) == {
+        "vfm",
+        "clip",
+        "attention",
+        "project",
+        "stitch",
+        "text",
+        "labels",
+    }
     labels = np.asarray(Image.open(out / "photo.png"))
     assert labels.shape == (120, 160) and labels.max() <= 2
 

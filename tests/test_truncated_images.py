@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glaclip.cli import main
+from glaclip.cli.main import main
 from glaclip.data.check import scan_dataset
 from glaclip.data.convert import ConversionError, read_label_map
 from glaclip.data.datasets import load_label
-from glaclip.imageio import ImageReadError, read_image
-from glaclip.pngcheck import png_rows
+from glaclip.images.pngcheck import png_rows
+from glaclip.images.read import ImageReadError, read_image
 
 # Adam7: the pass (1..7) of each pixel of an 8 x 8 tile, as the PNG specification draws it
 ADAM7 = [

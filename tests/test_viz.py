@@ -5,14 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from glaclip.viz import (
-    LegendEntry,
-    legend_entries,
-    legend_line,
-    make_palette,
-    overlay,
-    pixel_shares,
-)
+from glaclip.io.palette import make_palette
+from glaclip.io.viz import LegendEntry, legend_entries, legend_line, overlay
+from glaclip.model.results import pixel_shares
 
 
 def _scene(h: int = 60, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +119,7 @@ def test_overlay_long_legend_flows_into_columns() -> None:
 def test_overlay_tall_legend_extends_canvas(monkeypatch: pytest.MonkeyPatch) -> None:
     # Forty entries beside a 4-pixel-high image: MAX_LEGEND_COLUMNS columns, and the canvas
     # grows below the image; with one column allowed it grows four times as far.
-    from glaclip import viz
+    from glaclip.io import viz
 
     labels = np.arange(40).reshape(4, 10)
     rgb = np.zeros((4, 10, 3), np.uint8)
@@ -156,7 +151,7 @@ def test_overlay_in_bands_equals_one_band(monkeypatch: pytest.MonkeyPatch, unlab
     rgb = rng.integers(0, 256, size=(1600, 200, 3), dtype=np.uint8)
     names = ["a", "b", "c", "d", "e"]
     whole = overlay(rgb, labels, names, unlabeled_index=unlabeled)
-    from glaclip import viz
+    from glaclip.io import viz
 
     monkeypatch.setattr(viz, "_CHUNK", 7 * 200)
     banded = overlay(rgb, labels, names, unlabeled_index=unlabeled)
@@ -166,7 +161,7 @@ def test_overlay_in_bands_equals_one_band(monkeypatch: pytest.MonkeyPatch, unlab
 
 
 def test_labelled_share_counts_only_classes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from glaclip import viz
+    from glaclip.io import viz
 
     labels = np.array([[0, 1, 2, 3], [255, -1, 1, 65535], [2, 2, 4, 0]], dtype=np.int32)
     monkeypatch.setattr(viz, "_CHUNK", 5)  # several chunks, a short last one

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glaclip.windows import coverage, grid_shape, inner_edges, stitch, window_grid
+from glaclip.model.windows import Window, inner_edges, stitch, window_grid
+
+
+def coverage(windows: list[Window], height: int, width: int) -> torch.Tensor:
+    """How many windows cover each pixel, counted here."""
+    count = torch.zeros(height, width)
+    for w in windows:
+        count[w.y1 : w.y2, w.x1 : w.x2] += 1
+    return count
 
 
 @pytest.mark.parametrize(
@@ -19,8 +27,9 @@ from glaclip.windows import coverage, grid_shape, inner_edges, stitch, window_gr
     ],
 )
 def test_grid_counts(h: int, w: int, expected: tuple[int, int]) -> None:
-    assert grid_shape(h, w) == expected
-    assert len(window_grid(h, w)) == expected[0] * expected[1]
+    wins = window_grid(h, w)
+    rows, cols = len({(v.y1, v.y2) for v in wins}), len({(v.x1, v.x2) for v in wins})
+    assert (rows, cols) == expected and len(wins) == rows * cols
 
 
 def test_windows_cover_everything_and_stay_inside() -> None:
@@ -49,15 +58,15 @@ def test_exact_coverage_counts() -> None:
 
 def test_stitch_averages_overlaps() -> None:
     wins = window_grid(224, 336)  # two windows: x 0..224 and 112..336
-    logits = torch.stack([torch.full((2, 224, 224), 1.0), torch.full((2, 224, 224), 3.0)])
-    canvas = stitch(logits, wins, 224, 336)
+    logits = torch.stack([torch.full((2, 14, 14), 1.0), torch.full((2, 14, 14), 3.0)])
+    canvas = stitch(logits, wins, 224, 224, 336)
     assert canvas.shape == (2, 224, 336)
     assert canvas[0, 0, 0] == 1.0 and canvas[0, 0, 200] == 2.0 and canvas[1, 100, 335] == 3.0
 
 
 def test_stitch_rejects_mismatch() -> None:
     with pytest.raises(ValueError, match="window maps"):
-        stitch(torch.zeros(3, 1, 224, 224), window_grid(224, 336), 224, 336)
+        stitch(torch.zeros(3, 1, 14, 14), window_grid(224, 336), 224, 224, 336)
 
 
 def test_inner_edges() -> None:

@@ -1,3 +1,3 @@
-from glaclip.cli import main
+from glaclip.cli.main import main
 
 raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 The settings check (``glaclip.config``), the ``--base`` choices and flags, the loading of a
 VFM, the cost estimate, the evaluation presets and the demo's methods all look base methods up
-here. A base method registers itself with ``register_base`` (``glaclip.bases`` holds the
+here. A base method registers itself with ``register_base`` (``glaclip.model.bases`` holds the
 built-in ones, one file each); this module imports nothing of glaclip at import time, so that
 both ``config`` and the bases can reach it from below. The built-in bases are imported on the
 first lookup.
@@ -25,7 +25,7 @@ def register_base(cls: Any) -> Any:
 
 
 def _load_builtins() -> None:
-    import glaclip.bases  # noqa: F401  (registers the built-in base methods)
+    import glaclip.model.bases  # noqa: F401  (registers the built-in base methods)
 
 
 def registered() -> dict[str, Any]:

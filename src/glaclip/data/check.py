@@ -22,11 +22,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from glaclip.data.datasets import LAYOUTS, _read_split, _scan_images, load_label, resolve_layout
+from glaclip.data.datasets import (
+    LAYOUTS,
+    _read_split,
+    _scan_images,
+    load_label,
+    reduce_zero_label,
+    resolve_layout,
+)
 from glaclip.data.presets import Preset, preset_classes
-from glaclip.imageio import oriented_size
-from glaclip.metrics import reduce_zero_label
-from glaclip.pngcheck import incomplete_png_message, png_rows
+from glaclip.images.pngcheck import incomplete_png_message, png_rows
+from glaclip.images.read import oriented_size
 
 # the official validation images of each layout (SPEC 11)
 OFFICIAL_IMAGES = {

@@ -24,9 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from glaclip.atomicio import remove_stale_temporaries
-from glaclip.imageio import atomic_write
-from glaclip.pngcheck import incomplete_png_message, png_rows
+from glaclip.atomic import atomic_write, remove_stale_temporaries
+from glaclip.images.pngcheck import incomplete_png_message, png_rows
 
 OnFailure = Callable[[str, str], None]
 PREPARE_INSTALL = (

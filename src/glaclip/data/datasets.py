@@ -29,9 +29,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from glaclip.imageio import quiet_pillow
-from glaclip.metrics import reduce_zero_label as _reduce_zero_label
-from glaclip.pngcheck import incomplete_png_message, png_rows
+from glaclip.images.pngcheck import incomplete_png_message, png_rows
+from glaclip.images.read import quiet_pillow
 
 
 class Sample(NamedTuple):
@@ -232,6 +231,28 @@ def list_samples(layout: str, root: str | os.PathLike) -> list[Sample]:
     return samples
 
 
+def reduce_zero_label(label: np.ndarray) -> np.ndarray:
+    """mmseg's ``reduce_zero_label``: 0 becomes 255, every other label minus 1, 255 stays 255.
+
+    Args:
+        label: ``H x W`` integer array (any integer dtype).
+
+    Returns:
+        A new array of the same shape and dtype.
+    """
+    label = np.asarray(label)
+    if not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"label must be an integer array, got dtype {label.dtype}")
+    out = label.astype(np.int64)
+    out[out == 0] = 255
+    out -= 1
+    out[out == 254] = 255
+    return out.astype(label.dtype)
+
+
+_reduced = reduce_zero_label  # for load_label, whose argument has its name
+
+
 def load_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> np.ndarray:
     """Read a label map as stored: palette PNGs give their indices, not their colours.
 
@@ -269,7 +290,7 @@ def load_label(path: str | os.PathLike, reduce_zero_label: bool = False) -> np.n
     if rows is not None and not rows.complete:  # Pillow would have read the rest as 0
         raise ValueError(f"label file {p}: {incomplete_png_message(rows)}")
     if reduce_zero_label:
-        label = _reduce_zero_label(label)
+        label = _reduced(label)
     return label
 
 

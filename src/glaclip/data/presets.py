@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from glaclip.text import read_class_file
+from glaclip.text.vocabulary import read_class_file
 
 CLASS_DIR = Path(__file__).resolve().parent / "classes"
 

@@ -22,24 +22,26 @@ import anyio  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from glaclip.demo.logic import (  # noqa: E402
+from glaclip.demo.inputs import (
     DEFAULT_MAX_CLASSES,
     DEFAULT_MAX_MEGAPIXELS,
     DEFAULT_MAX_NAME_LENGTH,
-    EXAMPLES,
-    EXAMPLES_DIR,
     DemoInputError,
-    DemoRun,
-    DemoServerError,
-    FeatureStore,
-    available_methods,
     check_demo_limits,
-    default_method,
-    keep_user_names_out,
     preset_choices,
     preset_text,
+)
+from glaclip.demo.logic import (
+    EXAMPLES,
+    EXAMPLES_DIR,
+    DemoRun,
+    DemoServerError,
+    available_methods,
+    default_method,
+    keep_user_names_out,
     run_request,
 )
+from glaclip.demo.store import FeatureStore
 from glaclip.demo.turns import RequestCancelled, RequestGate, Stopper  # noqa: E402
 from glaclip.demo.views import (  # noqa: E402
     RequestFolders,
@@ -50,7 +52,7 @@ from glaclip.demo.views import (  # noqa: E402
     timings_line,
     upload_path,
 )
-from glaclip.segmenter import Segmenter  # noqa: E402
+from glaclip.model.segmenter import Segmenter  # noqa: E402
 
 __all__ = ["build_app", "launch_options", "serve"]
 

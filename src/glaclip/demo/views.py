@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glaclip.demo.logic import DemoInputError, DemoRun
-from glaclip.palette import class_palette
-from glaclip.results import Segmentation
+from glaclip.demo.inputs import DemoInputError
+from glaclip.demo.logic import DemoRun
+from glaclip.io.palette import class_palette
+from glaclip.model.names import LOCAL_DIR, is_local_dir
+from glaclip.model.results import Segmentation
 
 ANNOTATION_SIDE = 1024  # long side of the annotated view (display only; downloads are full size)
 KEEP_REQUESTS = 32  # request folders kept on disk (older ones are deleted)
@@ -109,7 +111,7 @@ def upload_path(payload: Any) -> tuple[str | None, str | None]:
     """``(server path, name as uploaded)`` of an image component's raw value (or Nones).
 
     The page's events skip Gradio's image decoding (``preprocess=False``): the file is read by
-    ``glaclip.imageio.read_image``, as ``glaclip segment`` reads it, and a file that is not an
+    ``glaclip.images.read.read_image``, as ``glaclip segment`` reads it, and a file that is not an
     image gets a message that names it. Gradio still checks that the path is one it received.
     """
     if payload is None:
@@ -164,6 +166,6 @@ class RequestFolders:
 
 def model_label(name: str) -> str:
     """A backbone's name for the page: a local folder by its own name only."""
-    if name.startswith("local-dir:"):
-        return "local-dir:" + Path(name.removeprefix("local-dir:")).name
+    if is_local_dir(name):
+        return LOCAL_DIR + Path(name.removeprefix(LOCAL_DIR)).name
     return name
