@@ -4,7 +4,7 @@ A conversion is a list of :class:`Job`: one output label map each, made from its
 function that reads and maps. :func:`run_jobs` skips the jobs whose output already exists (a
 rerun resumes; ``overwrite=True`` redoes them), runs the others (in threads: Pillow decodes
 and encodes PNGs outside the GIL), writes each output under a temporary name and renames it
-when complete (``imageio.atomic_write``), and never writes to a source path. A source that
+when complete (``atomic.atomic_write``), and never writes to a source path. A source that
 cannot be read or holds values the table does not know is one failure line; the others go
 on. A failure to write (a full disk, a read-only folder) stops the conversion, since every
 later file would fail the same way.

@@ -14,8 +14,8 @@ the original size (``metrics.boundary_counts``); a base with its authors' window
 ones, and a whole-image pass has no seam at all.
 
 Resume. Every finished image is recorded in ``OUT/eval_state/`` with its counters, and a later
-run of the same evaluation skips it and adds them (``eval_state``). The task and its output
-checks live in ``eval_task``, the result files in ``reports``; this module is the loop.
+run of the same evaluation skips it and adds them (``state``). The task and its output
+checks live in ``tasks``, the result files in ``reports``; this module is the loop.
 
 Distributed. The images still to do are split with ``distributed.shard`` (no padding, no
 duplicates); each rank writes its own predictions and state file; the per-rank counters are

@@ -130,7 +130,7 @@ def check_states(
     """Refuse, before any model is loaded, state in ``OUT/<preset>`` of another evaluation.
 
     Raises:
-        ValueError: names the benchmark and what differs (see ``evaluate.check_state``).
+        ValueError: names the benchmark and what differs (see ``state.check_state``).
     """
     for b in benchmarks:
         if b.task is None:

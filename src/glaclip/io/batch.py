@@ -351,7 +351,7 @@ def segment_files(
 
     Every output name is recorded in ``out_dir``'s manifest before it is written
     (``OutputFolder.claim``), so that a later run may replace it. Temporary files that a killed
-    run left in ``out_dir`` are removed first (``atomicio.remove_stale_temporaries``). One run
+    run left in ``out_dir`` are removed first (``atomic.remove_stale_temporaries``). One run
     per folder is the caller's to ensure (the command line holds ``outputs.output_lock``).
 
     ``classes``: class lines, or a ``Vocabulary`` (checked once, for every image:

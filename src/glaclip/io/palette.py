@@ -1,6 +1,6 @@
 """Label colours: the deterministic palette of label PNGs, overlays and the demo's page.
 
-Pure numpy: the image writers (``imageio``) and the drawing (``viz``) both read it.
+Pure numpy: the label PNGs (``encode``) and the drawing (``viz``) both read it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 timm and open_clip resample a checkpoint's patch or position embedding to the shape a
 configuration asks for, without a word; ``config_mismatch`` compares the shapes of a weight
 file with those of the model built from its configuration, so that a disagreement is refused
-instead (``backbones.load_clip`` / ``load_vfm`` for local folders and checkpoint files).
+instead (``loading.load_clip`` / ``load_vfm`` for local folders and checkpoint files).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import os
 
 from glaclip.model import hub
 from glaclip.model.checkpoints import CLIP_PREFERRED, VFM_PREFERRED, weights_in
-from glaclip.model.names import LOCAL_DIR, is_hub, is_local_dir, names_its_weights
+from glaclip.model.names import HUB, LOCAL_DIR, is_hub, is_local_dir, names_its_weights
 from glaclip.model.towers import ModelLoadError
 
 __all__ = [
@@ -106,7 +106,7 @@ def check_clip_source(name: str, pretrained: str | None) -> None:
             'clip="local-dir:DIR"'
         )
     if is_hub(name):
-        reason = hub.check_download(name.removeprefix("hf-hub:"), (CLIP_CONFIG_FILE,))
+        reason = hub.check_download(name.removeprefix(HUB), (CLIP_CONFIG_FILE,))
         if reason:
             raise offline_hint("clip", name, None, reason)
         return None
@@ -153,7 +153,7 @@ def check_vfm_source(name: str, checkpoint: str | None) -> None:
             )
         return None
     if is_hub(name):
-        repo = name.removeprefix("hf-hub:")
+        repo = name.removeprefix(HUB)
     else:
         repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
     reason = hub.check_download(repo, VFM_HUB_FILES)

@@ -153,7 +153,7 @@ class TextEncoder:
     with a ``cache_dir`` they are also stored on disk keyed by ``text_fingerprint`` of the
     model and tokenizer (taken when the disk cache is first needed) and the template texts, so
     that a later run with the same classes encodes nothing. The disk cache is an append-only
-    file (``text_cache.EmbeddingFile``): a call appends the names it encoded, in one write, and
+    file (``cache.EmbeddingFile``): a call appends the names it encoded, in one write, and
     the file keeps at most ``max_names``. ``persist`` chooses the names written there (None:
     all; the demo writes only the benchmark vocabularies' unless its operator asks). A cache
     folder that cannot be written gives one warning and no disk cache. One encoder may be

@@ -121,7 +121,7 @@ class BaseMethod:
     @classmethod
     def protocol(cls, dataset: str) -> dict[str, Any]:
         """The flat settings of this base's own evaluation protocol on a benchmark preset,
-        where they differ from the preset's (``eval_task.preset_settings``)."""
+        where they differ from the preset's (``evaluation.tasks.preset_settings``)."""
         return {}
 
     def patch_sizes(self) -> dict[str, int]:
