@@ -33,7 +33,7 @@ from glaclip.model import pamr
 # many bytes; the band's temporaries take a few times that.
 TILE_BYTES = 16 << 20
 # With PAMR, a band's class maps are refined a few classes at a time within about this many bytes.
-PAMR_TILE_BYTES = 128 << 20
+PAMR_TILE_BYTES = 64 << 20
 
 
 class AxisWeights(NamedTuple):
@@ -195,21 +195,27 @@ class _Bands:
             for q, c in enumerate(query_class):
                 self.groups[c].append(q)
         self.step = band_rows(logits.shape[0], size[1], tile_bytes)
-        if post.pamr_steps:  # bands at least as tall as their margin: at most 3x the work
-            self.step = max(self.step, pamr.halo(post.pamr_steps, post.pamr_dilations), 16)
+        # with PAMR, blocks of rows at least as tall as their margin (at most 3x the work) are
+        # refined at a time, then taken apart into bands
+        self.block = self.step
+        if post.pamr_steps:
+            self.block = max(self.step, pamr.halo(post.pamr_steps, post.pamr_dilations), 16)
 
     def __iter__(self):
         out_h = self.size[0]
-        for r0 in range(0, out_h, self.step):
-            r1 = min(out_h, r0 + self.step)
-            if self.post.pamr_steps:
-                band = self._refined(r0, r1)
-            else:
-                band = resize_rows(self.logits, self.size, r0, r1)
-            probs = torch.softmax(band * self.post.logit_scale, dim=0)
-            if self.groups is not None:
-                probs = torch.stack([probs[g].amax(dim=0) for g in self.groups])
-            yield r0, r1, probs
+        for b0 in range(0, out_h, self.block):
+            b1 = min(out_h, b0 + self.block)
+            refined = self._refined(b0, b1) if self.post.pamr_steps else None
+            for r0 in range(b0, b1, self.step):
+                r1 = min(b1, r0 + self.step)
+                if refined is not None:
+                    band = refined[:, r0 - b0 : r1 - b0]
+                else:
+                    band = resize_rows(self.logits, self.size, r0, r1)
+                probs = torch.softmax(band * self.post.logit_scale, dim=0)
+                if self.groups is not None:
+                    probs = torch.stack([probs[g].amax(dim=0) for g in self.groups])
+                yield r0, r1, probs
 
     def _refined(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``r0:r1`` of the logits at the output size after PAMR: computed on the rows
