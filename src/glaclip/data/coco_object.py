@@ -107,6 +107,20 @@ def to_coco_object(
     return map_values(label, lut, table)
 
 
+def _jobs(found: list[tuple[str, Path, np.ndarray]], out_dir: Path) -> list[Job]:
+    """One job per label map of ``_sources``: its COCO-Object labels into ``out_dir``."""
+    return [
+        Job(
+            p,
+            out_dir / f"{sid}{OUT_SUFFIX}",
+            lambda p=p, t=t: to_coco_object(
+                read_label_map(p), t, TRAIN_IDS_TABLE if t is LUT_TRAIN_IDS else RAW_TABLE
+            ),
+        )
+        for sid, p, t in found
+    ]
+
+
 def convert_coco_object(
     source: str | os.PathLike,
     root: str | os.PathLike,
@@ -145,16 +159,7 @@ def convert_coco_object(
             continue
         out_dir = root / "annotations" / split
         ensure_folder(out_dir, "label folder")
-        jobs = [
-            Job(
-                p,
-                out_dir / f"{sid}{OUT_SUFFIX}",
-                lambda p=p, t=t: to_coco_object(
-                    read_label_map(p), t, TRAIN_IDS_TABLE if t is LUT_TRAIN_IDS else RAW_TABLE
-                ),
-            )
-            for sid, p, t in found
-        ]
+        jobs = _jobs(found, out_dir)
         report.merge(
             run_jobs(jobs, f"COCO-Object {split}", progress, overwrite, workers, on_failure)
         )

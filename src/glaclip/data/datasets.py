@@ -174,6 +174,36 @@ def _scan_images(image_dir: Path, spec: _Layout) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
+def _listed_samples(root: Path, name: str, spec: _Layout) -> list[Sample]:
+    """The samples of a layout with a split file, in its order; every image must exist."""
+    image_dir, label_dir = root / spec.image_dir, root / spec.label_dir
+    samples: list[Sample] = []
+    for sid in _read_split(root, name, spec):
+        image = image_dir / f"{sid}{spec.image_suffix}"
+        if not image.is_file():
+            raise FileNotFoundError(
+                f"image {image} (listed in {spec.split_file}) not found: the {name} "
+                f"layout expects {spec.describe()}"
+            )
+        samples.append(Sample(sid, image, label_dir / f"{sid}{spec.label_suffix}"))
+    return samples
+
+
+def _scanned_samples(root: Path, name: str, spec: _Layout) -> list[Sample]:
+    """The samples of a layout without a split file: every image found, sorted by id."""
+    image_dir, label_dir = root / spec.image_dir, root / spec.label_dir
+    samples: list[Sample] = []
+    for sid, image in _scan_images(image_dir, spec):
+        sub = image.parent.name if spec.nested else ""
+        samples.append(Sample(sid, image, label_dir / sub / f"{sid}{spec.label_suffix}"))
+    if not samples:
+        raise ValueError(
+            f"no images *{spec.image_suffix} found in {image_dir}: the {name} layout "
+            f"expects {spec.describe()}"
+        )
+    return samples
+
+
 def list_samples(layout: str, root: str | os.PathLike) -> list[Sample]:
     """Every sample of a dataset in a known folder layout, in a deterministic order.
 
@@ -203,25 +233,10 @@ def list_samples(layout: str, root: str | os.PathLike) -> list[Sample]:
     _require_dir(image_dir, name, spec)
     _require_dir(label_dir, name, spec)
 
-    samples: list[Sample] = []
     if spec.split_file is not None:
-        for sid in _read_split(root, name, spec):
-            image = image_dir / f"{sid}{spec.image_suffix}"
-            if not image.is_file():
-                raise FileNotFoundError(
-                    f"image {image} (listed in {spec.split_file}) not found: the {name} "
-                    f"layout expects {spec.describe()}"
-                )
-            samples.append(Sample(sid, image, label_dir / f"{sid}{spec.label_suffix}"))
+        samples = _listed_samples(root, name, spec)
     else:
-        for sid, image in _scan_images(image_dir, spec):
-            sub = image.parent.name if spec.nested else ""
-            samples.append(Sample(sid, image, label_dir / sub / f"{sid}{spec.label_suffix}"))
-        if not samples:
-            raise ValueError(
-                f"no images *{spec.image_suffix} found in {image_dir}: the {name} layout "
-                f"expects {spec.describe()}"
-            )
+        samples = _scanned_samples(root, name, spec)
     for s in samples:
         if not s.label.is_file():
             raise FileNotFoundError(

@@ -237,6 +237,25 @@ def _check_root(root: Path) -> None:
     )
 
 
+def _jobs(
+    source: Path,
+    root: Path,
+    chosen: list[dict[str, Any]],
+    stems: list[str],
+    per_image: dict[int, list[dict[str, Any]]],
+) -> list[Job]:
+    """One job per image of a phase: its 0..59 labels into ``SegmentationClassContext/``."""
+    return [
+        Job(
+            source,
+            root / LABEL_DIR / f"{stem}.png",
+            lambda img=img: to_context_labels(category_mask(img, per_image[img["image_id"]])),
+            name=f"{img['file_name']} (in {source.name})",
+        )
+        for img, stem in zip(chosen, stems, strict=True)
+    ]
+
+
 def convert_pascal_context(
     source: str | os.PathLike,
     root: str | os.PathLike,
@@ -274,15 +293,7 @@ def convert_pascal_context(
             report.notes.append(f"no image of phase {phase!r} in {source}")
             continue
         stems = [Path(img["file_name"]).stem for img in chosen]
-        jobs = [
-            Job(
-                source,
-                root / LABEL_DIR / f"{stem}.png",
-                lambda img=img: to_context_labels(category_mask(img, per_image[img["image_id"]])),
-                name=f"{img['file_name']} (in {source.name})",
-            )
-            for img, stem in zip(chosen, stems, strict=True)
-        ]
+        jobs = _jobs(source, root, chosen, stems, per_image)
         done = run_jobs(jobs, f"Pascal Context {phase}", progress, overwrite, workers, on_failure)
         report.merge(done)
         if done.failed:

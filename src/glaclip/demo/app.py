@@ -98,11 +98,9 @@ def _segment_handler(
     store: FeatureStore,
     gate: RequestGate,
 ) -> Callable[..., Any]:
-    """The page's Segment action: a request (``run_request``) and what the outputs show.
-
-    The request runs in a worker thread that takes its turn through ``gate`` and keeps it
-    until it ends; when the client cancels it, it is told (``stop``) and ends at its next
-    step. Every failure reaches the page as one sentence (no traceback, no server path)."""
+    """The Segment action: ``run_request`` in a worker thread holding its turn (``gate``) to the
+    end, then what the outputs show. A cancelled request is told (``stop``) and ends at its next
+    step; every failure reaches the page as one sentence (no traceback, no server path)."""
 
     def work(
         image: Any, text: Any, method: Any, threshold: Any, progress: Any, stop: threading.Event

@@ -217,6 +217,53 @@ def segment_upload(
     return replace(result, timings=timings), False
 
 
+def _checked_request(
+    segmenter: Segmenter,
+    image_path: str | os.PathLike | None,
+    name: str | None,
+    class_text: str | None,
+    method: str,
+    threshold: float,
+    max_classes: int,
+    max_name_length: int,
+) -> tuple[str, Vocabulary, Segmenter, float]:
+    """What a request asks, checked before any work: the upload's name, the vocabulary, and
+    the request's Segmenter and threshold (``request_segmenter``).
+
+    Raises:
+        DemoInputError: no image, no classes, too many or too long class names, bad settings.
+    """
+    if image_path is None:
+        raise DemoInputError(
+            "No image: upload or drop a photo (or pick an example), then press Segment."
+        )
+    name = name or Path(image_path).name
+    vocabulary = parse_page_classes(
+        class_text, segmenter.text.query_keys, max_classes, max_name_length
+    )
+    seg, threshold = request_segmenter(segmenter, vocabulary, method, threshold)
+    return name, vocabulary, seg, threshold
+
+
+def _read_request_image(
+    image_path: str | os.PathLike, name: str, max_pixels: int, report: Callable[[float, str], None]
+) -> tuple[np.ndarray, str]:
+    """The request's image, read (``read_upload``), and the digest of its file."""
+    report(0.0, "Reading the image")
+    rgb = read_upload(image_path, name, max_pixels)
+    return rgb, file_digest(image_path)
+
+
+def _embed_counted(
+    seg: Segmenter, vocabulary: Vocabulary, report: Callable[[float, str], None]
+) -> tuple[int, float]:
+    """``embed_classes``, and how many names the network embedded (the others came from the
+    cache) in how many seconds."""
+    before, t0 = seg.text.encoded_count, time.perf_counter()
+    embed_classes(seg, vocabulary, report)
+    return seg.text.encoded_count - before, time.perf_counter() - t0
+
+
 def _reporter(
     stopper: Stopper, progress: Callable[[float, str], None] | None
 ) -> Callable[[float, str], None]:
@@ -272,26 +319,17 @@ def run_request(
     """Segment one uploaded image and write its files as ``glaclip segment`` does.
 
     Args:
-        segmenter: the loaded Segmenter (its settings are the defaults of the page).
         models: the backbones' names, recorded in the JSON.
-        image_path: the uploaded file.
         class_text: classes in the ``--classes`` syntax (``"sky, person; man"``).
         method: a key of ``methods()``.
-        threshold: probability threshold in [0, 1].
-        out_dir: existing folder that receives ``<stem>.png``, ``<stem>_overlay.jpg`` and
-            ``<stem>.json``.
-        max_pixels: larger images are refused.
+        out_dir: existing folder for ``<stem>.png``, ``<stem>_overlay.jpg`` and ``<stem>.json``.
         name: the file's name as uploaded (default: the name of ``image_path``).
-        progress: ``progress(fraction, message)`` callback.
         store: the image features kept by earlier requests (the page's); None keeps none.
-        max_classes, max_name_length: larger class lists, longer names are refused before
-            any work (``check_class_limits``).
-        stop: set when the request is cancelled: it stops at its next step
-            (``turns.RequestCancelled``).
+        stop: set when the request is cancelled: it stops at its next step.
 
     Raises:
         DemoInputError: no image, no classes, not an image, too many pixels, too many or too
-            long class names, bad settings.
+            long class names (``max_classes``, ``max_name_length``), bad settings.
         DemoServerError: the files could not be written (the message names no path).
         RequestCancelled: ``stop`` was set.
     """
@@ -299,21 +337,11 @@ def run_request(
     report = _reporter(stopper, progress)
     store = store if store is not None else FeatureStore()
     start = time.perf_counter()
-    if image_path is None:
-        raise DemoInputError(
-            "No image: upload or drop a photo (or pick an example), then press Segment."
-        )
-    name = name or Path(image_path).name
-    vocabulary = parse_page_classes(
-        class_text, segmenter.text.query_keys, max_classes, max_name_length
+    name, vocabulary, seg, threshold = _checked_request(
+        segmenter, image_path, name, class_text, method, threshold, max_classes, max_name_length
     )
-    seg, threshold = request_segmenter(segmenter, vocabulary, method, threshold)
-    report(0.0, "Reading the image")
-    rgb = read_upload(image_path, name, max_pixels)
-    image = file_digest(image_path)
-    before, t0 = seg.text.encoded_count, time.perf_counter()
-    embed_classes(seg, vocabulary, report)
-    embedded, embed_seconds = seg.text.encoded_count - before, time.perf_counter() - t0
+    rgb, image = _read_request_image(image_path, name, max_pixels, report)
+    embedded, embed_seconds = _embed_counted(seg, vocabulary, report)
     result, reused = segment_upload(seg, rgb, image, vocabulary, store, report, stopper)
     report(0.9, "Writing the label PNG, the overlay and the JSON")
     files = _write_request_files(result, rgb, out_dir, name, seg.settings, models)

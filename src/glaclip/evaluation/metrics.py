@@ -10,6 +10,17 @@ Labels outside ``[0, C)`` that are not the ignore value are counted as mmseg cou
 while the predictions on those pixels stay in the prediction area and so in the union), and
 their number is kept in ``SegMetric.label_outside`` so that a report can show it.
 
+Boundary counts (``boundary_counts``). The seams are the inner edges of the windows the network
+saw (``ImageFeatures.windows``; one window over the whole image has none) on the canvas the
+windows tiled, ``(H, W)``, of which the image occupies the top-left ``(Hc, Wc)`` (all of it, or
+less where a panorama was padded, ``network_canvas``). They are mapped to the original size
+``(H0, W0)`` with ``int(e * W0 / Wc + 0.5)`` (x) and ``int(e * H0 / Hc + 0.5)`` (y); duplicates
+and edges landing on 0, on the border or beyond it are dropped. A vertical seam ``e`` pairs
+pixels ``(y, e-1)`` and ``(y, e)`` on every row, a horizontal seam pairs ``(e-1, x)`` and
+``(e, x)`` on every column. ``total`` counts the pairs whose two labels are equal and not the
+ignore value (nor, when the number of classes is given, outside ``[0, C)``); ``diff`` those of
+them whose two predictions differ.
+
 No mmseg or mmcv dependency.
 """
 
@@ -56,20 +67,8 @@ def boundary_counts(
     content_hw: tuple[int, int] | None = None,
     windows: list[Window] | None = None,
 ) -> tuple[int, int]:
-    """Boundary error rate counts of one image: ``(diff, total)``.
-
-    The seams are the inner edges of the windows the network saw (``windows``, as
-    ``ImageFeatures.windows`` holds them; default ``window_grid(H, W, crop, stride)``; one
-    window over the whole image has none) for the canvas the windows tiled,
-    ``(H, W) = resized_hw``; the image occupies its top-left ``content_hw = (Hc, Wc)``
-    (default: all of it; less where a panorama was padded, ``network_canvas``).
-    They are mapped to the original size ``(H0, W0) = label.shape`` with
-    ``int(e * W0 / Wc + 0.5)`` (x) and ``int(e * H0 / Hc + 0.5)`` (y); duplicates and edges
-    landing on 0, on the border or beyond it are dropped. A vertical seam ``e`` pairs pixels
-    ``(y, e-1)`` and ``(y, e)`` on every row, a horizontal seam pairs ``(e-1, x)`` and ``(e, x)``
-    on every column. ``total`` counts the pairs whose two labels are equal and not
-    ``ignore_index`` (nor, when ``num_classes`` is given, outside ``[0, num_classes)``);
-    ``diff`` those of them whose two predictions differ.
+    """Boundary error rate counts of one image, ``(diff, total)``: over the pixel pairs across
+    the window seams, mapped to the label's size (the module docstring says how).
 
     Args:
         pred: ``H0 x W0`` integer predicted labels.
@@ -77,6 +76,11 @@ def boundary_counts(
         resized_hw: ``(H, W)``, the canvas the windows tiled.
         num_classes: C; labels outside ``[0, C)`` then count like ``ignore_index``.
         content_hw: ``(Hc, Wc)``, the image's part of the canvas (default ``resized_hw``).
+        windows: the windows the network saw, as ``ImageFeatures.windows`` holds them
+            (default ``window_grid(H, W, crop, stride)``).
+
+    Raises:
+        ValueError: ``pred`` and ``label`` differ in shape, are not integer or not 2-D.
     """
     pred, label = _check_pair(pred, label)
     if pred.ndim != 2:

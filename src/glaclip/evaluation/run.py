@@ -135,10 +135,9 @@ def evaluate(
 
     Raises:
         ValueError: state of another evaluation in ``out_dir`` (without ``restart``), a bad
-            image or label (``OtherRankFailed`` on the ranks where it was not), ``out_dir``
-            or ``save_predictions`` naming a file, predictions that would replace files
-            glaclip did not write (without ``overwrite``) or lie in the dataset
-            (``check_eval_outputs``).
+            image or label (``OtherRankFailed`` on the ranks where it was not), ``out_dir`` or
+            ``save_predictions`` naming a file, predictions that would replace files glaclip
+            did not write (without ``overwrite``) or lie in the dataset (``check_eval_outputs``).
         WriteError: a file could not be written (a full disk).
     """
     dist = dist or DistInfo()
@@ -150,12 +149,7 @@ def evaluate(
     prior, finished = resume(out / STATE_DIR, task, config, restart, dist)
     skip = set(finished)
     todo = shard([s for s in task.samples if s.id not in skip], dist)
-    check_eval_outputs(out, task, save_predictions, overwrite)
-    predictions = OutputFolder(save_predictions, "--save-predictions") if save_predictions else None
-    for folder in (out, save_predictions):  # temporaries of a run killed while it wrote
-        if folder is not None and dist.is_main:
-            remove_stale_temporaries(folder)
-
+    predictions = _prepare_outputs(out, task, save_predictions, overwrite, dist)
     writer = StateWriter(out / STATE_DIR, dist.rank, config)
     local, processed = _score_images(
         segmenter, task, todo, writer, predictions, prior, dist, progress
@@ -171,6 +165,23 @@ def evaluate(
         processed_per_rank=per_rank,
         seconds=time.perf_counter() - start,
     )
+
+
+def _prepare_outputs(
+    out: Path,
+    task: EvalTask,
+    save_predictions: str | os.PathLike | None,
+    overwrite: bool,
+    dist: DistInfo,
+) -> OutputFolder | None:
+    """The output folders checked (``check_eval_outputs``) and rid of the temporaries of a run
+    killed while it wrote (by rank 0); the predictions' ``OutputFolder``, or None."""
+    check_eval_outputs(out, task, save_predictions, overwrite)
+    predictions = OutputFolder(save_predictions, "--save-predictions") if save_predictions else None
+    for folder in (out, save_predictions):
+        if folder is not None and dist.is_main:
+            remove_stale_temporaries(folder)
+    return predictions
 
 
 def _score_images(

@@ -111,21 +111,7 @@ def read_records(
                     "start over"
                 ) from None
             if number == 1:
-                version = record.get("glaclip_eval_state") if isinstance(record, dict) else None
-                if version is None:
-                    raise ValueError(f"{path} is not a glaclip eval state file")
-                if version != STATE_VERSION:
-                    raise ValueError(
-                        f"{path} was written by another glaclip version (state version "
-                        f"{version}, this one reads {STATE_VERSION}): pass --restart to start "
-                        "over"
-                    )
-                if record.get("fingerprint") != want:
-                    what = ", ".join(_differences(record.get("config", {}), config)) or "?"
-                    raise ValueError(
-                        f"{state_dir} holds the state of a different evaluation (differs in: "
-                        f"{what}): pass --restart to discard it, or choose another --out"
-                    )
+                _check_header(record, path, state_dir, config, want)
                 continue
             counts = record.get("counts") if isinstance(record, dict) else None
             if not isinstance(counts, list) or len(counts) != counts_len:
@@ -136,6 +122,31 @@ def read_records(
             inputs = record.get("inputs")
             done[str(record["id"])] = ([int(c) for c in counts], inputs)
     return done
+
+
+def _check_header(
+    record: Any, path: Path, state_dir: Path, config: dict[str, Any], want: str
+) -> None:
+    """The first line of a state file: a glaclip eval state of this version, of this evaluation.
+
+    Raises:
+        ValueError: it is not (names what differs).
+    """
+    version = record.get("glaclip_eval_state") if isinstance(record, dict) else None
+    if version is None:
+        raise ValueError(f"{path} is not a glaclip eval state file")
+    if version != STATE_VERSION:
+        raise ValueError(
+            f"{path} was written by another glaclip version (state version "
+            f"{version}, this one reads {STATE_VERSION}): pass --restart to start "
+            "over"
+        )
+    if record.get("fingerprint") != want:
+        what = ", ".join(_differences(record.get("config", {}), config)) or "?"
+        raise ValueError(
+            f"{state_dir} holds the state of a different evaluation (differs in: "
+            f"{what}): pass --restart to discard it, or choose another --out"
+        )
 
 
 def check_state(

@@ -196,22 +196,19 @@ def evaluate_benchmarks(
     data_root: str | os.PathLike = "",
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every ready benchmark, in the paper's order, with one set of models.
+    """Evaluate every ready benchmark, in the paper's order, with one set of models; return
+    the table of ``build_table`` (identical on every rank; not written).
 
     Each runs ``run_eval`` with ``segmenter.with_settings(preset settings, then settings)``
-    into ``out_dir/<preset>`` (rank 0 writes its results files there), predictions into
-    ``save_predictions/<preset>``. A benchmark whose image or label is bad is recorded as
-    failed and the next one runs; under torchrun every rank leaves a failed benchmark
-    together (``evaluate``), so all ranks run the same sequence.
+    into ``out_dir/<preset>``, predictions into ``save_predictions/<preset>``. A benchmark with
+    a bad image or label is recorded as failed and the next one runs; under torchrun all ranks
+    leave it together (``evaluate``), so all run the same sequence.
 
     Args:
         segmenter: the models, loaded once (None only when no benchmark is ready).
         settings: the flat settings given by the user; they override every preset's.
         report: called after each benchmark with ``(benchmark, results, None)`` or
             ``(benchmark, None, error)``, on every rank.
-
-    Returns:
-        The table of ``build_table`` (identical on every rank; not written).
     """
     dist = dist or DistInfo()
     out = Path(out_dir)
@@ -226,20 +223,28 @@ def evaluate_benchmarks(
         flat = benchmark_settings(name, settings)
         pred = None if save_predictions is None else Path(save_predictions) / name
         run = EvalRun(b.task, out / name, flat, models, pred, restart, overwrite)
-        seg = segmenter.with_settings(**flat)
-        try:
-            results, _ = run_eval(run, seg, dist, progress)
-        except (ValueError, OSError) as err:
-            if isinstance(err, OSError) and err.errno in STOP_ERRNOS:
-                raise  # a full disk: the next benchmark could not write either
-            failed[name] = str(err)
-            if report is not None:
-                report(b, None, err)
-            continue
-        rows.append(table_row(b.preset, results))
+        results, error = _run_benchmark(run, segmenter.with_settings(**flat), dist, progress)
+        if error is None:
+            rows.append(table_row(b.preset, results))
+        else:
+            failed[name] = str(error)
         if report is not None:
-            report(b, results, None)
+            report(b, results, error)
     return build_table(rows, benchmarks, failed, limit, data_root, models, settings)
+
+
+def _run_benchmark(
+    run: EvalRun, seg: Segmenter, dist: DistInfo, progress: bool
+) -> tuple[dict[str, Any] | None, Exception | None]:
+    """``run_eval`` of one benchmark: ``(results, None)``, or ``(None, error)`` where an image
+    or a label is bad or a file cannot be written (a full disk stops the table: it raises)."""
+    try:
+        results, _ = run_eval(run, seg, dist, progress)
+    except (ValueError, OSError) as err:
+        if isinstance(err, OSError) and err.errno in STOP_ERRNOS:
+            raise  # a full disk: the next benchmark could not write either
+        return None, err
+    return results, None
 
 
 @dataclass(frozen=True)

@@ -343,20 +343,14 @@ def segment_files(
 ) -> BatchReport:
     """Segment each image and write its outputs with ``write_outputs``.
 
-    Under torchrun each process takes its share of the images (``distributed.shard``). An image
-    that cannot be read, or whose files cannot be written (``write_outputs``), is recorded in
-    the report and skipped, and the batch goes on; after a full disk (``STOP_ERRNOS``) it
-    stops, and the images not reached are listed in ``report.left``. With ``progress``, a bar
-    runs over the images, and one over the stages of an image that takes long.
+    Under torchrun each process takes its share of the images (``distributed.shard``). An image that
+    cannot be read or written is recorded in the report and skipped; after a full disk
+    (``STOP_ERRNOS``) the batch stops, and ``report.left`` lists the images not reached. Output
+    names are claimed in ``out_dir``'s manifest before they are written, a killed run's temporaries
+    removed first. One run per folder is the caller's to ensure (``outputs.output_lock``).
 
-    Every output name is recorded in ``out_dir``'s manifest before it is written
-    (``OutputFolder.claim``), so that a later run may replace it. Temporary files that a killed
-    run left in ``out_dir`` are removed first (``atomic.remove_stale_temporaries``). One run
-    per folder is the caller's to ensure (the command line holds ``outputs.output_lock``).
-
-    ``classes``: class lines, or a ``Vocabulary`` (checked once, for every image:
-    ``Segmenter.vocabulary``). ``outputs_checked``: the caller checked the outputs
-    (``check_outputs``) under the folder's lock already.
+    ``classes``: class lines, or a ``Vocabulary`` (checked once: ``Segmenter.vocabulary``).
+    ``outputs_checked``: the caller checked the outputs (``check_outputs``) under the lock.
 
     Raises:
         ValueError: before any work, a class that can never win (``text.check_vocabulary``),
@@ -371,9 +365,22 @@ def segment_files(
     folder = OutputFolder(out_dir)
     make_folder(out_dir)
     remove_stale_temporaries(out_dir)  # of an earlier run that was killed while it wrote
-    report = BatchReport()
     jobs = shard(list(zip(paths, output_stems(paths), strict=True)), dist)
     models = models or segmenter.model_names()
+    return _segment_jobs(segmenter, jobs, vocabulary, folder, models, write_overlay, progress)
+
+
+def _segment_jobs(
+    segmenter: Segmenter,
+    jobs: list[tuple[Path, str]],
+    vocabulary: Vocabulary,
+    folder: OutputFolder,
+    models: dict[str, Any],
+    write_overlay: bool,
+    progress: bool,
+) -> BatchReport:
+    """The loop of ``segment_files`` over its ``(image, output stem)`` jobs."""
+    report = BatchReport()
     bar = tqdm(jobs, desc="segment", unit="img", disable=not progress or len(jobs) < 2)
     for number, (path, stem) in enumerate(bar):
         try:

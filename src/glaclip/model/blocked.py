@@ -143,8 +143,28 @@ def global_attention_blocked(
     products = (HALF_PRODUCTS if half_products is None else half_products) if half else frozenset()
     work = Workspace(k, min(n, block), sparse_density if decide_on_host else 0.0, half, products)
     anchors, count = compute_anchors(work, cfg, initial)
+    return _attend(
+        work, k, v, anchors, count, cfg, n_windows, block, decide_on_host, bias, progress
+    )
+
+
+def _attend(
+    work: Workspace,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    anchors: torch.Tensor,
+    count: torch.Tensor | None,
+    cfg: GLAConfig,
+    n_windows: int,
+    block: int,
+    decide_on_host: bool,
+    bias: GaussianBias | None,
+    progress: Progress | None,
+) -> torch.Tensor:
+    """Phase 2 of ``global_attention_blocked``, the attention, block of query rows by block."""
+    n = k.shape[0]
     v_flat = v.permute(1, 0, 2).reshape(n, -1)  # N x D: heads side by side
-    v_half = v_flat.to(half) if "weights_values" in work.products else None
+    v_half = v_flat.to(work.half) if "weights_values" in work.products else None
     # "token norm off": the mean of all entries of anchors K^T = mean of (anchor . mean key)
     global_mu = None if cfg.token_norm else (anchors @ k.mean(dim=0)).mean()
     out = k.new_empty(v_flat.shape)

@@ -156,7 +156,6 @@ def labels_from_logits(
         raise ValueError("PAMR (pamr_steps) refines along the image: pass image=")
     bands = _Bands(logits, query_class, num_classes, post, (out_h, out_w), tile_bytes, image)
     keep = area_keep(bands, post) if post.area_threshold > 0 else None
-    bg = post.background_index
     labels = torch.empty(out_h, out_w, dtype=torch.int32, device=logits.device)
     scores = None
     if return_scores:
@@ -164,14 +163,25 @@ def labels_from_logits(
     for r0, r1, probs in bands:
         if scores is not None:
             scores[:, r0:r1] = probs
-        kept = probs if keep is None else probs * keep.view(-1, 1, 1)
-        best, index = kept.max(dim=0)
-        if post.prob_threshold > 0:
-            index.masked_fill_(best < post.prob_threshold, bg)
-        if keep is not None and not 0 <= bg < num_classes:  # every class of a pixel dropped
-            index.masked_fill_(best <= 0, bg)
-        labels[r0:r1] = index
+        labels[r0:r1] = _band_labels(probs, keep, post, num_classes)
     return labels, scores
+
+
+def _band_labels(
+    probs: torch.Tensor, keep: torch.Tensor | None, post: PostConfig, num_classes: int
+) -> torch.Tensor:
+    """The labels of one band of ``C x rows x W0`` probabilities: the argmax over the classes
+    ``keep`` keeps (all when None); ``post.background_index`` where the winning probability is
+    below ``post.prob_threshold``, or, when the background is no class, where the area
+    threshold dropped every class of the pixel."""
+    bg = post.background_index
+    kept = probs if keep is None else probs * keep.view(-1, 1, 1)
+    best, index = kept.max(dim=0)
+    if post.prob_threshold > 0:
+        index.masked_fill_(best < post.prob_threshold, bg)
+    if keep is not None and not 0 <= bg < num_classes:  # every class of a pixel dropped
+        index.masked_fill_(best <= 0, bg)
+    return index
 
 
 class _Bands:

@@ -465,28 +465,15 @@ class Segmenter:
             vocabulary = Vocabulary.parse(class_lines)
         check_vocabulary_size(len(vocabulary.classes), self._settings.post.background_index)
         timer = StageTimer(self.device)
-        if isinstance(x, ImageFeatures):
-            features = x
-            features.check_compatible(self._settings, self.device, self.image_fingerprint)
-        else:
-            features = self.encode_tensor(x, progress=progress, timer=timer)
+        features = self._input_features(x, progress, timer)
         with strict_fp32(self.device):
             with timer("text"):
                 text = self.query_embeddings(vocabulary)
             with timer("stitch"):
                 logits = self._stitch(features, text)
         with timer("labels"):
-            (ch, cw), _ = features.canvas
-            logits = logits[:, :ch, :cw]
-            if (ch, cw) != features.input_size:
-                logits = _resize(logits, features.input_size)
-            labels, scores = self.labels_from_logits(
-                logits,
-                vocabulary.owner,
-                len(vocabulary.classes),
-                output_size,
-                return_scores,
-                features.image,
+            logits, labels, scores = self._labels(
+                logits, features, vocabulary, output_size, return_scores
             )
         return SegmentationOutput(
             logits,
@@ -497,6 +484,40 @@ class Segmenter:
             list(vocabulary.owner),
             timer.seconds,
         )
+
+    def _input_features(
+        self, x: torch.Tensor | ImageFeatures, progress: Progress | None, timer: StageTimer
+    ) -> ImageFeatures:
+        """The features of ``segment_tensor``'s input: kept ones, checked against this
+        Segmenter (``ImageFeatures.check_compatible``), or those ``encode_tensor`` computes."""
+        if isinstance(x, ImageFeatures):
+            x.check_compatible(self._settings, self.device, self.image_fingerprint)
+            return x
+        return self.encode_tensor(x, progress=progress, timer=timer)
+
+    def _labels(
+        self,
+        logits: torch.Tensor,
+        features: ImageFeatures,
+        vocabulary: Vocabulary,
+        output_size: tuple[int, int] | None,
+        return_scores: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The labels step of ``segment_tensor``: ``(logits, labels, scores)``, the logits cropped
+        to the image's part of the canvas and scaled back to its input size, then labelled."""
+        (ch, cw), _ = features.canvas
+        logits = logits[:, :ch, :cw]
+        if (ch, cw) != features.input_size:
+            logits = _resize(logits, features.input_size)
+        labels, scores = self.labels_from_logits(
+            logits,
+            vocabulary.owner,
+            len(vocabulary.classes),
+            output_size,
+            return_scores,
+            features.image,
+        )
+        return logits, labels, scores
 
     def _stitch(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
         """SPEC 9.1-9.2: cosine logits of every token with the ``Q x E`` text embeddings,

@@ -67,20 +67,29 @@ def text_truncation_is_exact(model: torch.nn.Module) -> bool:
         return False
     if not isinstance(getattr(model, "ln_final", None), torch.nn.Module):
         return False
-    pos = getattr(model, "positional_embedding", None)
-    mask = getattr(model, "attn_mask", None)
-    if not isinstance(pos, torch.Tensor) or pos.ndim != 2:
-        return False
-    if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
-        return False
-    n = pos.shape[0]
-    if mask.shape != (n, n):
-        return False
-    causal = torch.full((n, n), float("-inf"), dtype=mask.dtype, device=mask.device).triu_(1)
-    if not torch.equal(mask, causal):
+    n = _causal_context(model)
+    if n is None:
         return False
     probe = torch.zeros(1, n, dtype=torch.long, device="cpu")  # tokens live on the CPU
     return pool_positions(model, probe) is not None
+
+
+def _causal_context(model: torch.nn.Module) -> int | None:
+    """The context length ``n`` of a model whose attention mask is the causal ``n x n`` mask
+    of its ``n`` positional embeddings (``-inf`` above the diagonal, 0 elsewhere), or None."""
+    pos = getattr(model, "positional_embedding", None)
+    mask = getattr(model, "attn_mask", None)
+    if not isinstance(pos, torch.Tensor) or pos.ndim != 2:
+        return None
+    if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
+        return None
+    n = pos.shape[0]
+    if mask.shape != (n, n):
+        return None
+    causal = torch.full((n, n), float("-inf"), dtype=mask.dtype, device=mask.device).triu_(1)
+    if not torch.equal(mask, causal):
+        return None
+    return n
 
 
 def encode_text_truncated(

@@ -142,10 +142,8 @@ def parse_classes_arg(text: str, source: str = "class string") -> list[str]:
 
 
 def read_class_file(path: str | os.PathLike, blank_lines: bool = True) -> list[str]:
-    """The class lines of a UTF-8 class file: stripped, a leading byte-order mark removed,
-    comment lines (starting with ``#``) skipped.
-
-    Each line is one class; its query names are separated by ``;``.
+    """The class lines of a UTF-8 class file (a class a line, its query names separated by
+    ``;``): stripped, a leading byte-order mark removed, comment lines (``#``) skipped.
 
     Args:
         blank_lines: skip blank lines; False makes a blank line before a class line an error
