@@ -675,8 +675,16 @@ def test_page_in_headless_chromium(browser, server, tiny_model_args, tmp_path) -
         180,
         "the download links",
     )[0]
-    overlay = d.find_element(By.CSS_SELECTOR, "#glaclip-overlay img")
-    assert d.execute_script("return arguments[0].naturalWidth", overlay) > 451  # with legend
+    # the image may still be loading when its links appear: wait until it has a width
+    width = _wait(
+        lambda: d.execute_script(
+            "const i = document.querySelector('#glaclip-overlay img');"
+            "return i && i.complete ? i.naturalWidth : 0;"
+        ),
+        30,
+        "the overlay image to load",
+    )
+    assert width > 451  # with legend
     legend = d.find_element(By.CSS_SELECTOR, "#glaclip-annotated").text
     assert any(name in legend for name in ("cat", "floor", "wall"))
     assert (
