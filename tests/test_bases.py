@@ -231,3 +231,41 @@ def test_fast_mode_applies_to_gla_on_a_base(base, golden_modules) -> None:
     diff = (fast.query_logits - ref.query_logits).abs()
     assert (fast.labels == ref.labels).float().mean() >= 0.97
     assert (diff < 1e-2).float().mean() >= 0.93 and diff.max() > 1e-5
+
+
+def test_window_attention_of_a_large_window_stays_within_its_tile(monkeypatch) -> None:
+    """The per-window attention of ClearCLIP, SCLIP and NACLIP (a whole image with
+    ``--whole-image``) computes its logits in blocks of query rows within ``tile_bytes``, with
+    the numbers of the authors' all-rows formula."""
+    from glaclip.model.bases import ops
+
+    g = torch.Generator().manual_seed(3)
+    n_win, n_tok, heads, d_h = 3, 50, 2, 4
+    q, k, v = (torch.randn(n_win, n_tok, heads * d_h, generator=g) for _ in range(3))
+    bias = torch.randn(n_tok, n_tok, generator=g)
+
+    expected = torch.zeros(n_win, n_tok, heads * d_h, dtype=torch.float64)
+    for w in range(n_win):  # the formula, one window and head at a time, in float64
+        for h in range(heads):
+            cols = slice(h * d_h, (h + 1) * d_h)
+            qh, kh, vh = (x[w, :, cols].double() for x in (q, k, v))
+            att = torch.softmax(qh @ qh.T / math.sqrt(d_h), -1)
+            att = att + torch.softmax(kh @ kh.T / math.sqrt(d_h) + bias.double(), -1)
+            expected[w, :, cols] = att @ vh
+
+    largest = []
+    softmax = torch.softmax
+
+    def recording_softmax(x, dim):
+        largest.append(x.numel() * 4)
+        return softmax(x, dim)
+
+    monkeypatch.setattr(torch, "softmax", recording_softmax)
+    tile = 7 * heads * n_tok * 4  # seven query rows of one window
+    blocked = ops.softmax_attention([(q, None), (k, bias)], v, heads, tile_bytes=tile)
+    assert max(largest) <= tile
+    largest.clear()
+    whole = ops.softmax_attention([(q, None), (k, bias)], v, heads)
+    assert max(largest) == n_win * heads * n_tok * n_tok * 4  # all windows, all rows at once
+    torch.testing.assert_close(blocked.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole.double(), expected, rtol=1e-5, atol=1e-5)

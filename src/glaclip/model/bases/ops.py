@@ -126,11 +126,16 @@ def with_class_token(feats: WindowFeatures, name: str) -> torch.Tensor:
     return torch.cat([feats[f"class_{name}"][:, None], feats[name]], dim=1)
 
 
+#: bytes of one map of logits (``windows x heads x rows x T`` floats) in ``softmax_attention``
+ATTENTION_TILE_BYTES = 128 << 20
+
+
 def softmax_attention(
     spaces: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
     v: torch.Tensor,
     heads: int,
     chunk: int = 16,
+    tile_bytes: int = ATTENTION_TILE_BYTES,
 ) -> torch.Tensor:
     """Per window and head, ``(sum over spaces of softmax(a a^T / sqrt(d_h) + bias)) v``: the
     per-window attention of ClearCLIP (q-q), SCLIP (q-q plus k-k) and NACLIP (k-k plus its
@@ -142,27 +147,50 @@ def softmax_attention(
             ``T x T`` addition to the logits or None.
         v: ``L x T x D`` values.
         heads: the number of heads (``D = heads * d_h``).
-        chunk: windows computed together (memory ``O(chunk x heads x T x T)``).
+        chunk: at most this many windows computed together.
+        tile_bytes: the largest map of logits; fewer windows, then blocks of query rows (each
+            row's softmax is its own), keep a large window (a whole image) within it.
 
     Returns:
         ``L x T x D`` float32, heads concatenated.
     """
     n_win, n_tok, d = v.shape
     d_h = d // heads
+    per_row = heads * n_tok * 4
+    chunk = max(1, min(chunk, tile_bytes // (per_row * n_tok)))
+    rows = max(1, min(n_tok, tile_bytes // per_row))
     out = v.new_empty(n_win, n_tok, d, dtype=torch.float32)
     for start in range(0, n_win, chunk):
         part = slice(start, min(n_win, start + chunk))
-        weights = None
-        for a, bias in spaces:
-            ah = a[part].float().reshape(-1, n_tok, heads, d_h).transpose(1, 2)
-            logits = (ah @ ah.transpose(-1, -2)) * d_h**-0.5
-            if bias is not None:
-                logits += bias
-            w = torch.softmax(logits, dim=-1)
-            weights = w if weights is None else weights + w
-        vh = v[part].float().reshape(-1, n_tok, heads, d_h).transpose(1, 2)
-        out[part] = (weights @ vh).transpose(1, 2).reshape(-1, n_tok, d)
+        per_space = [(_heads(a[part], heads), bias) for a, bias in spaces]
+        vh = _heads(v[part], heads)
+        for top in range(0, n_tok, rows):
+            band = slice(top, min(n_tok, top + rows))
+            weights = None
+            for ah, bias in per_space:
+                w = _softmax_rows(ah, band, bias, d_h)
+                weights = w if weights is None else weights + w
+            out[part, band] = (weights @ vh).transpose(1, 2).reshape(-1, band.stop - top, d)
     return out
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``L x T x D`` to float32 ``L x heads x T x d_h``."""
+    n_win, n_tok, d = x.shape
+    return x.float().reshape(n_win, n_tok, heads, d // heads).transpose(1, 2)
+
+
+def _softmax_rows(
+    ah: torch.Tensor, band: slice, bias: torch.Tensor | None, d_h: int
+) -> torch.Tensor:
+    """``softmax(a a^T / sqrt(d_h) + bias)`` for the query rows ``band`` of every window and
+    head (all rows at once when the band is the whole window, as the authors compute it)."""
+    whole = band.start == 0 and band.stop == ah.shape[2]
+    rows = ah if whole else ah[:, :, band]
+    logits = (rows @ ah.transpose(-1, -2)) * d_h**-0.5
+    if bias is not None:
+        logits += bias if whole else bias[band]
+    return torch.softmax(logits, dim=-1)
 
 
 def token_positions(
