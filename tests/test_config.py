@@ -62,6 +62,11 @@ def test_good_numbers_pass() -> None:
         ({"stride": 1}, r"stride=1 is below crop / 8 \(28\): a 336 x 448 image would take 25,425"),
         ({"stride": 27}, "stride=27 is below crop / 8"),
         ({"proxy_iters": 1000}, "proxy_iters=1000 is above 10"),
+        ({"pamr_steps": 51}, "pamr_steps=51 is above 50: each step passes 16 shifted copies"),
+        (
+            {"base": "naclip", "whole_image": True, "short_side": 2048},
+            r"a 2048 x 2048 image is one pass of CLIP over 16,384 tokens.*at most 1248",
+        ),
     ],
 )
 def test_slow_settings_are_refused_with_an_estimate(kwargs: dict, message: str) -> None:
@@ -79,6 +84,11 @@ def test_the_paper_settings_are_not_slow() -> None:
 
     assert slow_reasons(Settings()) == []
     assert slow_reasons(settings_from_kwargs(stride=28, proxy_iters=10)) == []
+    assert slow_reasons(settings_from_kwargs(pamr_steps=50, pamr_dilations=(8, 16))) == []
+    # NACLIP's VOC protocol, and the largest whole image allowed (8,112 tokens)
+    for side in (336, 1248):
+        settings = settings_from_kwargs(base="naclip", whole_image=True, short_side=side)
+        assert slow_reasons(settings) == []
 
 
 @pytest.mark.parametrize(
@@ -96,6 +106,11 @@ def test_the_paper_settings_are_not_slow() -> None:
         (["--fixed-gamma", "nan"], "--fixed-gamma must be a finite number"),
         (["--stride", "1"], "--stride 1 is below crop / 8 (28): a 336 x 448 image would take"),
         (["--proxy-iters", "1000"], "--proxy-iters 1000 is above 10"),
+        (["--pamr-steps", "60"], "--pamr-steps 60 is above 50"),
+        (
+            ["--base", "naclip", "--whole-image", "--short-side", "2048"],
+            "use windows (--no-whole-image) or a --short-side of at most 1248",
+        ),
         (["--crop", "0"], "--crop must be at least 1, got 0"),
     ],
 )
@@ -130,6 +145,6 @@ def test_cli_refuses_bad_numbers_before_any_model_loads(
     assert main(args + flags) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    if "--stride 1 " in message or "--proxy-iters" in message:  # the way out, as a flag
+    if any(f in message for f in ("--stride 1 ", "--proxy-iters", "--pamr", "--short-side")):
         assert "Pass --allow-slow to run it anyway" in err
     assert not (tmp_path / "o").exists()  # nothing written: no folder left behind

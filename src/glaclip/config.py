@@ -264,6 +264,9 @@ class Settings:
 
 SLOW_STRIDE_DIVISOR = 8  # a stride below crop / 8 is refused without allow_slow
 MAX_PROXY_ITERS = 10  # more proxy iterations are refused without allow_slow
+MAX_PAMR_STEPS = 50  # more PAMR steps are refused without allow_slow (NACLIP's protocol: 10)
+MAX_WHOLE_IMAGE_TOKENS = 8192  # a larger one-pass image is refused without allow_slow
+_PATCH = 16  # CLIP ViT-B/16's patch, for the whole-image estimate
 _REFERENCE_IMAGE = (3, 4)  # the aspect ratio of the image the window estimate is made for
 
 
@@ -280,10 +283,11 @@ def _window_count(settings: WindowConfig, stride: int) -> tuple[int, int, int]:
 
 
 def slow_reasons(settings: Settings) -> list[str]:
-    """Why ``settings`` would take far longer than the paper's (empty when they would not):
-    a stride below ``crop / 8`` (the windows grow with the square of ``crop / stride``) or more
-    than 10 proxy iterations (each one is a pass of the global attention), with an estimate."""
-    win, gla, reasons = settings.window, settings.gla, []
+    """Why ``settings`` would take far longer than the paper's (empty when they would not),
+    with an estimate: a stride below ``crop / 8`` (the windows grow with the square of ``crop /
+    stride``), more than 10 proxy iterations (each one is a pass of the global attention),
+    more than 50 PAMR steps, or a whole-image pass over more than 8,192 tokens."""
+    win, gla, reasons = settings.window, settings.gla, _post_slow_reasons(settings)
     if win.stride * SLOW_STRIDE_DIVISOR < win.crop:
         n, h, w = _window_count(win, win.stride)
         usual = max(1, win.crop // 2)
@@ -300,6 +304,37 @@ def slow_reasons(settings: Settings) -> list[str]:
             f"proxy_iters={gla.proxy_iters} is above {MAX_PROXY_ITERS}: each iteration is one "
             "more pass of the global attention over every window (the paper's is 2), so the "
             f"attention would take about {gla.proxy_iters / 2:,.0f} times as long"
+        )
+    return reasons
+
+
+def _whole_image_tokens(win: WindowConfig, short_side: int) -> tuple[int, int, int]:
+    """``(tokens, height, width)`` of a 3:4 photo in one pass at ``short_side`` (ViT-B/16)."""
+    h = short_side
+    w = min(win.max_long_side, round(h * _REFERENCE_IMAGE[1] / _REFERENCE_IMAGE[0]))
+    return (h // _PATCH) * (w // _PATCH), h, w
+
+
+def _post_slow_reasons(settings: Settings) -> list[str]:
+    """``slow_reasons`` of PAMR's steps and of a whole-image pass."""
+    win, post, reasons = settings.window, settings.post, []
+    if post.pamr_steps > MAX_PAMR_STEPS:
+        reasons.append(
+            f"pamr_steps={post.pamr_steps} is above {MAX_PAMR_STEPS}: each step passes "
+            f"{8 * len(post.pamr_dilations)} shifted copies of every class map at the image's "
+            f"original size (NACLIP's protocol takes 10), so PAMR would take about "
+            f"{post.pamr_steps / 10:,.0f} times as long as NACLIP's"
+        )
+    tokens, h, w = _whole_image_tokens(win, win.short_side)
+    if win.whole_image and tokens > MAX_WHOLE_IMAGE_TOKENS:
+        side = win.short_side
+        while side > _PATCH and _whole_image_tokens(win, side)[0] > MAX_WHOLE_IMAGE_TOKENS:
+            side -= _PATCH
+        reasons.append(
+            f"whole_image with short_side={win.short_side}: a {h} x {w} image is one pass of "
+            f"CLIP over {tokens:,} tokens, whose attention grows with their square (about "
+            f"{48 * tokens**2 / 2**30:,.1f} GiB per layer of ViT-B/16); use windows "
+            f"(whole_image=False) or a short_side of at most {side}"
         )
     return reasons
 
