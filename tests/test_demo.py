@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -620,6 +621,31 @@ def _toasts(driver) -> list[str]:
     from selenium.webdriver.common.by import By
 
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")]
+
+
+def test_ctrl_c_closes_the_demo_with_a_page_open(server, tmp_path) -> None:
+    """Ctrl+C with a page open (its heartbeat stream held) ends the page's stream, stops the
+    server and exits 0, printing nothing of Gradio's (its own Ctrl+C path printed a line and
+    kept the open pages' heartbeats alive while the server waited for them)."""
+    url, proc = server
+    stream = urllib.request.urlopen(url + "gradio_api/heartbeat/glaclip-test", timeout=30)
+    assert stream.readline().startswith(b"data:")  # the page's heartbeat is alive
+    ended = threading.Event()
+
+    def read_to_the_end() -> None:
+        try:
+            while stream.readline():
+                pass
+        except OSError:
+            pass
+        ended.set()
+
+    threading.Thread(target=read_to_the_end, daemon=True).start()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 0
+    assert ended.wait(5)  # the server closed the page's stream
+    log = (tmp_path / "server.log").read_text()
+    assert "Keyboard interruption" not in log and "Traceback" not in log, log
 
 
 def test_page_in_headless_chromium(browser, server, tiny_model_args, tmp_path) -> None:

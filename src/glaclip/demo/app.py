@@ -290,18 +290,16 @@ def serve(
         keep_user_names_out(segmenter)
     folders = RequestFolders()
     app = build_app(segmenter, models, max_megapixels, folders, max_classes, max_name_length)
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM stops it like Ctrl+C
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = _stop_on_signals(app)
     app.queue(default_concurrency_limit=1)  # one model: requests run one at a time
     try:
         app.launch(**launch_options(host, port, share), quiet=True, prevent_thread_lock=True)
         if announce is not None:
             announce(app.local_url, app.share_url)
-        app.block_thread()  # until interrupted
+        app.block_thread()  # until a signal closes the app
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         folders.cleanup()
 
 
@@ -326,5 +324,26 @@ def launch_options(host: str, port: int, share: bool) -> dict[str, Any]:
     }
 
 
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+def _stop_on_signals(app: gr.Blocks) -> dict[int, Any]:
+    """Make Ctrl+C and SIGTERM close ``app`` (in the main thread; a SIGINT ignored by the
+    parent stays ignored). ``Blocks.close`` ends the heartbeats of open pages before it stops
+    the server, so an open page does not hold the shutdown, and prints nothing; a share link's
+    tunnel is closed too. A signal before the page listens, or while it closes, raises
+    KeyboardInterrupt. Returns the handlers replaced, to be put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(_signum: int, _frame: Any) -> None:
+        if not app.is_running:
+            raise KeyboardInterrupt
+        app.close(verbose=False)
+        from gradio import tunneling
+
+        for tunnel in list(getattr(tunneling, "CURRENT_TUNNELS", [])):
+            tunnel.kill()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, stop)
+    return previous
