@@ -28,6 +28,7 @@ from glaclip.demo import store as kept_features
 from glaclip.io import batch
 from glaclip.io.batch import segment_files, write_outputs
 from glaclip.text.vocabulary import parse_classes_arg
+from tests.waiting import free_port, wait_until
 
 CHELSEA = logic.EXAMPLES_DIR / "chelsea.jpg"
 
@@ -489,7 +490,7 @@ def test_serve_says_where_in_its_own_words(segmenter, monkeypatch, capfd) -> Non
     from glaclip.demo import app as page
 
     monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: self.close())  # no waiting
-    port = _free_port()
+    port = free_port()
     said = []
     page.serve(segmenter, MODELS, port=port, announce=lambda *urls: said.append(urls))
     assert said == [(f"http://127.0.0.1:{port}/", None)]
@@ -521,16 +522,10 @@ def _browser_or_skip() -> tuple[str, str]:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tiny_model_args, tmp_path):
     """The real `glaclip demo` on a free loopback port, with the tiny models."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed at teardown
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
     proc = subprocess.Popen(
@@ -608,13 +603,8 @@ def browser(tmp_path):
 
 
 def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """``wait_until`` at the browser's pace (each poll asks the page)."""
+    return wait_until(condition, what, timeout, interval=0.2)
 
 
 def _toasts(driver) -> list[str]:

@@ -4,9 +4,7 @@ request's files are reached only through its answer, and failures are one senten
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,28 +14,12 @@ import pytest
 from glaclip import Segmenter
 from glaclip.demo import logic, views
 from glaclip.demo.turns import RequestGate
+from tests.waiting import free_port, wait_until
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 CHELSEA = logic.EXAMPLES_DIR / "chelsea.jpg"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(condition, what: str, timeout: float = 120.0):
-    """Poll ``condition`` until it is true (a long bound: only a hung test reaches it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class _Server:
@@ -48,7 +30,7 @@ class _Server:
         self.gate = RequestGate()
         self.app = build_app(segmenter, {"clip": "tiny"}, folders=self.folders, gate=self.gate)
         self.app.queue(default_concurrency_limit=1)
-        options = launch_options("127.0.0.1", _free_port(), False)
+        options = launch_options("127.0.0.1", free_port(), False)
         self.app.launch(prevent_thread_lock=True, quiet=True, **options)
         self.url = f"http://127.0.0.1:{options['server_port']}/"
 
@@ -122,11 +104,11 @@ def test_a_cancelled_request_keeps_its_turn_and_stops(server, monkeypatch) -> No
     client = server.client()
     photo = gradio_client.handle_file(str(logic.EXAMPLES_DIR / "coffee.jpg"))  # not yet kept
     first = _submit(client, "a dog, a sofa", photo)
-    _wait(lambda: entered, "the first request to start")
+    wait_until(lambda: entered, "the first request to start")
     first.cancel()
     second = _submit(client, "a cat, a rug", photo)
     try:
-        _wait(lambda: server.gate.waiting or len(entered) > 1, "the second request")
+        wait_until(lambda: server.gate.waiting or len(entered) > 1, "the second request")
         assert len(entered) == 1, "two requests ran at once on the shared Segmenter"
         assert server.gate.waiting == 1
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 from glaclip.cli.main import main
 from glaclip.io.outputs import read_manifest
 from glaclip.model.distributed import DistInfo, all_reduce_sum, dist_info_from_env, shard
+from tests.waiting import free_port
 
 from .test_evaluate import make_dataset
 
@@ -47,12 +47,6 @@ def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (info.rank, info.world_size, info.is_main) == (1, 3, False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --nproc-per-node N -m glaclip ARGS`` on the CPU."""
     env = dict(os.environ)
@@ -60,7 +54,7 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env["OMP_NUM_THREADS"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    cmd += [f"--master-port={_free_port()}", "-m", "glaclip", *args]
+    cmd += [f"--master-port={free_port()}", "-m", "glaclip", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
