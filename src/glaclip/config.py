@@ -325,8 +325,8 @@ def _post_slow_reasons(settings: Settings) -> list[str]:
             f"original size (NACLIP's protocol takes 10), so PAMR would take about "
             f"{post.pamr_steps / 10:,.0f} times as long as NACLIP's"
         )
-    tokens, h, w = _whole_image_tokens(win, win.short_side)
-    if win.whole_image and tokens > MAX_WHOLE_IMAGE_TOKENS:
+    tokens, h, w = _whole_image_tokens(win, win.short_side) if win.whole_image else (0, 0, 0)
+    if tokens > MAX_WHOLE_IMAGE_TOKENS:
         side = win.short_side
         while side > _PATCH and _whole_image_tokens(win, side)[0] > MAX_WHOLE_IMAGE_TOKENS:
             side -= _PATCH
