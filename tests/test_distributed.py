@@ -53,6 +53,7 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ""
+    env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts shows where
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     cmd += [f"--master-port={free_port()}", "-m", "glaclip", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -161,3 +162,66 @@ def test_segment_two_processes_write_each_image_once(
     expected = sorted(f"{i}{ext}" for i in made for ext in (".png", ".json"))
     assert sorted(p.name for p in out.iterdir() if p.name != ".glaclip-outputs") == expected
     assert read_manifest(out) == set(expected)  # both ranks recorded their files
+
+
+LEAVE_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from glaclip.model.distributed import process_group
+
+out, mode = Path(sys.argv[1]), sys.argv[2]
+record = {}
+try:
+    with process_group("cpu") as (info, _):
+        t = torch.ones(1)
+        dist.all_reduce(t)  # the last collective
+        if info.rank == 1:
+            time.sleep(1.5)  # work after it: writing outputs, say
+            record["done"] = time.time()
+            if mode == "fail":
+                raise RuntimeError("rank 1 failed after its collectives")
+finally:
+    record["left"] = time.time()
+    (out / f"{dist.get_rank() if dist.is_initialized() else sys.argv[3]}.json").write_text(
+        json.dumps(record)
+    )
+"""
+
+
+def _two_gloo_processes(tmp_path: Path, mode: str) -> tuple[list[subprocess.Popen], Path]:
+    """Two processes that join one gloo group the way torchrun's workers do (``env://``)."""
+    out = tmp_path / mode
+    out.mkdir()
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env["WORLD_SIZE"], env["OMP_NUM_THREADS"], env["CUDA_VISIBLE_DEVICES"] = "2", "1", ""
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(out), mode, str(rank)],
+            env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    return procs, out
+
+
+def test_ranks_leave_the_process_group_together(tmp_path: Path) -> None:
+    """After a clean run no rank closes its connections while another is still at work (a
+    peer that reads from a closed gloo connection can abort); after one rank's error
+    the others are not held: rank 0 leaves as soon as the failed rank has left."""
+    runs = {mode: _two_gloo_processes(tmp_path, mode) for mode in ("clean", "fail")}
+    for mode, (procs, out) in runs.items():
+        codes = [p.wait(timeout=120) for p in procs]
+        errors = [p.stderr.read() for p in procs]
+        assert codes == ([0, 0] if mode == "clean" else [0, 1]), errors
+        first, second = (json.loads((out / f"{r}.json").read_text()) for r in (0, 1))
+        assert first["left"] >= second["done"], mode  # rank 0 waited for rank 1
+        assert first["left"] - second["done"] < 60, mode  # and no longer
+        if mode == "fail":
+            assert "rank 1 failed after its collectives" in errors[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -103,21 +104,57 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def finalize(info: DistInfo) -> None:
-    """Leave the process group."""
-    if info.enabled:
-        import torch.distributed as dist
+def finalize(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group.
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    After a ``clean`` run, every rank first waits until every rank has left its last
+    collective (``_leave_together``): a rank that closes its connections while a peer is
+    still reading from them can make that peer's process abort (seen with gloo, rarely).
+    After an error no rank waits: a peer may be stuck in a collective this rank never joins.
+    """
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    _leave_together(info, wait=clean)
+    dist.destroy_process_group()
+
+
+_TEARDOWNS = itertools.count()  # one key set per process group this process has left
+
+
+def _leave_together(info: DistInfo, wait: bool) -> None:
+    """Tell the other ranks, through the rendezvous store (not the group's own connections),
+    that this rank has left its collectives; with ``wait``, wait until every rank has.
+
+    Best effort: where the store cannot be reached or a rank never comes (it failed outside
+    a collective and torchrun stops the run), the process group is left all the same.
+    """
+    from torch.distributed import distributed_c10d
+
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefix = f"glaclip/left/{run}/{attempt}/{next(_TEARDOWNS)}"
+    try:
+        store = distributed_c10d._get_default_store()
+        store.set(f"{prefix}/{info.rank}", "1")
+        if wait:
+            store.wait([f"{prefix}/{r}" for r in range(info.world_size)])
+    except Exception:  # the group is left in any case
+        return
 
 
 @contextlib.contextmanager
 def process_group(device: str | None) -> Iterator[tuple[DistInfo, str | None]]:
     """``init_distributed`` for the duration of a run: yields ``(DistInfo, device)`` and
-    always leaves the process group afterwards."""
+    always leaves the process group afterwards (``finalize``): after a run that ended
+    without an error, every rank leaves it together."""
     info, device = init_distributed(device)
     try:
         yield info, device
-    finally:
-        finalize(info)
+    except BaseException:
+        finalize(info, clean=False)
+        raise
+    finalize(info)
