@@ -47,16 +47,19 @@ def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (info.rank, info.world_size, info.is_main) == (1, 3, False)
 
 
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a worker process: this checkout's glaclip, the CPU, one thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts shows where
+    return env
+
+
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --nproc-per-node N -m glaclip ARGS`` on the CPU."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts shows where
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     cmd += [f"--master-port={free_port()}", "-m", "glaclip", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
 
 
 def one_thread(argv: list[str]) -> int:
@@ -196,9 +199,7 @@ def _two_gloo_processes(tmp_path: Path, mode: str) -> tuple[list[subprocess.Pope
     out.mkdir()
     script = tmp_path / "leave.py"
     script.write_text(LEAVE_SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    env["WORLD_SIZE"], env["OMP_NUM_THREADS"], env["CUDA_VISIBLE_DEVICES"] = "2", "1", ""
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env = worker_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(out), mode, str(rank)],
